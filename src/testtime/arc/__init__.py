@@ -1,0 +1,1 @@
+"""ARC: grids and tasks, invertible transforms, text format, test-time training, voting, scoring."""

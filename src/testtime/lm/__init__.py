@@ -1,0 +1,1 @@
+"""Language-model test-time fine-tuning with SIFT data selection."""
