@@ -1,0 +1,196 @@
+"""Kaggle ARC Prize submissions and the official score.
+
+A submission maps each task id to one entry per test input, in order:
+`{"attempt_1": grid, "attempt_2": grid}` with grids as lists of lists of ints. Kaggle requires
+every task, every test input and both keys, so a missing prediction is written as `[[0]]`.
+
+The official rule: a test output is solved if either attempt equals it exactly (shape and
+cells); a task scores the fraction of its test outputs solved; the data set score is the mean
+over the tasks of the solutions. `fraction_correct` applies the same averaging to any number of
+guesses per output: pass@1 with `[attempt_1]`, the oracle with every candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testtime.arc.task import Grid, TaskError, as_grid, grids_equal
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_KEYS = ("attempt_1", "attempt_2")
+PLACEHOLDER: list[list[int]] = [[0]]
+"""What Kaggle gets for an attempt that has no prediction."""
+
+
+# ---- writing and reading submissions ---------------------------------------------------------
+
+def submission_entry(attempts: Sequence[Grid | None]) -> dict[str, list[list[int]]]:
+    """`{"attempt_1": ..., "attempt_2": ...}` for one test input; absent attempts become [[0]]."""
+    if len(attempts) > len(ATTEMPT_KEYS):
+        raise ValueError(f"at most {len(ATTEMPT_KEYS)} attempts per test input, got {len(attempts)}")
+    entry = {}
+    for i, key in enumerate(ATTEMPT_KEYS):
+        g = attempts[i] if i < len(attempts) else None
+        entry[key] = as_grid(g, where=key).tolist() if g is not None else [row[:] for row in PLACEHOLDER]
+    return entry
+
+
+def build_submission(task_attempts: Mapping[str, Sequence[Sequence[Grid | None]]],
+                     test_counts: Mapping[str, int]) -> dict[str, list[dict[str, list[list[int]]]]]:
+    """A complete submission: every task of `test_counts` with one entry per test input, in order.
+
+    `task_attempts[task_id][i]` are the attempts for test input i; tasks or inputs without any
+    (failed or never run) get placeholders. Attempts for a task or input that `test_counts`
+    does not have are a caller bug and raise ValueError.
+    """
+    unknown = sorted(set(task_attempts) - set(test_counts))
+    if unknown:
+        raise ValueError(f"attempts for tasks without a test count: {', '.join(unknown)}")
+    submission = {}
+    for task_id, n_test in test_counts.items():
+        per_test = task_attempts.get(task_id, ())
+        if len(per_test) > n_test:
+            raise ValueError(f"task {task_id!r}: attempts for {len(per_test)} test inputs, it has {n_test}")
+        submission[task_id] = [submission_entry(per_test[i] if i < len(per_test) else ())
+                               for i in range(n_test)]
+    missing = [t for t in test_counts if t not in task_attempts]
+    if missing:
+        log.info("submission: %d of %d tasks have no attempts, written as [[0]]", len(missing), len(test_counts))
+    return submission
+
+
+def write_submission(path: str | Path, submission: Mapping[str, Any]) -> None:
+    """Write `submission` as JSON atomically: a temporary file in the same directory, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(submission, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_submission(path: str | Path) -> dict[str, list[dict[str, list[list[int]]]]]:
+    """Read and validate a submission file; raises TaskError naming the file, task and field."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TaskError(f"cannot read submission: {err}", file=path) from None
+    if not isinstance(data, dict):
+        raise TaskError(f"expected an object of task ids, got {type(data).__name__}", file=path)
+    for task_id, entries in data.items():
+        try:
+            _check_entries(entries)
+        except TaskError as err:
+            raise err.located(file=path, task_id=task_id) from None
+    return data
+
+
+def _check_entries(entries: Any) -> None:
+    if not isinstance(entries, list) or not entries:
+        raise TaskError("expected a non-empty list with one entry per test input")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise TaskError(f"expected an object, got {type(entry).__name__}", field=f"[{i}]")
+        for key in ATTEMPT_KEYS:
+            if key not in entry:
+                raise TaskError(f"missing key {key!r}", field=f"[{i}]")
+            as_grid(entry[key], where=f"[{i}].{key}")
+
+
+# ---- scoring --------------------------------------------------------------------------------
+
+@dataclass
+class Score:
+    """The official score of a submission and where it came from."""
+
+    score: float
+    """Mean over tasks of the fraction of each task's test outputs solved (0..1)."""
+    n_tasks: int
+    """Tasks in the solutions (the denominator)."""
+    per_task: dict[str, float] = field(default_factory=dict)
+    """Task id -> fraction of its test outputs solved."""
+    outputs_solved: int = 0
+    """Test outputs solved, over all tasks."""
+    outputs_total: int = 0
+    """Test outputs in the solutions."""
+    missing: list[str] = field(default_factory=list)
+    """Tasks of the solutions absent from the submission (sorted); each scores 0."""
+    extra: int = 0
+    """How many tasks of the submission are not in the solutions (ignored)."""
+
+
+Guesses = Sequence[Sequence[Any]]
+"""Per test output, the grids guessed for it (lists of lists, arrays, or None)."""
+
+
+def score_submission(submission: Mapping[str, Sequence[Mapping[str, Any]]],
+                     solutions: Mapping[str, Sequence[Any]]) -> Score:
+    """Official score: a test output counts if attempt_1 or attempt_2 is exactly right."""
+    def guesses(task_id: str) -> Guesses | None:
+        if task_id not in submission:
+            return None
+        return [[entry.get(key) for key in ATTEMPT_KEYS] for entry in submission[task_id]]
+
+    score = _score_tasks(guesses, solutions)
+    score.extra = len(set(submission) - set(solutions))
+    if score.missing or score.extra:
+        log.info("score: %d tasks missing from the submission, %d extra ignored", len(score.missing), score.extra)
+    return score
+
+
+def fraction_correct(per_task_guesses: Mapping[str, Guesses], solutions: Mapping[str, Sequence[Any]]) -> float:
+    """Same averaging as the official score for any guesses per output.
+
+    pass@1: `{task: [[attempt_1] for each test output]}`; oracle: every candidate per output.
+    """
+    return _score_tasks(per_task_guesses.get, solutions).score
+
+
+def _score_tasks(guesses_for: Callable[[str], Guesses | None], solutions: Mapping[str, Sequence[Any]]) -> Score:
+    per_task: dict[str, float] = {}
+    missing: list[str] = []
+    solved_total = outputs_total = 0
+    for task_id, outputs in solutions.items():
+        if len(outputs) == 0:
+            raise TaskError("no test outputs in the solutions", task_id=task_id)
+        guesses = guesses_for(task_id)
+        if guesses is None:
+            missing.append(task_id)
+            guesses = []
+        solved = 0
+        for i, raw in enumerate(outputs):
+            try:
+                truth = as_grid(raw, where=f"test[{i}].output")
+            except TaskError as err:
+                raise err.located(task_id=task_id) from None
+            tries = guesses[i] if i < len(guesses) else ()
+            solved += any(grids_equal(_maybe_grid(g), truth) for g in tries)
+        per_task[task_id] = solved / len(outputs)
+        solved_total += solved
+        outputs_total += len(outputs)
+    mean = sum(per_task.values()) / len(per_task) if per_task else 0.0
+    return Score(mean, len(per_task), per_task, solved_total, outputs_total, sorted(missing))
+
+
+def _maybe_grid(g: Any) -> Grid | None:
+    """A guess as a grid; a guess that is not a valid grid is simply wrong."""
+    if g is None:
+        return None
+    try:
+        return as_grid(g)
+    except TaskError:
+        return None

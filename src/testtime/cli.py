@@ -1,0 +1,47 @@
+"""The `testtime` command: a thin typer app over the library (parse, call, print)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from testtime import __version__
+from testtime.arc.cli import app as arc_app
+
+app = typer.Typer(
+    help="Test-time training of language models: ARC by per-task LoRA, and SIFT-selected fine-tuning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(arc_app, name="arc")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"testtime {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug lines (training steps, loading)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """testtime: build training data from the input, fine-tune a small adapter, predict, throw it away.
+
+    Example: testtime arc stats arc-agi-1/evaluation
+    """
+    from rich.logging import RichHandler  # noqa: PLC0415
+
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)])
+    for noisy in ("transformers", "httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+if __name__ == "__main__":
+    app()

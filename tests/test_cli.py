@@ -1,0 +1,88 @@
+"""The `testtime` command driven end to end through typer's runner (no model weights needed)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from testtime.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
+    return result
+
+
+def _task_json(rows: int, cols: int, colour: int = 1) -> dict:
+    grid = [[colour] * cols for _ in range(rows)]
+    return {"train": [{"input": grid, "output": grid}, {"input": grid, "output": grid}],
+            "test": [{"input": grid, "output": grid}]}
+
+
+COMMANDS = [("arc", "datasets"), ("arc", "show"), ("arc", "stats"), ("arc", "solve"), ("arc", "score")]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_help_with_an_example(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0
+    assert "Example: testtime " + " ".join(command) in " ".join(result.output.split())
+
+
+def test_datasets_lists_names_and_counts():
+    result = invoke("arc", "datasets")
+    assert result.exit_code == 0
+    line = next(ln for ln in result.output.splitlines() if "arc-agi-1/evaluation" in ln)
+    assert re.findall(r"\d+", line.split("evaluation")[1])[:1] == ["400"]
+    assert "arc-agi-2/evaluation" in result.output and "kaggle-2025/training" in result.output
+
+
+def test_show_draws_a_task_from_a_file_and_from_a_dataset(tmp_path):
+    path = tmp_path / "mytask.json"
+    path.write_text(json.dumps(_task_json(3, 4, colour=7)))
+    result = invoke("arc", "show", str(path))
+    assert result.exit_code == 0
+    assert "task mytask: 2 train, 1 test" in result.output
+    assert "3x4" in result.output and "7 7 7 7" in result.output
+    result = invoke("arc", "show", "arc-agi-1/evaluation/00576224")
+    assert result.exit_code == 0 and "00576224" in result.output and "6x6" in result.output
+
+
+def test_show_names_the_bad_file_and_field(tmp_path):
+    bad = _task_json(2, 2)
+    bad["train"][1]["output"] = [[1, 2], [3]]
+    path = tmp_path / "ragged.json"
+    path.write_text(json.dumps(bad))
+    result = invoke("arc", "show", str(path))
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "ragged.json" in flat and "train[1].output" in flat and "ragged" in flat
+
+
+def test_stats_token_figures_match_the_counter(tmp_path, tokenizer):
+    from testtime.arc.format import TokenCounter
+    from testtime.arc.task import load_tasks
+
+    for name, (rows, cols) in {"small": (2, 3), "mid": (10, 10), "big": (30, 30)}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(_task_json(rows, cols)))
+    (tmp_path / "broken.json").write_text("{not json")
+    result = invoke("arc", "stats", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    counter = TokenCounter(tokenizer)
+    lengths = sorted(counter.sequence(t.train, t.test[0].input, t.test[0].output) for t in load_tasks(tmp_path).tasks)
+    row = next(ln for ln in result.output.splitlines() if "tokens per task" in ln)
+    assert [int(x.replace(",", "")) for x in re.findall(r"[\d,]+", row)] == lengths
+    assert "3 tasks (1 bad)" in result.output
+    over_2k = next(ln for ln in result.output.splitlines() if re.search(r"\b2,048\b", ln))
+    assert re.findall(r"\d+(?:\.\d)?%|\b\d\b", over_2k.split("2,048")[1])[0] == str(sum(x > 2048 for x in lengths))
+
+
+def test_unknown_source_is_a_clear_error():
+    result = invoke("arc", "stats", "no-such-dataset")
+    assert result.exit_code == 2
+    assert "arc-agi-1/evaluation" in result.output  # the message lists the known names
