@@ -1,0 +1,482 @@
+"""THE fine-tuning loop (LoRA via peft), used by ARC test-time training, pretraining and LM TTFT.
+
+    host = AdapterHost(model, LoraArgs(r=16))        # wrap the base once
+    host.fresh(seed=0)                               # a new task adapter; only it trains
+    stats = train(host.model, sequences, TrainArgs(lr=1e-4, epochs=2))
+    ...generate with host.model...
+    host.drop()                                      # outputs are exactly the base model's again
+
+`train` is one plain loop: right-padded micro-batches, `grad_accum` of them per optimizer step, the
+loss a mean over every labelled token of the step (labels are -100 where there is no loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+"""Label of a token that carries no loss (the value `torch.nn.functional.cross_entropy` skips)."""
+
+ADAPTER_NAME = "default"
+"""peft saves the adapter named `default` at the top of the save directory (others go to a subfolder)."""
+
+
+@dataclass
+class LoraArgs:
+    """LoRA hyper-parameters (the same for every task adapter)."""
+
+    r: int = 16
+    """Rank of the update B @ A."""
+    alpha: int = 32
+    """Scale: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during training."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Leaf module names that get an adapter; names the model lacks are skipped with a warning."""
+
+
+@dataclass
+class TrainArgs:
+    """Optimisation settings of one `train` call."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    epochs: int = 1
+    """Passes over the sequences (ignored when `max_steps` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to take; overrides `epochs` (the data is cycled, reshuffled each pass)."""
+    batch_size: int = 1
+    """Sequences per micro-batch (one forward/backward)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    warmup_steps: int = 0
+    """Steps of linear warm-up from lr/(warmup_steps+1) to lr."""
+    weight_decay: float = 0.0
+    """Decoupled for AdamW, L2 for Adam and SGD."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    """Optimizer; SGD is plain (no momentum)."""
+    seed: int = 0
+    """Seeds batch order and dropout: same inputs + same seed on CPU give bit-identical results."""
+    group_by_length: bool = True
+    """Batch sequences of similar length together so padding wastes little compute."""
+    log_every: int = 10
+    """Log one line every this many steps (and at the last step); 0 = never."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+
+
+@dataclass
+class Sequence:
+    """One training sequence, labelled the Hugging Face way (the shift happens inside `train`)."""
+
+    input_ids: list[int]
+    """Token ids."""
+    labels: list[int]
+    """Same length: `input_ids[i]` where token i is to be predicted (from tokens < i), else -100."""
+
+
+@dataclass
+class StepInfo:
+    """What `train` reports to `on_step` after each optimizer step."""
+
+    step: int
+    """1-based step number."""
+    total_steps: int
+    """Steps this call will take."""
+    loss: float
+    """Mean loss over the step's labelled tokens."""
+    lr: float
+    """Learning rate used for this step."""
+    tokens: int
+    """Input tokens of the step, padding excluded."""
+    ms: float
+    """Wall time of the step in milliseconds."""
+    tokens_per_s: float
+    """`tokens` / step time."""
+
+
+@dataclass
+class TrainStats:
+    """Summary of one `train` call."""
+
+    steps: int
+    """Optimizer steps taken."""
+    tokens: int
+    """Input tokens processed, padding excluded."""
+    losses: list[float]
+    """Loss of every step."""
+    seconds: float
+    """Wall time of the loop."""
+    tokens_per_s: float
+    """`tokens` / `seconds`."""
+    skipped: int = 0
+    """Sequences dropped because no token in them carries a loss."""
+
+
+# ---------------------------------------------------------------- batching
+
+
+def labelled_tokens(seq: Sequence) -> int:
+    """Tokens that carry a loss: labels[0] never does (nothing comes before it to predict it)."""
+    return sum(1 for label in seq.labels[1:] if label != IGNORE_INDEX)
+
+
+def make_batches(
+    sequences: list[Sequence], batch_size: int, group_by_length: bool, rng: np.random.Generator
+) -> list[list[Sequence]]:
+    """One epoch of micro-batches, every sequence exactly once, in an order drawn from `rng`.
+
+    With `group_by_length` the shuffled sequences are sorted by length (stable, so ties stay in
+    random order), cut into runs of `batch_size`, and the runs are shuffled: little padding, and
+    the order of batches is still random. Batch composition then varies only among equal lengths.
+    """
+    order = [int(i) for i in rng.permutation(len(sequences))]
+    if group_by_length and batch_size > 1:
+        order.sort(key=lambda i: len(sequences[i].input_ids))
+    batches = [[sequences[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
+    if group_by_length and batch_size > 1:
+        batches = [batches[int(i)] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def collate(batch: list[Sequence], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Right-pad to the longest sequence: (input_ids, attention_mask, labels), each (B, T)."""
+    width = max(len(s.input_ids) for s in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        n = len(seq.input_ids)
+        input_ids[row, :n] = torch.tensor(seq.input_ids, dtype=torch.long)
+        labels[row, :n] = torch.tensor(seq.labels, dtype=torch.long)
+        attention_mask[row, :n] = 1
+    return input_ids.to(device), attention_mask.to(device), labels.to(device)
+
+
+def micro_batches(
+    sequences: list[Sequence], args: TrainArgs, rng: np.random.Generator, epochs: int | None
+) -> Iterator[list[Sequence]]:
+    """Micro-batches epoch after epoch, reshuffled each epoch; forever when `epochs` is None."""
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        yield from make_batches(sequences, args.batch_size, args.group_by_length, rng)
+        epoch += 1
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def total_steps(n_sequences: int, args: TrainArgs) -> int:
+    """Optimizer steps for `n_sequences`: `max_steps` if set, else what `epochs` passes take."""
+    if args.max_steps is not None:
+        return args.max_steps
+    n_micro = math.ceil(n_sequences / args.batch_size) * args.epochs
+    return math.ceil(n_micro / args.grad_accum)
+
+
+def lr_factor(step: int, total: int, args: TrainArgs) -> float:
+    """Multiplier of `args.lr` at 0-based `step`: linear warm-up, then the decay of `args.schedule`."""
+    if step < args.warmup_steps:
+        return (step + 1) / (args.warmup_steps + 1)
+    progress = (step - args.warmup_steps) / max(1, total - args.warmup_steps)  # in [0, 1), never 0 lr
+    if args.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if args.schedule == "linear":
+        return 1.0 - progress
+    return 1.0
+
+
+def make_optimizer(params: list[torch.nn.Parameter], args: TrainArgs) -> torch.optim.Optimizer:
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "adam":
+        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    return torch.optim.SGD(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def check_args(args: TrainArgs) -> None:
+    """Raise one ValueError naming every bad field."""
+    problems = []
+    for name in ("epochs", "batch_size", "grad_accum"):
+        if getattr(args, name) < 1:
+            problems.append(f"{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps < 0:
+        problems.append(f"max_steps must be >= 0 or None, got {args.max_steps}")
+    if args.lr < 0 or args.warmup_steps < 0 or args.max_grad_norm < 0:
+        problems.append("lr, warmup_steps and max_grad_norm must be >= 0")
+    if args.schedule not in ("cosine", "linear", "constant"):
+        problems.append(f"schedule must be cosine, linear or constant, got {args.schedule!r}")
+    if args.optimizer not in ("adamw", "adam", "sgd"):
+        problems.append(f"optimizer must be adamw, adam or sgd, got {args.optimizer!r}")
+    if problems:
+        raise ValueError("bad training arguments: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(
+    model: Any, sequences: list[Sequence], args: TrainArgs, *, on_step: Callable[[StepInfo], None] | None = None
+) -> TrainStats:
+    """Train the parameters of `model` that require grad (the LoRA ones) on `sequences`.
+
+    The model is in train mode during the loop and in eval mode afterwards.
+    """
+    check_args(args)
+    usable = _usable(sequences)
+    skipped = len(sequences) - len(usable)
+    if skipped:
+        log.warning("skipping %d of %d sequences: no token in them carries a loss", skipped, len(sequences))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (call AdapterHost.fresh() first)")
+    total = total_steps(len(usable), args) if usable else 0
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info("train: %d sequences, %d steps (batch %d x accum %d), %s trainable of %s parameters",
+             len(usable), total, args.batch_size, args.grad_accum, _si(sum(p.numel() for p in params)), _si(n_total))
+    if total == 0:
+        return TrainStats(steps=0, tokens=0, losses=[], seconds=0.0, tokens_per_s=0.0, skipped=skipped)
+
+    device = params[0].device
+    optimizer = make_optimizer(params, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, args))
+    rng = np.random.default_rng(args.seed)
+    batches = micro_batches(usable, args, rng, epochs=None if args.max_steps is not None else args.epochs)
+    pad_id = getattr(model.config, "pad_token_id", None) or 0
+    losses: list[float] = []
+    n_tokens = 0
+    with torch.random.fork_rng(devices=_cuda_indices(device)):  # dropout RNG; callers' RNG left untouched
+        torch.manual_seed(args.seed)
+        model.train()
+        if args.gradient_checkpointing:
+            _set_checkpointing(model, on=True)
+        t_start = time.perf_counter()
+        try:
+            for step in range(1, total + 1):
+                t0 = time.perf_counter()
+                lr = scheduler.get_last_lr()[0]
+                step_batches = list(islice(batches, args.grad_accum))
+                loss = _accumulate(model, step_batches, pad_id, device)
+                if args.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step_tokens = sum(len(s.input_ids) for b in step_batches for s in b)
+                losses.append(loss)
+                n_tokens += step_tokens
+                seconds = time.perf_counter() - t0
+                info = StepInfo(step, total, loss, lr, step_tokens, 1000 * seconds, step_tokens / max(seconds, 1e-9))
+                _log_step(info, args.log_every)
+                if on_step is not None:
+                    on_step(info)
+        finally:
+            if args.gradient_checkpointing:
+                _set_checkpointing(model, on=False)
+            model.eval()
+    seconds = time.perf_counter() - t_start
+    return TrainStats(steps=total, tokens=n_tokens, losses=losses, seconds=seconds,
+                      tokens_per_s=n_tokens / max(seconds, 1e-9), skipped=skipped)
+
+
+def _accumulate(model: Any, step_batches: list[list[Sequence]], pad_id: int, device: torch.device) -> float:
+    """Forward+backward every micro-batch; gradients end up those of the mean over the step's labelled tokens."""
+    n_labelled = sum(labelled_tokens(s) for b in step_batches for s in b)
+    loss_sum = 0.0
+    for batch in step_batches:
+        input_ids, attention_mask, labels = collate(batch, pad_id, device)
+        with _autocast(device):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
+        # position t predicts token t+1; summed here, divided by the whole step's count (not a mean of means)
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            labels[:, 1:].reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        (loss / n_labelled).backward()
+        loss_sum += loss.item()  # note: a CPU-GPU sync point
+    return loss_sum / n_labelled
+
+
+def _usable(sequences: list[Sequence]) -> list[Sequence]:
+    """The sequences with at least one labelled token; raises on malformed ones."""
+    for i, seq in enumerate(sequences):
+        if not seq.input_ids or len(seq.input_ids) != len(seq.labels):
+            raise ValueError(f"sequence {i}: input_ids ({len(seq.input_ids)}) and labels ({len(seq.labels)}) "
+                             "must be non-empty and of the same length")
+    return [s for s in sequences if labelled_tokens(s) > 0]
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; plain float32 on CPU (bf16 matmuls are slow there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _cuda_indices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _set_checkpointing(model: Any, *, on: bool) -> None:
+    """Turn activation checkpointing (non-reentrant) on or off, across transformers versions."""
+    if on:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
+    if hasattr(model, "disable_input_require_grads"):
+        with contextlib.suppress(AttributeError, RuntimeError):  # no hook registered
+            model.disable_input_require_grads()
+
+
+def _log_step(info: StepInfo, every: int) -> None:
+    if every <= 0 or (info.step % every and info.step != info.total_steps):
+        return
+    width = len(str(info.total_steps))
+    log.info("step %0*d/%d | loss %.3f | %.0f ms | %s tok/s",
+             width, info.step, info.total_steps, info.loss, info.ms, _si(info.tokens_per_s))
+
+
+def _si(x: float) -> str:
+    """850 -> '850', 3100 -> '3.1k', 1.2e6 -> '1.2M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def lora_config(lora: LoraArgs, model: Any = None) -> Any:
+    """A `peft.LoraConfig` for causal LMs; with `model`, target only the module names it has."""
+    from peft import LoraConfig  # noqa: PLC0415 - heavy import
+
+    targets = list(lora.target_modules)
+    if model is not None:
+        targets = present_targets(model, targets)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def present_targets(model: Any, targets: list[str]) -> list[str]:
+    """The names in `targets` that are leaf module names of `model`; warn on missing, raise if none."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [t for t in targets if t in names]
+    missing = [t for t in targets if t not in names]
+    if not found:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"none of the LoRA target modules {targets} is in the model; its linear layers are {linear}")
+    if missing:
+        log.warning("LoRA target modules not in the model, skipped: %s", ", ".join(missing))
+    return found
+
+
+class AdapterHost:
+    """The base model, wrapped by peft once, with at most one task adapter at a time.
+
+    LoRA layers are injected into `base_model` in place; with no adapter they compute exactly
+    the base layer. `start_adapter` (a directory written by `save`) is merged into the base
+    weights first, so task adapters then train on top of it.
+    """
+
+    def __init__(self, base_model: Any, lora: LoraArgs, *, start_adapter: str | Path | None = None) -> None:
+        from peft import get_peft_model  # noqa: PLC0415 - heavy import
+
+        if start_adapter is not None:
+            base_model = merge_adapter(base_model, start_adapter)
+        self.lora = lora
+        self.config = lora_config(lora, base_model)
+        with torch.random.fork_rng(devices=_cuda_indices(_device(base_model))), _quiet_peft():
+            self._peft = get_peft_model(base_model, self.config, adapter_name=ADAPTER_NAME)  # throwaway init
+        self._peft.delete_adapter(ADAPTER_NAME)
+        self.model = self._peft.base_model.model
+        """The transformers model to call forward()/generate() on; the same object for every task."""
+        self.model.eval()
+        log.info("LoRA r=%d alpha=%d on %s; base model %s parameters", lora.r, lora.alpha,
+                 ", ".join(sorted(self.config.target_modules)), _si(self.trainable_parameters()[1]))
+
+    @property
+    def has_adapter(self) -> bool:
+        return ADAPTER_NAME in self._peft.peft_config
+
+    def fresh(self, seed: int) -> None:
+        """Drop any task adapter and add a new one initialised from `seed`; only it trains."""
+        self.drop()
+        with torch.random.fork_rng(devices=_cuda_indices(_device(self.model))):
+            torch.manual_seed(seed)
+            self._peft.add_adapter(ADAPTER_NAME, self.config)
+        self._peft.set_adapter(ADAPTER_NAME)  # active, and its parameters require grad
+        trainable, total = self.trainable_parameters()
+        log.debug("fresh adapter (seed %d): %s trainable of %s parameters", seed, _si(trainable), _si(total))
+
+    def drop(self) -> None:
+        """Remove the task adapter (if any): outputs are exactly the base model's again."""
+        if self.has_adapter:
+            self._peft.delete_adapter(ADAPTER_NAME)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the adapter only (adapter_model.safetensors + adapter_config.json) to directory `path`."""
+        if not self.has_adapter:
+            raise RuntimeError("there is no task adapter to save: call fresh() and train first")
+        self._peft.save_pretrained(str(path), safe_serialization=True)
+        return Path(path)
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of `model`, adapter included."""
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def merge_adapter(base_model: Any, path: str | Path) -> Any:
+    """Merge the peft adapter in directory `path` into `base_model`'s weights (in place); returns the model."""
+    from peft import PeftModel  # noqa: PLC0415 - heavy import
+
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"start adapter {path}: no adapter_config.json there; "
+                                "give a directory written by AdapterHost.save")
+    with _quiet_peft():
+        merged = PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
+    log.info("merged start adapter %s into the base weights", path)
+    return merged
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Hide the FutureWarning peft 0.21 triggers in transformers 5 (nothing for our users to act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
