@@ -86,3 +86,64 @@ def test_unknown_source_is_a_clear_error():
     result = invoke("arc", "stats", "no-such-dataset")
     assert result.exit_code == 2
     assert "arc-agi-1/evaluation" in result.output  # the message lists the known names
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random model saved like any local model directory (config, safetensors, tokenizer)."""
+    from tests.conftest import make_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(vocab_size=len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _write_tasks(folder, n: int = 3):
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"task{i}.json").write_text(json.dumps(_task_json(2, 2, colour=i + 1)))
+    (folder / "broken.json").write_text('{"train": []}')
+    return folder
+
+
+def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_dir):
+    tasks = _write_tasks(tmp_path / "tasks")
+    out = tmp_path / "run"
+    args = ["arc", "solve", str(tasks), "--model", str(tiny_model_dir), "--out", str(out), "--ttt-sequences", "2",
+            "--max-new-tokens", "8", "--lora-rank", "2"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "skipped bad task" in flat and "broken.json" in flat
+    assert "summary" in flat and "pass@1" in flat and "oracle" in flat and "training tokens / s" in flat
+    assert sorted(p.name for p in (out / "tasks").iterdir()) == ["task0.json", "task1.json", "task2.json"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["tasks"] == ["task0", "task1", "task2"] and config["config"]["data"]["n_sequences"] == 2
+    record = json.loads((out / "tasks" / "task1.json").read_text())
+    assert record["status"] == "ok" and record["ttt"]["steps"] >= 1 and record["predict"]["prompts"] == 8
+    submission = json.loads((out / "submission.json").read_text())
+    assert list(submission) == ["task0", "task1", "task2"]
+    assert all(set(entry[0]) == {"attempt_1", "attempt_2"} for entry in submission.values())
+
+    again = invoke(*args)
+    assert again.exit_code == 0
+    assert again.output.count(": resumed") == 3
+    assert json.loads((out / "submission.json").read_text()) == submission
+
+    scored = invoke("arc", "score", str(out / "submission.json"), str(tasks))
+    assert scored.exit_code == 0, scored.output
+    assert "tasks scored" in scored.output and re.search(r"test outputs solved\s*│?\s*\d/3", scored.output)
+
+
+def test_solve_reports_every_bad_flag_at_once(tmp_path):
+    result = invoke("arc", "solve", "arc-agi-1/evaluation", "--ttt-format", "nope", "--lora-rank", "0")
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "--ttt-format" in flat and "--lora-rank" in flat
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    result = invoke("arc", "solve", "arc-agi-1/evaluation", "--limit", "1", "--model", str(tmp_path / "none.gguf"))
+    assert result.exit_code == 2
+    assert "does not exist" in " ".join(result.output.split())

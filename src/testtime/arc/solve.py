@@ -1,0 +1,248 @@
+"""Solve ARC tasks: per-task test-time training, augmented inference, voting, resumable runs.
+
+Per task (Akyurek et al. 2024; Barbadillo's single-task TTT): build leave-one-out training data
+from the task's own demonstrations, train a fresh LoRA on it, predict every test input under the
+invertible transforms, map back, vote, keep two attempts, drop the LoRA. Each finished task is
+written atomically to `RUN_DIR/tasks/TASK_ID.json`; re-running skips finished tasks and rebuilds
+`submission.json` from the task files, so a crash loses at most the task in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter
+from testtime.arc.predict import InferArgs, predict_task
+from testtime.arc.score import build_submission, write_submission
+from testtime.arc.task import Task, as_grid, grids_equal
+from testtime.arc.ttt_data import TTTArgs, build_ttt_data
+from testtime.arc.vote import pick_attempts, vote
+from testtime.finetune import AdapterHost, LoraArgs, StepInfo, TrainArgs, train
+from testtime.runs import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SolveConfig:
+    model: str = "embedded"
+    """Base model: `embedded` (SmolLM2-135M GGUF), a Hugging Face id or a local directory."""
+    adapter: str | None = None
+    """Peft adapter merged into the base before any TTT (e.g. from `testtime arc pretrain`)."""
+    ttt: bool = True
+    """Train a LoRA on each task's own demonstrations before predicting."""
+    shared: bool = False
+    """Train ONE LoRA on all tasks' TTT data instead of one per task (the paper's Shared-TTT)."""
+    seed: int = 0
+    """Run seed; each task's seed is derived from it and the task id, so order and resume don't matter."""
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    """The LoRA trained at test time."""
+    train: TrainArgs = field(default_factory=TrainArgs)
+    """The optimiser and schedule of test-time training."""
+    data: TTTArgs = field(default_factory=TTTArgs)
+    """How TTT sequences are built from a task."""
+    infer: InferArgs = field(default_factory=InferArgs)
+    """Augmented inference: transforms, decoding bounds, batching."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def task_seed(seed: int, task_id: str) -> int:
+    """A per-task seed that depends only on the run seed and the task id."""
+    return (seed * 1_000_003 + zlib.crc32(task_id.encode())) % (2**31)
+
+
+@dataclass
+class Solver:
+    """Holds the base model once (inside `host`) and solves tasks one after another."""
+
+    host: AdapterHost
+    tokenizer: Any
+    config: SolveConfig
+    fmt: TextFormat = DEFAULT_FORMAT
+    counter: TokenCounter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counter = TokenCounter(self.tokenizer, self.fmt)
+
+    def _ttt_args(self, seed: int) -> tuple[TTTArgs, TrainArgs]:
+        return dataclasses.replace(self.config.data, seed=seed), dataclasses.replace(self.config.train, seed=seed)
+
+    def train_shared(self, tasks: Sequence[Task], on_step: Callable[[StepInfo], None] | None = None) -> dict:
+        """Shared-TTT: one LoRA on the union of every task's TTT data; stays active for all predictions."""
+        seed = task_seed(self.config.seed, "__shared__")
+        sequences = []
+        for task in tasks:
+            data_args, _ = self._ttt_args(task_seed(self.config.seed, task.id))
+            sequences += build_ttt_data(task, self.tokenizer, data_args, self.fmt, self.counter).sequences
+        self.host.fresh(seed)
+        stats = train(self.host.model, sequences, self._ttt_args(seed)[1], on_step=on_step)
+        return {"sequences": len(sequences), "steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds}
+
+    def solve_task(self, task: Task, on_step: Callable[[StepInfo], None] | None = None) -> dict[str, Any]:
+        """Solve one task; never raises for a problem of the task itself (it becomes a `failed` record)."""
+        t0 = time.perf_counter()
+        try:
+            record = self._solve(task, on_step)
+        except Exception as err:  # a bad task must not stop the batch: record it and go on
+            log.warning("task %s failed: %s", task.id, err)
+            record = {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                      "traceback": traceback.format_exc(limit=4), "tests": []}
+        finally:
+            if self.config.ttt and not self.config.shared:
+                self.host.drop()
+        record = {"task_id": task.id, **record, "seconds": time.perf_counter() - t0}
+        _add_correctness(record, task)
+        return record
+
+    def _solve(self, task: Task, on_step: Callable[[StepInfo], None] | None) -> dict[str, Any]:
+        seed = task_seed(self.config.seed, task.id)
+        ttt: dict[str, Any] = {"enabled": self.config.ttt, "shared": self.config.shared}
+        if self.config.ttt and not self.config.shared:
+            data_args, train_args = self._ttt_args(seed)
+            t0 = time.perf_counter()
+            data = build_ttt_data(task, self.tokenizer, data_args, self.fmt, self.counter)
+            ttt.update(sequences=len(data.sequences), fits=data.fits, fallback=data.fallback,
+                       dropped_demos=data.n_dropped_demos, data_seconds=time.perf_counter() - t0)
+            if data.sequences:
+                self.host.fresh(seed)
+                stats = train(self.host.model, data.sequences, train_args, on_step=on_step)
+                ttt.update(steps=stats.steps, tokens=stats.tokens, seconds=stats.seconds,
+                           tokens_per_s=stats.tokens_per_s,
+                           first_loss=stats.losses[0] if stats.losses else None,
+                           final_loss=stats.losses[-1] if stats.losses else None)
+        infer_args = dataclasses.replace(self.config.infer, seed=seed)
+        outcomes = predict_task(self.host.model, self.tokenizer, task, infer_args, counter=self.counter, fmt=self.fmt)
+        tests = []
+        for outcome in outcomes:
+            ranked = vote(outcome.candidates)
+            tests.append({
+                "attempts": [g.tolist() for g in pick_attempts(ranked, 2)],
+                "candidates": [{"grid": r.grid.tolist(), "votes": r.votes, "groups": r.groups,
+                                "logprob": r.logprob, "transforms": r.transforms} for r in ranked],
+                "prompts": outcome.n_prompts, "unparsed": outcome.n_unparsed, "unfit": outcome.n_unfit,
+            })
+        predict = {"seconds": sum(o.seconds for o in outcomes), "prompts": sum(o.n_prompts for o in outcomes),
+                   "unparsed": sum(o.n_unparsed for o in outcomes), "unfit": sum(o.n_unfit for o in outcomes)}
+        fits = ttt.get("fits", True) and predict["unfit"] < max(predict["prompts"], 1)
+        return {"status": "ok", "error": None, "fits": fits, "ttt": ttt, "predict": predict, "tests": tests}
+
+
+def _add_correctness(record: dict[str, Any], task: Task) -> None:
+    """With known test outputs: was attempt 1 / either attempt / any candidate right, per test input."""
+    if not task.has_solutions:
+        return
+    for i, ex in enumerate(task.test):
+        if i >= len(record["tests"]):
+            record["tests"].append({"attempts": [], "candidates": []})
+        test = record["tests"][i]
+        attempts = [as_grid(a) for a in test["attempts"]]
+        cands = [as_grid(c["grid"]) for c in test["candidates"]]
+        test["correct"] = {
+            "attempt_1": bool(attempts) and grids_equal(attempts[0], ex.output),
+            "any_attempt": any(grids_equal(a, ex.output) for a in attempts[:2]),
+            "oracle": any(grids_equal(c, ex.output) for c in cands),
+        }
+
+
+class RunDir:
+    """`config.json`, `tasks/TASK_ID.json` (one per finished task) and `submission.json`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.tasks_dir = self.path / "tasks"
+
+    def task_file(self, task_id: str) -> Path:
+        return self.tasks_dir / f"{task_id}.json"
+
+    def finished(self, task_id: str) -> dict[str, Any] | None:
+        record = read_json(self.task_file(task_id))
+        return record if isinstance(record, dict) and record.get("task_id") == task_id else None
+
+    def save_task(self, record: dict[str, Any]) -> None:
+        write_json_atomic(self.task_file(record["task_id"]), record)
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        old = read_json(self.path / "config.json")
+        if old is not None and old != config:
+            log.warning("%s/config.json differs from this run's config; finished tasks are kept as they are",
+                        self.path)
+        write_json_atomic(self.path / "config.json", config)
+
+    def write_submission(self, tasks: Sequence[Task], records: dict[str, dict[str, Any]]) -> dict:
+        attempts = {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in records.items()}
+        submission = build_submission(attempts, {t.id: len(t.test) for t in tasks})
+        write_submission(self.path / "submission.json", submission)
+        return submission
+
+
+def run(solver: Solver, tasks: Sequence[Task], run_dir: RunDir | None, *,
+        on_task_start: Callable[[Task, bool], None] | None = None,
+        on_task_done: Callable[[dict[str, Any]], None] | None = None,
+        on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[dict[str, Any]], dict]:
+    """Solve `tasks` in order, resuming from `run_dir`; returns the records and the submission."""
+    if run_dir is not None:
+        run_dir.save_config({"config": solver.config.to_json(), "tasks": [t.id for t in tasks]})
+    records: dict[str, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        done = run_dir.finished(task.id) if run_dir is not None else None
+        if done is not None:
+            records[task.id] = done
+            if on_task_done:
+                on_task_done(done | {"resumed": True})
+        else:
+            todo.append(task)
+    if solver.config.ttt and solver.config.shared and todo:
+        log.info("shared TTT: %s", solver.train_shared(tasks, on_step))
+    for task in todo:
+        if on_task_start:
+            on_task_start(task, False)
+        record = solver.solve_task(task, on_step)
+        if run_dir is not None:
+            run_dir.save_task(record)
+        records[task.id] = record
+        if on_task_done:
+            on_task_done(record)
+    ordered = {t.id: records[t.id] for t in tasks}
+    if run_dir is not None:
+        submission = run_dir.write_submission(tasks, ordered)
+    else:
+        attempts = {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in ordered.items()}
+        submission = build_submission(attempts, {t.id: len(t.test) for t in tasks})
+    return list(ordered.values()), submission
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Score, pass@1 and oracle (when outputs are known), failures, fits and timings over a run."""
+    def task_mean(key: str) -> float | None:
+        scored = [r for r in records if r["tests"] and all("correct" in t for t in r["tests"])]
+        if not scored:
+            return None
+        return sum(sum(t["correct"][key] for t in r["tests"]) / len(r["tests"]) for r in scored) / len(scored)
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    trained = [r for r in ok if r["ttt"].get("steps")]
+    ttt_s = [r["ttt"].get("seconds", 0.0) + r["ttt"].get("data_seconds", 0.0) for r in ok]
+    tokens = sum(r["ttt"].get("tokens", 0) for r in trained)
+    train_s = sum(r["ttt"].get("seconds", 0.0) for r in trained)
+    return {
+        "tasks": len(records),
+        "failed": len(records) - len(ok),
+        "did_not_fit": sum(not r.get("fits", True) for r in ok),
+        "score": task_mean("any_attempt"),
+        "pass@1": task_mean("attempt_1"),
+        "oracle": task_mean("oracle"),
+        "ttt_seconds_per_task": sum(ttt_s) / len(ok) if ok else 0.0,
+        "infer_seconds_per_task": sum(r["predict"]["seconds"] for r in ok) / len(ok) if ok else 0.0,
+        "train_tokens_per_s": tokens / train_s if train_s else None,
+    }

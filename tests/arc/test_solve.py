@@ -1,0 +1,152 @@
+"""The solver end to end on tiny random models: TTT works mechanically, no leak, resume, failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from testtime.arc.predict import InferArgs
+from testtime.arc.solve import RunDir, SolveConfig, Solver, run, summarize
+from testtime.arc.task import Example, Task, as_grid
+from testtime.arc.ttt_data import TTTArgs
+from testtime.finetune import AdapterHost, LoraArgs, TrainArgs
+
+
+def learnable_model(vocab_size: int, hidden: int = 128, seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer random Llama whose LoRA can learn a short answer in ~60 steps.
+
+    The untied head at std 0.5 lets logits grow large enough to beat 49k random competitors;
+    embeddings at std 0.1 keep the residual stream from copying the input token.
+    """
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0.0, 0.1)
+        model.lm_head.weight.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def constant_task(task_id: str, colour: int, seed: int, n_train: int = 6) -> Task:
+    """A task family the random model cannot solve: whatever the input, the output is [[colour]]."""
+    rng = np.random.default_rng(seed)
+    inputs = [as_grid(rng.integers(0, 10, tuple(rng.integers(1, 4, 2))).tolist()) for _ in range(n_train + 1)]
+    answer = as_grid([[colour]])
+    return Task(task_id, tuple(Example(g, answer) for g in inputs[:n_train]), (Example(inputs[-1], answer),))
+
+
+def config(ttt: bool, **train) -> SolveConfig:
+    return SolveConfig(
+        ttt=ttt, seed=0, lora=LoraArgs(r=8, alpha=16),
+        train=TrainArgs(lr=1e-2, epochs=8, batch_size=4, **train),
+        data=TTTArgs(n_sequences=32, colors=False),  # a colour permutation would change the constant
+        infer=InferArgs(transforms="geometric", max_new_tokens=8, batch_size=8),
+    )
+
+
+@pytest.fixture(scope="module")
+def host(tokenizer):
+    return AdapterHost(learnable_model(len(tokenizer)), LoraArgs(r=8, alpha=16))
+
+
+def solved(record: dict) -> bool:
+    return all(t["correct"]["any_attempt"] for t in record["tests"])
+
+
+@pytest.mark.slow
+def test_ttt_solves_tasks_the_base_model_cannot_and_nothing_leaks(host, tokenizer):
+    tasks = [constant_task("aaa", 5, seed=1), constant_task("bbb", 7, seed=2)]
+    base_weights = {k: v.clone() for k, v in host.model.state_dict().items()}
+
+    before, _ = run(Solver(host, tokenizer, config(ttt=False)), tasks, None)
+    assert not any(solved(r) for r in before)
+
+    after, submission = run(Solver(host, tokenizer, config(ttt=True)), tasks, None)
+    assert all(r["status"] == "ok" and r["ttt"]["steps"] > 0 for r in after)
+    assert [solved(r) for r in after] == [True, True]  # bbb answers 7, not aaa's 5: A's LoRA did not leak
+    assert submission["aaa"][0]["attempt_1"] == [[5]] and submission["bbb"][0]["attempt_1"] == [[7]]
+    assert summarize(after)["score"] == 1.0 and summarize(before)["score"] == 0.0
+
+    # the LoRA is gone after each task: the base model predicts exactly as before TTT
+    again, _ = run(Solver(host, tokenizer, config(ttt=False)), tasks, None)
+    assert [r["tests"] for r in again] == [r["tests"] for r in before]
+    for name, tensor in host.model.state_dict().items():
+        assert torch.equal(tensor, base_weights[name]), name
+
+
+def small_tasks() -> list[Task]:
+    return [constant_task(f"t{i}", i, seed=i, n_train=3) for i in range(1, 5)]
+
+
+def quick_config() -> SolveConfig:
+    cfg = config(ttt=True)
+    cfg.train = TrainArgs(lr=1e-2, epochs=1, batch_size=2)
+    cfg.data = TTTArgs(n_sequences=4, colors=False)
+    return cfg
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interrupt_gives_the_same_submission(host, tokenizer, tmp_path, monkeypatch):
+    tasks = small_tasks()
+    solver = Solver(host, tokenizer, quick_config())
+    full, full_submission = run(solver, tasks, RunDir(tmp_path / "full"))
+
+    def stop_after_two(record):
+        if len(list((tmp_path / "part" / "tasks").glob("*.json"))) == 2:
+            raise Interrupt  # like Ctrl-C between tasks
+    with pytest.raises(Interrupt):
+        run(solver, tasks, RunDir(tmp_path / "part"), on_task_done=stop_after_two)
+    finished = sorted(p.stem for p in (tmp_path / "part" / "tasks").glob("*.json"))
+    assert finished == ["t1", "t2"] and not (tmp_path / "part" / "submission.json").exists()
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "part" / "tasks").glob("*.json")}
+
+    computed = []
+    original = Solver.solve_task
+    monkeypatch.setattr(Solver, "solve_task", lambda self, task, on_step=None: computed.append(task.id)
+                        or original(self, task, on_step))
+    records, submission = run(solver, tasks, RunDir(tmp_path / "part"))
+    assert computed == ["t3", "t4"]  # finished tasks were not recomputed
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    assert submission == full_submission
+    on_disk = json.loads((tmp_path / "part" / "submission.json").read_text())
+    assert on_disk == json.loads((tmp_path / "full" / "submission.json").read_text())
+    assert [r["tests"] for r in records] == [r["tests"] for r in full]
+
+
+def test_a_failing_task_is_recorded_and_the_run_goes_on(host, tokenizer, tmp_path, monkeypatch):
+    import testtime.arc.solve as solve_module
+
+    real = solve_module.predict_task
+
+    def flaky(model, tok, task, args, **kw):
+        if task.id == "t2":
+            raise RuntimeError("injected failure")
+        return real(model, tok, task, args, **kw)
+    monkeypatch.setattr(solve_module, "predict_task", flaky)
+    records, submission = run(Solver(host, tokenizer, quick_config()), small_tasks(), RunDir(tmp_path))
+    status = {r["task_id"]: r["status"] for r in records}
+    assert status == {"t1": "ok", "t2": "failed", "t3": "ok", "t4": "ok"}
+    assert "injected failure" in records[1]["error"]
+    assert submission["t2"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]  # present, as Kaggle requires
+    assert summarize(records)["failed"] == 1
+    assert not host.has_adapter  # the failed task's LoRA was dropped too
+
+
+def test_a_task_that_never_fits_is_counted_not_crashed(host, tokenizer):
+    cfg = quick_config()
+    cfg.data = TTTArgs(n_sequences=4, colors=False, max_len=8)  # not even one demo + query fits
+    cfg.infer = InferArgs(transforms="geometric", max_new_tokens=8, max_len=16)
+    records, submission = run(Solver(host, tokenizer, cfg), small_tasks()[:2], None)
+    assert all(r["status"] == "ok" for r in records)
+    assert all(r["ttt"]["fallback"] == "skip-ttt" and r["predict"]["unfit"] == 8 for r in records)
+    assert summarize(records)["did_not_fit"] == 2
+    assert submission["t1"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]
