@@ -24,8 +24,15 @@ $(STAMP): pyproject.toml Makefile
 test: install
 	$(BIN)/python -m pytest -q
 
+# Five of the smallest ARC-AGI-1 evaluation tasks, solved with per-task TTT on the embedded model
+# (24 sequences x 2 epochs = 48 LoRA steps per task; a few minutes on a 2-core CPU).
+DEMO_TASKS := 66e6c45b,00576224,be03b35f,4cd1b7b2,ca8de6ea
 demo: install
-	$(BIN)/testtime demo
+	$(BIN)/testtime arc show arc-agi-1/evaluation/00576224
+	rm -rf runs/demo
+	$(BIN)/testtime arc solve arc-agi-1/evaluation --tasks $(DEMO_TASKS) --out runs/demo \
+		--ttt-sequences 24 --ttt-epochs 2 --ttt-max-len 1024
+	$(BIN)/testtime arc score runs/demo/submission.json arc-agi-1/evaluation
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
