@@ -150,3 +150,20 @@ def test_a_task_that_never_fits_is_counted_not_crashed(host, tokenizer):
     assert all(r["ttt"]["fallback"] == "skip-ttt" and r["predict"]["unfit"] == 8 for r in records)
     assert summarize(records)["did_not_fit"] == 2
     assert submission["t1"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]
+
+
+def test_shared_ttt_trains_one_lora_on_all_tasks_and_keeps_it(host, tokenizer, monkeypatch):
+    import testtime.arc.solve as solve_module
+
+    calls = []
+    real = solve_module.train
+    monkeypatch.setattr(solve_module, "train", lambda model, seqs, args, **kw: calls.append(len(seqs))
+                        or real(model, seqs, args, **kw))
+    cfg = quick_config()
+    cfg.shared = True
+    tasks = small_tasks()
+    records, _ = run(Solver(host, tokenizer, cfg), tasks, None)
+    assert len(calls) == 1 and calls[0] == 4 * len(tasks)  # one LoRA, every task's 4 sequences
+    assert all(r["status"] == "ok" and r["ttt"]["shared"] for r in records)
+    assert host.has_adapter  # the shared LoRA served every task's predictions
+    host.drop()

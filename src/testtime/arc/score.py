@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from testtime.arc.task import Grid, TaskError, as_grid, grids_equal
+from testtime.runs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +67,8 @@ def build_submission(task_attempts: Mapping[str, Sequence[Sequence[Grid | None]]
 
 
 def write_submission(path: str | Path, submission: Mapping[str, Any]) -> None:
-    """Write `submission` as JSON atomically: a temporary file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(submission, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `submission` as JSON atomically (a temporary file beside it, then os.replace)."""
+    write_json_atomic(path, submission)
 
 
 def load_submission(path: str | Path) -> dict[str, list[dict[str, list[list[int]]]]]:
