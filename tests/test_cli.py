@@ -111,7 +111,7 @@ def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_di
     tasks = _write_tasks(tmp_path / "tasks")
     out = tmp_path / "run"
     args = ["arc", "solve", str(tasks), "--model", str(tiny_model_dir), "--out", str(out), "--ttt-sequences", "2",
-            "--max-new-tokens", "8", "--lora-rank", "2"]
+            "--max-new-tokens", "8", "--lora-rank", "2", "--lora-targets", "q_proj,v_proj", "--ttt-schedule", "constant"]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())
@@ -120,6 +120,8 @@ def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_di
     assert sorted(p.name for p in (out / "tasks").iterdir()) == ["task0.json", "task1.json", "task2.json"]
     config = json.loads((out / "config.json").read_text())
     assert config["tasks"] == ["task0", "task1", "task2"] and config["config"]["data"]["n_sequences"] == 2
+    assert config["config"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert config["config"]["train"]["schedule"] == "constant"
     record = json.loads((out / "tasks" / "task1.json").read_text())
     assert record["status"] == "ok" and record["ttt"]["steps"] >= 1 and record["predict"]["prompts"] == 8
     submission = json.loads((out / "submission.json").read_text())
@@ -137,13 +139,27 @@ def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_di
 
 
 def test_solve_reports_every_bad_flag_at_once(tmp_path):
-    result = invoke("arc", "solve", "arc-agi-1/evaluation", "--ttt-format", "nope", "--lora-rank", "0")
+    result = invoke("arc", "solve", "arc-agi-1/evaluation", "--ttt-format", "nope", "--lora-rank", "0",
+                    "--ttt-schedule", "steep", "--lora-targets", ",")
     assert result.exit_code == 2
     flat = " ".join(result.output.split())
-    assert "--ttt-format" in flat and "--lora-rank" in flat
+    for flag in ("--ttt-format", "--lora-rank", "--ttt-schedule", "--lora-targets"):
+        assert flag in flat
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
     result = invoke("arc", "solve", "arc-agi-1/evaluation", "--limit", "1", "--model", str(tmp_path / "none.gguf"))
     assert result.exit_code == 2
     assert "does not exist" in " ".join(result.output.split())
+
+
+def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path, tiny_model_dir, monkeypatch):
+    import testtime.arc.solve as solve_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(solve_module, "run", interrupted)
+    tasks = _write_tasks(tmp_path / "tasks")
+    result = invoke("arc", "solve", str(tasks), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 130
+    assert "run the same command again to resume" in " ".join(result.output.split())

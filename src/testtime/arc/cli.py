@@ -187,6 +187,11 @@ def solve(
     grad_accum: int = typer.Option(1, help="TTT: micro-batches per optimiser step."),
     lora_rank: int = typer.Option(16, help="LoRA rank."),
     lora_alpha: int = typer.Option(32, help="LoRA alpha."),
+    lora_dropout: float = typer.Option(0.0, help="LoRA dropout."),
+    lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                     help="Comma-separated module names that get a LoRA."),
+    ttt_schedule: str = typer.Option("cosine", help="TTT: learning-rate schedule: cosine, linear or constant."),
+    ttt_warmup: int = typer.Option(0, help="TTT: warm-up steps."),
     loss_on: str = typer.Option("answer", help="TTT loss on the `answer` only or on all demo `outputs`."),
     transforms: str = typer.Option("geometric", help="Inference: `geometric` (8 symmetries) or `geometric+color`."),
     infer_batch_size: int = typer.Option(8, help="Inference: prompts decoded together."),
@@ -212,6 +217,13 @@ def solve(
         problems.append(f"--ttt-format must be icl, e2e or both, not {ttt_format!r}")
     if loss_on not in ("answer", "outputs"):
         problems.append(f"--loss-on must be answer or outputs, not {loss_on!r}")
+    if ttt_schedule not in ("cosine", "linear", "constant"):
+        problems.append(f"--ttt-schedule must be cosine, linear or constant, not {ttt_schedule!r}")
+    if not 0.0 <= lora_dropout < 1.0:
+        problems.append(f"--lora-dropout must be in [0, 1), not {lora_dropout}")
+    targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
+    if not targets:
+        problems.append("--lora-targets names no module")
     if transforms not in ("geometric", "geometric+color"):
         problems.append(f"--transforms must be geometric or geometric+color, not {transforms!r}")
     for flag, value in (("--ttt-sequences", ttt_sequences), ("--ttt-max-len", ttt_max_len),
@@ -234,8 +246,9 @@ def solve(
         _fail(f"no tasks to solve in {source}")
     config = SolveConfig(
         model=model, adapter=adapter, ttt=ttt, shared=shared, seed=seed,
-        lora=LoraArgs(r=lora_rank, alpha=lora_alpha),
-        train=TrainArgs(lr=ttt_lr, epochs=ttt_epochs, batch_size=ttt_batch_size, grad_accum=grad_accum, seed=seed),
+        lora=LoraArgs(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=targets),
+        train=TrainArgs(lr=ttt_lr, epochs=ttt_epochs, batch_size=ttt_batch_size, grad_accum=grad_accum, seed=seed,
+                        schedule=ttt_schedule, warmup_steps=ttt_warmup),
         data=TTTArgs(n_sequences=ttt_sequences, formats=ttt_format, loss_on=loss_on, max_len=ttt_max_len, seed=seed),
         infer=InferArgs(transforms=transforms, batch_size=infer_batch_size, max_new_tokens=max_new_tokens,
                         max_len=max_len, seed=seed),
@@ -251,7 +264,13 @@ def solve(
     console.print(f"model: {total / 1e6:.1f}M parameters on {loaded.device} ({loaded.dtype}); "
                   f"LoRA rank {lora_rank}")
     solver = Solver(host, loaded.tokenizer, config)
-    records, _ = _run_with_progress(solver, selected, RunDir(out) if out else None, run)
+    try:
+        records, _ = _run_with_progress(solver, selected, RunDir(out) if out else None, run)
+    except KeyboardInterrupt:
+        saved = f"finished tasks are saved in {out}; run the same command again to resume" if out else \
+            "nothing was saved (no --out)"
+        console.print(f"[bold yellow]interrupted:[/] {saved}")
+        raise typer.Exit(code=130) from None
     _print_summary(summarize(records), out)
 
 
