@@ -178,11 +178,14 @@ class RunDir:
                         self.path)
         write_json_atomic(self.path / "config.json", config)
 
-    def write_submission(self, tasks: Sequence[Task], records: dict[str, dict[str, Any]]) -> dict:
-        attempts = {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in records.items()}
-        submission = build_submission(attempts, {t.id: len(t.test) for t in tasks})
+    def write_submission(self, submission: dict) -> None:
         write_submission(self.path / "submission.json", submission)
-        return submission
+
+
+def submission_of(tasks: Sequence[Task], records: dict[str, dict[str, Any]]) -> dict:
+    """The Kaggle submission of a run's task records (every task and test input present)."""
+    attempts = {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in records.items()}
+    return build_submission(attempts, {t.id: len(t.test) for t in tasks})
 
 
 def run(solver: Solver, tasks: Sequence[Task], run_dir: RunDir | None, *,
@@ -214,11 +217,9 @@ def run(solver: Solver, tasks: Sequence[Task], run_dir: RunDir | None, *,
         if on_task_done:
             on_task_done(record)
     ordered = {t.id: records[t.id] for t in tasks}
+    submission = submission_of(tasks, ordered)
     if run_dir is not None:
-        submission = run_dir.write_submission(tasks, ordered)
-    else:
-        attempts = {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in ordered.items()}
-        submission = build_submission(attempts, {t.id: len(t.test) for t in tasks})
+        run_dir.write_submission(submission)
     return list(ordered.values()), submission
 
 
