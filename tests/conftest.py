@@ -40,3 +40,12 @@ def make_tiny_model(vocab_size: int = 49152, seed: int = 0):
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random model saved like any local model directory (config, safetensors, tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(vocab_size=len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -24,7 +24,8 @@ def _task_json(rows: int, cols: int, colour: int = 1) -> dict:
             "test": [{"input": grid, "output": grid}]}
 
 
-COMMANDS = [("arc", "datasets"), ("arc", "show"), ("arc", "stats"), ("arc", "solve"), ("arc", "score")]
+COMMANDS = [("arc", "datasets"), ("arc", "show"), ("arc", "stats"), ("arc", "pretrain"), ("arc", "solve"),
+            ("arc", "score"), ("lm", "index"), ("lm", "eval")]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
@@ -86,17 +87,6 @@ def test_unknown_source_is_a_clear_error():
     result = invoke("arc", "stats", "no-such-dataset")
     assert result.exit_code == 2
     assert "arc-agi-1/evaluation" in result.output  # the message lists the known names
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    """A tiny random model saved like any local model directory (config, safetensors, tokenizer)."""
-    from tests.conftest import make_tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model(vocab_size=len(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _write_tasks(folder, n: int = 3):
@@ -163,3 +153,49 @@ def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path, tiny_model_dir, m
     result = invoke("arc", "solve", str(tasks), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"))
     assert result.exit_code == 130
     assert "run the same command again to resume" in " ".join(result.output.split())
+
+
+def test_pretrain_writes_an_adapter_that_solve_merges(tmp_path, tiny_model_dir):
+    tasks = _write_tasks(tmp_path / "tasks", n=6)
+    out = tmp_path / "pt"
+    args = ["arc", "pretrain", str(tasks), "--model", str(tiny_model_dir), "--out", str(out), "--steps", "3",
+            "--warmup", "1", "--grad-accum", "1", "--val-tasks", "2", "--val-sequences", "2", "--val-every", "2",
+            "--checkpoint-every", "2", "--lora-rank", "2", "--max-len", "200"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "6 tasks" in flat and "validation loss before -> after" in flat
+    assert "step 2/3" in flat and "checkpoint step-000002" in flat
+    card = json.loads((out / "card.json").read_text())
+    assert card["steps"] == 3 and card["config"]["lora"]["r"] == 2
+    assert card["data"]["sources"][str(tasks)] == {"tasks": 6, "examples": 18, "bad_examples": 1,
+                                                   "evaluation_tasks_left_out": 0}  # broken.json counted
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+
+    again = invoke(*args)  # finished: resumes at the last checkpoint and only rewrites the adapter
+    assert again.exit_code == 0 and json.loads((out / "card.json").read_text())["steps"] == 3
+    changed = invoke(*args[:-2], "--max-len", "300")
+    assert changed.exit_code == 2 and "--restart" in " ".join(changed.output.split())
+
+    solved = invoke("arc", "solve", str(tasks), "--model", str(tiny_model_dir), "--adapter", str(out), "--no-ttt",
+                    "--max-new-tokens", "4", "--limit", "1")
+    assert solved.exit_code == 0, solved.output
+    assert f"adapter {out}" in "".join(solved.output.split("\n"))
+
+
+def test_solve_adapter_flags_are_checked(tmp_path):
+    both = invoke("arc", "solve", "arc-agi-1/evaluation", "--adapter", str(tmp_path), "--no-adapter")
+    assert both.exit_code == 2 and "contradict" in both.output
+    missing = invoke("arc", "solve", "arc-agi-1/evaluation", "--adapter", str(tmp_path))
+    assert missing.exit_code == 2 and "adapter_config.json" in " ".join(missing.output.split())
+
+
+def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch):
+    import testtime.arc.pretrain_cli as pretrain_cli
+
+    monkeypatch.setattr(pretrain_cli, "SHIPPED_ADAPTERS", tmp_path)
+    assert pretrain_cli.default_adapter("embedded") is None
+    (tmp_path / "smollm2-135m-arc").mkdir()
+    (tmp_path / "smollm2-135m-arc" / "adapter_config.json").write_text("{}")
+    assert pretrain_cli.default_adapter("embedded") == tmp_path / "smollm2-135m-arc"
+    assert pretrain_cli.default_adapter("HuggingFaceTB/SmolLM2-360M") is None

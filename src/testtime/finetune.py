@@ -1,13 +1,14 @@
-"""THE fine-tuning loop (LoRA via peft), used by ARC test-time training, pretraining and LM TTFT.
+"""THE fine-tuning loop, used by ARC test-time training, pretraining and LM test-time fine-tuning.
 
-    host = AdapterHost(model, LoraArgs(r=16))        # wrap the base once
+    host = AdapterHost(model, LoraArgs(r=16))        # testtime.lora: the base wrapped once
     host.fresh(seed=0)                               # a new task adapter; only it trains
     stats = train(host.model, sequences, TrainArgs(lr=1e-4, epochs=2))
-    ...generate with host.model...
-    host.drop()                                      # outputs are exactly the base model's again
 
 `train` is one plain loop: right-padded micro-batches, `grad_accum` of them per optimizer step, the
-loss a mean over every labelled token of the step (labels are -100 where there is no loss).
+loss a mean over every labelled token of the step (labels are -100 where there is no loss). Data
+is a list of sequences (shuffled into batches, epoch after epoch) or a stream of ready
+micro-batches (pretraining). A run can stop after any step and resume from `start_step` with the
+optimizer state: the learning rate and the dropout seed are functions of the step alone.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import contextlib
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -31,10 +30,6 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 """Label of a token that carries no loss (the value `torch.nn.functional.cross_entropy` skips)."""
-
-ADAPTER_NAME = "default"
-"""peft saves the adapter named `default` at the top of the save directory (others go to a subfolder)."""
-
 
 @dataclass
 class LoraArgs:
@@ -112,6 +107,8 @@ class StepInfo:
     """Wall time of the step in milliseconds."""
     tokens_per_s: float
     """`tokens` / step time."""
+    optimizer: Any = field(default=None, repr=False)
+    """The live optimizer (its `state_dict()` is what a checkpoint needs to resume)."""
 
 
 @dataclass
@@ -119,7 +116,7 @@ class TrainStats:
     """Summary of one `train` call."""
 
     steps: int
-    """Optimizer steps taken."""
+    """Optimizer steps taken by this call."""
     tokens: int
     """Input tokens processed, padding excluded."""
     losses: list[float]
@@ -235,57 +232,80 @@ def check_args(args: TrainArgs) -> None:
 
 
 def train(
-    model: Any, sequences: list[Sequence], args: TrainArgs, *, on_step: Callable[[StepInfo], None] | None = None
+    model: Any,
+    data: list[Sequence] | Iterator[list[Sequence]],
+    args: TrainArgs,
+    *,
+    on_step: Callable[[StepInfo], None] | None = None,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
 ) -> TrainStats:
-    """Train the parameters of `model` that require grad (the LoRA ones) on `sequences`.
+    """Train the parameters of `model` that require grad (the LoRA ones) on `data`.
 
-    The model is in train mode during the loop and in eval mode afterwards.
+    `data` is a list of sequences, or an iterator of micro-batches (then `args.max_steps` must be
+    set, and the iterator must already be positioned at `start_step`). To resume a run stopped
+    after step s, pass `start_step=s` and the optimizer state saved then (`StepInfo.optimizer`):
+    steps s+1... are then those of the uninterrupted run. The model is in train mode during the
+    loop and in eval mode afterwards.
     """
     check_args(args)
-    usable = _usable(sequences)
-    skipped = len(sequences) - len(usable)
+    stream = not isinstance(data, list)
+    if stream and args.max_steps is None:
+        raise ValueError("training on a stream of batches needs TrainArgs.max_steps")
+    usable = [] if stream else _usable(data)
+    skipped = 0 if stream else len(data) - len(usable)
     if skipped:
-        log.warning("skipping %d of %d sequences: no token in them carries a loss", skipped, len(sequences))
+        log.warning("skipping %d of %d sequences: no token in them carries a loss", skipped, len(data))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (call AdapterHost.fresh() first)")
-    total = total_steps(len(usable), args) if usable else 0
+    total = total_steps(len(usable), args) if (usable or stream) else 0
     n_total = sum(p.numel() for p in model.parameters())
-    log.info("train: %d sequences, %d steps (batch %d x accum %d), %s trainable of %s parameters",
-             len(usable), total, args.batch_size, args.grad_accum, _si(sum(p.numel() for p in params)), _si(n_total))
-    if total == 0:
+    log.info("train: %s, %d steps (batch %d x accum %d), %s trainable of %s parameters",
+             "a stream of batches" if stream else f"{len(usable)} sequences", total, args.batch_size,
+             args.grad_accum, _si(sum(p.numel() for p in params)), _si(n_total))
+    if total <= start_step:
         return TrainStats(steps=0, tokens=0, losses=[], seconds=0.0, tokens_per_s=0.0, skipped=skipped)
 
     device = params[0].device
     optimizer = make_optimizer(params, args)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, args))
-    rng = np.random.default_rng(args.seed)
-    batches = micro_batches(usable, args, rng, epochs=None if args.max_steps is not None else args.epochs)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    if stream:
+        batches = data
+    else:
+        rng = np.random.default_rng(args.seed)
+        batches = micro_batches(usable, args, rng, epochs=None if args.max_steps is not None else args.epochs)
+        batches = islice(batches, start_step * args.grad_accum, None)  # the batches the first steps used
     pad_id = getattr(model.config, "pad_token_id", None) or 0
     losses: list[float] = []
     n_tokens = 0
     with torch.random.fork_rng(devices=_cuda_indices(device)):  # dropout RNG; callers' RNG left untouched
-        torch.manual_seed(args.seed)
         model.train()
         if args.gradient_checkpointing:
             _set_checkpointing(model, on=True)
         t_start = time.perf_counter()
         try:
-            for step in range(1, total + 1):
+            for step in range(start_step + 1, total + 1):
                 t0 = time.perf_counter()
-                lr = scheduler.get_last_lr()[0]
+                lr = args.lr * lr_factor(step - 1, total, args)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.manual_seed(args.seed * 1_000_003 + step)  # dropout of step s is the same after a resume
                 step_batches = list(islice(batches, args.grad_accum))
+                if not step_batches:
+                    raise ValueError(f"the stream of batches ended before step {step} of {total}")
                 loss = _accumulate(model, step_batches, pad_id, device)
                 if args.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_tokens = sum(len(s.input_ids) for b in step_batches for s in b)
                 losses.append(loss)
                 n_tokens += step_tokens
                 seconds = time.perf_counter() - t0
-                info = StepInfo(step, total, loss, lr, step_tokens, 1000 * seconds, step_tokens / max(seconds, 1e-9))
+                info = StepInfo(step, total, loss, lr, step_tokens, 1000 * seconds,
+                                step_tokens / max(seconds, 1e-9), optimizer)
                 _log_step(info, args.log_every)
                 if on_step is not None:
                     on_step(info)
@@ -294,8 +314,33 @@ def train(
                 _set_checkpointing(model, on=False)
             model.eval()
     seconds = time.perf_counter() - t_start
-    return TrainStats(steps=total, tokens=n_tokens, losses=losses, seconds=seconds,
+    return TrainStats(steps=len(losses), tokens=n_tokens, losses=losses, seconds=seconds,
                       tokens_per_s=n_tokens / max(seconds, 1e-9), skipped=skipped)
+
+
+@torch.no_grad()
+def evaluate_loss(model: Any, sequences: list[Sequence], batch_size: int = 1) -> float:
+    """Mean loss per labelled token of `sequences` (no gradient, eval mode, the mode restored after)."""
+    usable = _usable(sequences)
+    if not usable:
+        raise ValueError("no sequence has a labelled token to evaluate")
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    pad_id = getattr(model.config, "pad_token_id", None) or 0
+    total, n = 0.0, 0
+    try:
+        for k in range(0, len(usable), batch_size):
+            batch = usable[k : k + batch_size]
+            input_ids, attention_mask, labels = collate(batch, pad_id, device)
+            with _autocast(device):
+                logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+            n += sum(labelled_tokens(s) for s in batch)
+    finally:
+        model.train(was_training)
+    return total / n
 
 
 def _accumulate(model: Any, step_batches: list[list[Sequence]], pad_id: int, device: torch.device) -> float:
@@ -332,6 +377,10 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _cuda_indices(device: torch.device) -> list[int]:
@@ -371,112 +420,3 @@ def _si(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.1f}{unit}"
     return f"{x:.0f}"
-
-
-# ---------------------------------------------------------------- adapters
-
-
-def lora_config(lora: LoraArgs, model: Any = None) -> Any:
-    """A `peft.LoraConfig` for causal LMs; with `model`, target only the module names it has."""
-    from peft import LoraConfig  # noqa: PLC0415 - heavy import
-
-    targets = list(lora.target_modules)
-    if model is not None:
-        targets = present_targets(model, targets)
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM")
-
-
-def present_targets(model: Any, targets: list[str]) -> list[str]:
-    """The names in `targets` that are leaf module names of `model`; warn on missing, raise if none."""
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    found = [t for t in targets if t in names]
-    missing = [t for t in targets if t not in names]
-    if not found:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ValueError(f"none of the LoRA target modules {targets} is in the model; its linear layers are {linear}")
-    if missing:
-        log.warning("LoRA target modules not in the model, skipped: %s", ", ".join(missing))
-    return found
-
-
-class AdapterHost:
-    """The base model, wrapped by peft once, with at most one task adapter at a time.
-
-    LoRA layers are injected into `base_model` in place; with no adapter they compute exactly
-    the base layer. `start_adapter` (a directory written by `save`) is merged into the base
-    weights first, so task adapters then train on top of it.
-    """
-
-    def __init__(self, base_model: Any, lora: LoraArgs, *, start_adapter: str | Path | None = None) -> None:
-        from peft import get_peft_model  # noqa: PLC0415 - heavy import
-
-        if start_adapter is not None:
-            base_model = merge_adapter(base_model, start_adapter)
-        self.lora = lora
-        self.config = lora_config(lora, base_model)
-        with torch.random.fork_rng(devices=_cuda_indices(_device(base_model))), _quiet_peft():
-            self._peft = get_peft_model(base_model, self.config, adapter_name=ADAPTER_NAME)  # throwaway init
-        self._peft.delete_adapter(ADAPTER_NAME)
-        self.model = self._peft.base_model.model
-        """The transformers model to call forward()/generate() on; the same object for every task."""
-        self.model.eval()
-        log.info("LoRA r=%d alpha=%d on %s; base model %s parameters", lora.r, lora.alpha,
-                 ", ".join(sorted(self.config.target_modules)), _si(self.trainable_parameters()[1]))
-
-    @property
-    def has_adapter(self) -> bool:
-        return ADAPTER_NAME in self._peft.peft_config
-
-    def fresh(self, seed: int) -> None:
-        """Drop any task adapter and add a new one initialised from `seed`; only it trains."""
-        self.drop()
-        with torch.random.fork_rng(devices=_cuda_indices(_device(self.model))):
-            torch.manual_seed(seed)
-            self._peft.add_adapter(ADAPTER_NAME, self.config)
-        self._peft.set_adapter(ADAPTER_NAME)  # active, and its parameters require grad
-        trainable, total = self.trainable_parameters()
-        log.debug("fresh adapter (seed %d): %s trainable of %s parameters", seed, _si(trainable), _si(total))
-
-    def drop(self) -> None:
-        """Remove the task adapter (if any): outputs are exactly the base model's again."""
-        if self.has_adapter:
-            self._peft.delete_adapter(ADAPTER_NAME)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the adapter only (adapter_model.safetensors + adapter_config.json) to directory `path`."""
-        if not self.has_adapter:
-            raise RuntimeError("there is no task adapter to save: call fresh() and train first")
-        self._peft.save_pretrained(str(path), safe_serialization=True)
-        return Path(path)
-
-    def trainable_parameters(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts of `model`, adapter included."""
-        params = list(self.model.parameters())
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def merge_adapter(base_model: Any, path: str | Path) -> Any:
-    """Merge the peft adapter in directory `path` into `base_model`'s weights (in place); returns the model."""
-    from peft import PeftModel  # noqa: PLC0415 - heavy import
-
-    path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"start adapter {path}: no adapter_config.json there; "
-                                "give a directory written by AdapterHost.save")
-    with _quiet_peft():
-        merged = PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
-    log.info("merged start adapter %s into the base weights", path)
-    return merged
-
-
-@contextlib.contextmanager
-def _quiet_peft() -> Iterator[None]:
-    """Hide the FutureWarning peft 0.21 triggers in transformers 5 (nothing for our users to act on)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        yield
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device

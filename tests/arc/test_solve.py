@@ -13,7 +13,8 @@ from testtime.arc.predict import InferArgs
 from testtime.arc.solve import RunDir, SolveConfig, Solver, run, summarize
 from testtime.arc.task import Example, Task, as_grid
 from testtime.arc.ttt_data import TTTArgs
-from testtime.finetune import AdapterHost, LoraArgs, TrainArgs
+from testtime.lora import AdapterHost
+from testtime.finetune import LoraArgs, TrainArgs
 
 
 def learnable_model(vocab_size: int, hidden: int = 128, seed: int = 0) -> LlamaForCausalLM:

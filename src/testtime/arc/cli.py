@@ -10,10 +10,12 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from testtime.arc.pretrain_cli import default_adapter, pretrain
 from testtime.arc.task import Grid, Task, TaskError, dataset_names, load_task, load_tasks
 
-app = typer.Typer(help="ARC: data sets, tasks, statistics, test-time-training solver and scoring.",
+app = typer.Typer(help="ARC: data sets, tasks, statistics, pretraining, test-time-training solver and scoring.",
                   no_args_is_help=True)
+app.command()(pretrain)
 console = Console()
 
 # The usual ARC palette (0 black, 1 blue, 2 red, 3 green, 4 yellow, 5 grey, 6 magenta, 7 orange, 8 sky, 9 maroon)
@@ -171,7 +173,9 @@ def _pct(x: float | None) -> str:
 def solve(
     source: str = typer.Argument(..., help="Data set name, ARC JSON file, directory, or Kaggle *_challenges.json."),
     model: str = typer.Option("embedded", "--model", "-m", help="Base model: `embedded`, HF id or local dir."),
-    adapter: str = typer.Option(None, "--adapter", help="Peft adapter dir merged into the base before TTT."),
+    adapter: str = typer.Option(None, "--adapter", help="Peft adapter dir merged into the base before TTT "
+                                "(default: the adapter shipped for the model, if any)."),
+    no_adapter: bool = typer.Option(False, "--no-adapter", help="Use the bare base model, no shipped adapter."),
     ttt: bool = typer.Option(True, "--ttt/--no-ttt", help="Test-time train a LoRA per task."),
     shared: bool = typer.Option(False, "--shared", help="One LoRA on all tasks' TTT data (Shared-TTT baseline)."),
     limit: int = typer.Option(None, "--limit", "-n", help="Only the first N tasks (sorted by id)."),
@@ -209,7 +213,8 @@ def solve(
     from testtime.arc.predict import InferArgs  # noqa: PLC0415 - heavy imports only for this command
     from testtime.arc.solve import RunDir, SolveConfig, Solver, run, summarize
     from testtime.arc.ttt_data import TTTArgs
-    from testtime.finetune import AdapterHost, LoraArgs, TrainArgs
+    from testtime.lora import AdapterHost
+    from testtime.finetune import LoraArgs, TrainArgs
     from testtime.models import ModelLoadError, load_model
 
     problems = []
@@ -232,8 +237,16 @@ def solve(
                         ("--infer-batch-size", infer_batch_size), ("--max-new-tokens", max_new_tokens)):
         if value < 1:
             problems.append(f"{flag} must be at least 1, not {value}")
+    if adapter and no_adapter:
+        problems.append("--adapter and --no-adapter contradict each other; give one")
+    elif adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        problems.append(f"--adapter {adapter}: no adapter_config.json there; give a directory written by "
+                        "`testtime arc pretrain`")
     if problems:
         _fail("; ".join(problems))
+    if not adapter and not no_adapter:
+        shipped = default_adapter(model)
+        adapter = str(shipped) if shipped else None
 
     try:
         ts = load_tasks(source)
@@ -254,7 +267,8 @@ def solve(
                         max_len=max_len, seed=seed),
     )
     console.print(f"[bold]testtime arc solve[/] {source}: {len(selected)} tasks, model {model}, "
-                  f"TTT {'shared' if shared else 'per task' if ttt else 'off'}, out {out or '(none)'}")
+                  f"adapter {adapter or 'none'}, TTT {'shared' if shared else 'per task' if ttt else 'off'}, "
+                  f"out {out or '(none)'}")
     try:
         loaded = load_model(model)
     except ModelLoadError as err:

@@ -25,7 +25,8 @@ from testtime.arc.score import build_submission, write_submission
 from testtime.arc.task import Task, as_grid, grids_equal
 from testtime.arc.ttt_data import TTTArgs, build_ttt_data
 from testtime.arc.vote import pick_attempts, vote
-from testtime.finetune import AdapterHost, LoraArgs, StepInfo, TrainArgs, train
+from testtime.lora import AdapterHost
+from testtime.finetune import LoraArgs, StepInfo, TrainArgs, train
 from testtime.runs import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)

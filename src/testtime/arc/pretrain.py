@@ -1,0 +1,230 @@
+"""Fine-tune the base LM on many ARC tasks before test-time training (the paper's "FT" stage).
+
+    pool, info = load_pools(["arc-agi-1/training", "re_arc.json.gz"])
+    card = pretrain(load_model(), pool, PretrainConfig(...), out="adapters/arc", sources=info)
+
+The output directory becomes a peft adapter (`adapter_model.safetensors`, `adapter_config.json`)
+plus `card.json` (base model, data, steps, tokens seen, losses), which `testtime arc solve
+--adapter DIR` merges into the base before per-task TTT. Training is the one loop of
+`testtime.finetune` on the stream of `InContextSampler`; a held-out set of whole tasks gives the
+validation loss, measured before the first step and every `val_every` steps. Checkpoints go to
+`OUT/checkpoints/step-N` every `checkpoint_every` steps; running again with the same OUT and
+settings resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from testtime import __version__
+from testtime.arc.format import DEFAULT_FORMAT, TextFormat, encode
+from testtime.arc.pretrain_data import InContextSampler, Pool, PoolInfo, SamplerArgs, split_validation
+from testtime.arc.task import Example
+from testtime.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
+from testtime.finetune import LoraArgs, StepInfo, TrainArgs, evaluate_loss, train
+from testtime.lora import _quiet_peft, lora_config
+from testtime.runs import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0,
+               "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+"""Dense bf16 (fp16 for V100/T4) tensor-core peak TFLOP/s by GPU name, from the vendors' data sheets."""
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that determines a pretraining run (saved as OUT/config.json)."""
+
+    model: str = "embedded"
+    """Base model: `embedded`, a Hugging Face id or a local directory."""
+    sources: list[str] = field(default_factory=list)
+    """Where the pool came from (recorded; `load_pools` reads them)."""
+    lora: LoraArgs = field(default_factory=lambda: LoraArgs(r=16, alpha=32))
+    """Adapter shape (rank 16 on every projection of SmolLM2-135M is 4.9M parameters, 19.5 MB in float32)."""
+    train_token_rows: bool = False
+    """Also train the embedding rows (and, when tied, head rows) of the tokens the ARC format uses."""
+    train: TrainArgs = field(default_factory=lambda: TrainArgs(lr=2e-4, max_steps=1000, warmup_steps=50,
+                                                               batch_size=1, grad_accum=4, log_every=0))
+    """Optimisation: `max_steps` is the length of the run."""
+    data: SamplerArgs = field(default_factory=SamplerArgs)
+    """How in-context tasks are sampled."""
+    val_tasks: int = 8
+    """Whole tasks held out of training for the validation loss."""
+    val_sequences: int = 32
+    """Validation sequences, drawn once from the held-out tasks."""
+    val_every: int = 100
+    """Validation loss every this many steps (and at the last step)."""
+    checkpoint_every: int = 100
+    """Checkpoint every this many steps (and at the last step)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept on disk."""
+
+
+@dataclass
+class Progress:
+    """What `pretrain` reports after every optimizer step."""
+
+    step: int
+    total: int
+    loss: float
+    tokens_per_s: float
+    mfu: float | None
+    """Model FLOPs utilisation on CUDA (6 * params * tokens/s / peak), else None."""
+    val_loss: float | None
+    """Set on the steps where validation ran."""
+    checkpoint: Path | None
+    """Set on the steps where a checkpoint was written."""
+
+
+def format_token_ids(tokenizer: Any, fmt: TextFormat = DEFAULT_FORMAT) -> list[int]:
+    """Every token id the ARC text format produces: digits, newline and the marker lines."""
+    grid = np.arange(10, dtype=np.int8).reshape(2, 5)
+    ids, _ = encode(tokenizer, [Example(grid, grid)], grid, grid, fmt)
+    return sorted(set(ids))
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak FLOP/s of a known CUDA device, else None (no MFU on CPU or unknown GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    log.warning("unknown GPU %r: no MFU (known: %s)", name, ", ".join(PEAK_TFLOPS))
+    return None
+
+
+def wrap_model(model: Any, tokenizer: Any, config: PretrainConfig) -> Any:
+    """The base model with a trainable LoRA (and token rows) of `config`, initialised from its seed."""
+    from peft import get_peft_model  # noqa: PLC0415 - heavy import
+
+    tokens = format_token_ids(tokenizer) if config.train_token_rows else None
+    peft_config = lora_config(config.lora, model, trainable_tokens=tokens)
+    with torch.random.fork_rng(devices=[]), _quiet_peft():
+        torch.manual_seed(config.train.seed)
+        peft_model = get_peft_model(model, peft_config)
+    if config.train.gradient_checkpointing:
+        peft_model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
+    return peft_model
+
+
+def check_config(config: PretrainConfig) -> list[str]:
+    """Problems with `config`, each naming the CLI flag."""
+    problems = []
+    if not config.train.max_steps or config.train.max_steps < 1:
+        problems.append("--steps must be at least 1")
+    for flag, value in (("--val-every", config.val_every), ("--checkpoint-every", config.checkpoint_every),
+                        ("--val-tasks", config.val_tasks), ("--val-sequences", config.val_sequences)):
+        if value < 1:
+            problems.append(f"{flag} must be at least 1, not {value}")
+    if not 1 <= config.data.min_demos <= config.data.max_demos:
+        problems.append(f"need 1 <= --min-demos <= --max-demos, got {config.data.min_demos} and "
+                        f"{config.data.max_demos}")
+    return problems
+
+
+def pretrain(loaded: Any, pool: Pool, config: PretrainConfig, out: str | Path, *, info: PoolInfo | None = None,
+             on_progress: Callable[[Progress], None] | None = None) -> dict:
+    """Fine-tune `loaded.model` on in-context tasks from `pool`; write the adapter and card to `out`.
+
+    Resumes from the newest checkpoint under `out` when `out/config.json` matches `config`;
+    raises ValueError when it holds another run's settings.
+    """
+    problems = check_config(config)
+    if problems:
+        raise ValueError("; ".join(problems))
+    out = Path(out)
+    record = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples become lists, as read back
+    old = read_json(out / "config.json")
+    if old is not None and old != record:
+        changed = sorted(k for k in record if old.get(k) != record[k])
+        raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
+                         "use another --out, or --restart to start over there")
+    write_json_atomic(out / "config.json", record)
+
+    train_pool, val_pool = split_validation(pool, config.val_tasks, config.train.seed)
+    tokenizer = loaded.tokenizer
+    sampler = InContextSampler(train_pool, tokenizer, config.data)
+    val_args = dataclasses.replace(config.data, seed=config.data.seed + 1)
+    val_seqs = InContextSampler(val_pool, tokenizer, val_args).sequences(0, config.val_sequences)
+    model = wrap_model(loaded.model, tokenizer, config)
+    n_params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("pretraining %s: %.1fM parameters, %.2fM trainable; %d training tasks, %d validation tasks",
+             config.model, n_params / 1e6, trainable / 1e6, len(train_pool), len(val_pool))
+
+    history: dict[str, Any] = {"losses": [], "val": [], "tokens": 0, "seconds": 0.0}
+    start_step, optimizer_state = 0, None
+    ckpt_path = latest_checkpoint(out / "checkpoints")
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        load_trainable(model, ckpt.weights)
+        start_step, optimizer_state, history = ckpt.step, ckpt.optimizer, ckpt.extra
+        log.info("resuming from %s (step %d)", ckpt_path, start_step)
+    if not history["val"]:
+        history["val"].append([0, evaluate_loss(model, val_seqs)])
+    peak = peak_flops(next(model.parameters()).device)
+    total = config.train.max_steps
+    t_start = time.perf_counter() - history["seconds"]
+
+    def on_step(step: StepInfo) -> None:
+        history["losses"].append(step.loss)
+        history["tokens"] += step.tokens
+        history["seconds"] = time.perf_counter() - t_start
+        val = ckpt_written = None
+        if step.step % config.val_every == 0 or step.step == total:
+            val = evaluate_loss(model, val_seqs)
+            history["val"].append([step.step, val])
+        if step.step % config.checkpoint_every == 0 or step.step == total:
+            ckpt_written = save_checkpoint(out / "checkpoints", step.step, model, step.optimizer, history,
+                                           keep=config.keep_checkpoints)
+        mfu = 6 * n_params * step.tokens_per_s / peak if peak else None
+        if on_progress is not None:
+            on_progress(Progress(step.step, total, step.loss, step.tokens_per_s, mfu, val, ckpt_written))
+
+    batches = sampler.batches(config.train.batch_size, start_batch=start_step * config.train.grad_accum)
+    train(model, batches, config.train, on_step=on_step, start_step=start_step, optimizer_state=optimizer_state)
+
+    with _quiet_peft():
+        model.save_pretrained(str(out), safe_serialization=True)
+    (out / "README.md").unlink(missing_ok=True)  # peft's template card; ours is card.json
+    card = _card(config, info, history, sorted(val_pool), sampler, loaded)
+    write_json_atomic(out / "card.json", card)
+    return card
+
+
+def _card(config: PretrainConfig, info: PoolInfo | None, history: dict, val_ids: list[str],
+          sampler: InContextSampler, loaded: Any) -> dict:
+    losses = history["losses"]
+    tail = losses[-10:]
+    return {
+        "kind": "testtime ARC pretraining adapter",
+        "base_model": config.model,
+        "testtime_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(getattr(loaded, "device", "")),
+        "data": {"sources": info.sources if info else config.sources, "validation_tasks": val_ids,
+                 "draws_too_long": sampler.too_long},
+        "steps": len(losses),
+        "tokens_seen": history["tokens"],
+        "seconds": round(history["seconds"], 1),
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_final": sum(tail) / len(tail) if tail else None,
+        "val_loss_initial": history["val"][0][1],
+        "val_loss_final": history["val"][-1][1],
+        "val_history": history["val"],
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+    }

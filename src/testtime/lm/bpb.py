@@ -1,0 +1,58 @@
+"""Bits per byte of a continuation given its prompt: the SIFT paper's measure of a language model.
+
+    bits, n_bytes = continuation_bits(model, tokenizer, prompt, continuation)
+    bpb = bits / n_bytes        # -sum log2 p(continuation tokens | prompt) / UTF-8 bytes
+
+Per byte rather than per token, so models with different tokenizers compare. The prompt and the
+continuation are tokenised separately and concatenated, so the continuation's tokens, and only
+those, carry the loss; when the pair exceeds the context, the prompt loses tokens from its left.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from testtime.finetune import IGNORE_INDEX, Sequence
+
+
+def encode_pair(tokenizer: Any, prompt: str, continuation: str, max_len: int) -> Sequence:
+    """Prompt + continuation token ids, labels on the continuation only, at most `max_len` tokens."""
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    c_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    if not c_ids:
+        raise ValueError("the continuation is empty: there is nothing to score")
+    if len(c_ids) >= max_len:
+        raise ValueError(f"the continuation alone is {len(c_ids)} tokens, over the {max_len}-token context; "
+                         "shorten it (bench/corpus.py --continuation-bytes)")
+    p_ids = p_ids[len(p_ids) + len(c_ids) - max_len:] if len(p_ids) + len(c_ids) > max_len else p_ids
+    bos = tokenizer.bos_token_id
+    if not p_ids and bos is not None:
+        p_ids = [bos]  # the first continuation token needs something to be predicted from
+    return Sequence(input_ids=p_ids + c_ids, labels=[IGNORE_INDEX] * len(p_ids) + c_ids)
+
+
+@torch.no_grad()
+def sequence_bits(model: Any, seq: Sequence) -> float:
+    """-sum log2 p of the labelled tokens of `seq` under `model` (eval mode)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([seq.input_ids], device=device)
+    labels = torch.tensor([seq.labels], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(input_ids=ids, use_cache=False).logits  # (1, T, V)
+    finally:
+        model.train(was_training)
+    nats = F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
+    return nats.item() / math.log(2)
+
+
+def continuation_bits(model: Any, tokenizer: Any, prompt: str, continuation: str,
+                      max_len: int = 2048) -> tuple[float, int]:
+    """(bits of the continuation given the prompt, UTF-8 bytes of the continuation)."""
+    seq = encode_pair(tokenizer, prompt, continuation, max_len)
+    return sequence_bits(model, seq), len(continuation.encode("utf-8"))

@@ -1,0 +1,120 @@
+"""`lm eval` as a library: held-out prompts in, bits per byte per domain out, one file per prompt.
+
+A prompts file is JSON Lines, one object per held-out document:
+`{"id": ..., "domain": ..., "prompt": ..., "continuation": ...}` (what bench/corpus.py writes).
+A bad line is counted and reported with its line number; the others run. The run directory
+holds `config.json` and `results/<select>/<id>.json`, each written atomically when its prompt
+is done, so a rerun skips finished prompts and an interrupted run loses at most one prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from testtime.lm.ttft import PromptResult, TTFTArgs, ttft_prompt
+from testtime.runs import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("id", "prompt", "continuation")
+
+
+@dataclass
+class Prompt:
+    id: str
+    domain: str
+    prompt: str
+    continuation: str
+
+
+@dataclass
+class PromptFile:
+    prompts: list[Prompt]
+    errors: list[str]
+    """One message per bad line: file, line number, what is wrong."""
+
+
+def read_prompts(path: str | Path) -> PromptFile:
+    """Read a prompts JSONL file; raises ValueError only when the file itself cannot be read."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read prompts file {path}: {err}") from None
+    prompts, errors, seen = [], [], set()
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            errors.append(f"{path}:{n}: not JSON ({err.msg})")
+            continue
+        missing = [k for k in REQUIRED if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        if missing:
+            errors.append(f"{path}:{n}: field {', '.join(missing)} missing or not a string "
+                          f"(each line needs {', '.join(REQUIRED)}; domain optional)")
+            continue
+        if not row["continuation"]:
+            errors.append(f"{path}:{n}: empty continuation")
+            continue
+        if row["id"] in seen:
+            errors.append(f"{path}:{n}: duplicate id {row['id']!r}")
+            continue
+        seen.add(row["id"])
+        prompts.append(Prompt(row["id"], str(row.get("domain") or ""), row["prompt"], row["continuation"]))
+    return PromptFile(prompts, errors)
+
+
+def result_path(out: Path, select: str, prompt_id: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", prompt_id)
+    return out / "results" / select / f"{safe}.json"
+
+
+def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: list[Prompt], args: TTFTArgs,
+             out: str | Path | None, *, config: dict | None = None,
+             on_prompt: Callable[[Prompt, dict, bool], None] | None = None,
+             on_step: Callable | None = None) -> tuple[list[dict], list[dict]]:
+    """Evaluate every prompt (skipping those with a result in `out`); returns (results, failures).
+
+    A prompt that raises is recorded as a failure with its error and the run goes on.
+    """
+    out = Path(out) if out is not None else None
+    if out is not None:
+        record = {"args": asdict(args), **(config or {})}
+        old = read_json(out / "config.json")
+        if old is not None and old.get("args", {}).get("select") == args.select and old != record:
+            log.warning("%s/config.json differs from this run's settings; finished prompts are kept", out)
+        write_json_atomic(out / "config.json", record)
+    results, failures = [], []
+    for p in prompts:
+        path = result_path(out, args.select, p.id) if out is not None else None
+        done = read_json(path) if path is not None else None
+        if done is not None and "bits" in done:
+            results.append(done)
+            if on_prompt is not None:
+                on_prompt(p, done, True)
+            continue
+        t0 = time.perf_counter()
+        try:
+            res: PromptResult = ttft_prompt(host, tokenizer, memory, embedder, p.id, p.prompt, p.continuation,
+                                            args, domain=p.domain, on_step=on_step)
+            row = {**res.to_json(), "seconds": time.perf_counter() - t0}
+        except (ValueError, RuntimeError) as err:
+            row = {"prompt_id": p.id, "domain": p.domain, "select": args.select, "error": str(err)}
+            failures.append(row)
+            log.warning("prompt %s failed: %s", p.id, err)
+        else:
+            results.append(row)
+            if path is not None:
+                write_json_atomic(path, row)
+        if on_prompt is not None:
+            on_prompt(p, row, False)
+    return results, failures

@@ -1,0 +1,493 @@
+"""The memory SIFT selects from: a corpus cut into chunks, embedded, stored on disk, searched.
+
+A corpus is text files (a directory is read recursively; hidden files and folders are skipped;
+binary or non-UTF-8 files are skipped and counted) and JSONL files with one document per line
+in a text field (a "domain" field, when present, is kept with each chunk). Each document is
+cut into contiguous chunks of at most L tokens of the LM's tokenizer, at a line boundary where
+one falls in the second half of the window, otherwise at a token boundary; the chunks of a
+document join back to its text exactly. Whitespace-only chunks are dropped.
+
+An index directory, built by streaming the corpus through `build_index`:
+
+    config.json        what the index is built with: written first, a rerun must match it
+    shard-00000.jsonl  one line per chunk: {"text", "source", "domain"}
+    shard-00000.npy    (n, d) float16 unit-norm embeddings of those chunks, same order
+    index.faiss        faiss IndexFlatIP over all chunks, positions in shard order
+    meta.json          written last: config, counts, shard list; present = finished
+
+Every file is written to a temporary name and renamed into place, so an interrupted build
+leaves whole shards only; a rerun re-chunks the corpus (cheap), checks the finished shards
+hold the same chunks and embeds only the rest.
+
+SIFT is blind to sign (-x tells as much about x* as x does), so `Memory.search` ranks by
+|<x, x*>|: it asks faiss for the top of q and of -q and merges, exactly as the brute-force
+`testtime.lm.select.preselect` ranks (ties: smaller position).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from testtime.lm.embed import Embedder
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Chunk", "Corpus", "CorpusError", "Document", "IndexReport", "Memory", "MemoryIndexError",
+           "build_index", "chunk_text", "finished_shards", "iter_chunks"]
+
+FORMAT = 1
+MIN_CHUNK_TOKENS = 8
+"""A character can take up to 4 byte-level tokens, so a chunk must hold a few of them."""
+BLOCK_CHARS = 1_000_000
+"""Documents longer than this are tokenised a block at a time, cut at a line end (chunks do not span blocks)."""
+FAISS_INSTALL = "pip install faiss-cpu"
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be read as asked; the message names the path (and line) and the fix."""
+
+
+class MemoryIndexError(RuntimeError):
+    """An index directory is unfinished, corrupt, or was started with other options."""
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    source: str
+    """Where it came from: the file path, or `path:line` for a JSONL line."""
+    domain: str | None = None
+    """The JSONL "domain" field, if any (e.g. code, manpages)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    """At most L tokens of the LM tokenizer; a contiguous piece of its document."""
+    source: str
+    domain: str | None = None
+
+
+# --- reading a corpus ------------------------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    """Documents from text files, directories and JSONL files, with counts of what was skipped."""
+
+    paths: list[Path]
+    """Files or directories; a `.jsonl` file (also inside a directory) holds one JSON document a line."""
+    text_field: str = "text"
+    """The JSONL field holding the document text (`--text-field`)."""
+    documents: int = 0
+    """Documents yielded by the last pass."""
+    skipped_files: list[str] = field(default_factory=list)
+    """`path: reason` for each binary or undecodable file of the last pass."""
+    bad_lines: list[str] = field(default_factory=list)
+    """`path:line: reason` for each JSONL line that was not a document."""
+
+    def __post_init__(self) -> None:
+        self.paths = [Path(p).expanduser() for p in self.paths]
+        missing = [str(p) for p in self.paths if not p.exists()]
+        if not self.paths:
+            raise CorpusError("no corpus given: pass text files, directories or .jsonl files")
+        if missing:
+            raise CorpusError(f"corpus path does not exist: {', '.join(missing)}")
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this corpus in an index's config (absolute paths and the text field)."""
+        return {"paths": [str(p.resolve()) for p in self.paths], "text_field": self.text_field}
+
+    def files(self) -> Iterator[Path]:
+        """Every file, in a fixed order: the given order, directories walked in sorted order."""
+        for root in self.paths:
+            if root.is_file():
+                yield root
+                continue
+            found = (p for p in root.rglob("*") if p.is_file())
+            visible = (p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))
+            yield from sorted(visible, key=lambda p: p.relative_to(root).as_posix())
+
+    def __iter__(self) -> Iterator[Document]:
+        self.documents, self.skipped_files, self.bad_lines = 0, [], []
+        for path in self.files():
+            docs = self._read_jsonl(path) if path.suffix == ".jsonl" else self._read_text(path)
+            for doc in docs:
+                self.documents += 1
+                yield doc
+
+    def _skip(self, path: Path, reason: str) -> None:
+        logger.warning("skipped %s: %s", path, reason)
+        self.skipped_files.append(f"{path}: {reason}")
+
+    def _read_text(self, path: Path) -> Iterator[Document]:
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            self._skip(path, f"unreadable ({err.strerror})")
+            return
+        if b"\0" in raw[:8192]:
+            self._skip(path, "binary (NUL bytes)")
+            return
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            self._skip(path, f"not UTF-8 text (byte {err.start})")
+            return
+        yield Document(text, str(path))
+
+    def _read_jsonl(self, path: Path) -> Iterator[Document]:
+        seen_object = False
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(raw)
+                except ValueError as err:  # also UnicodeDecodeError
+                    self._bad(f"{where}: not valid JSON ({err})")
+                    continue
+                if not isinstance(obj, dict):
+                    self._bad(f"{where}: a JSON {type(obj).__name__}, not an object")
+                    continue
+                if self.text_field not in obj:
+                    if not seen_object:  # the field name is wrong, not one line
+                        raise CorpusError(f"{path} line {lineno}: no field {self.text_field!r} (fields: "
+                                          f"{', '.join(map(repr, obj)) or 'none'}); pass --text-field with "
+                                          "the field that holds the text")
+                    self._bad(f"{where}: no field {self.text_field!r}")
+                    continue
+                seen_object = True
+                text = obj[self.text_field]
+                if not isinstance(text, str):
+                    self._bad(f"{where}: field {self.text_field!r} is a {type(text).__name__}, not a string")
+                    continue
+                domain = obj.get("domain")
+                yield Document(text, where, None if domain is None else str(domain))
+
+    def _bad(self, message: str) -> None:
+        logger.warning("skipped line %s", message)
+        self.bad_lines.append(message)
+
+
+# --- chunking --------------------------------------------------------------------------------
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _blocks(text: str, limit: int = BLOCK_CHARS) -> Iterator[str]:
+    """Pieces of at most `limit` characters, cut after a newline where there is one."""
+    start = 0
+    while len(text) - start > limit:
+        nl = text.rfind("\n", start, start + limit)
+        cut = nl + 1 if nl >= start else start + limit
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def chunk_text(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
+    """Contiguous pieces of `text`, each at most `max_tokens` tokens; `"".join(pieces) == text`.
+
+    A piece ends at the last line end of its token window if that keeps at least half the
+    window, otherwise at a token boundary. Token counts are of each piece tokenised on its own
+    (no special tokens), checked, so a cut inside a merged token (e.g. "\\n   ") cannot overflow.
+    """
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < MIN_CHUNK_TOKENS:
+        raise ValueError(f"max_tokens must be an integer >= {MIN_CHUNK_TOKENS}, got {max_tokens!r}")
+    pieces: list[str] = []
+    for block in _blocks(text):
+        pieces.extend(_chunk_block(block, tokenizer, max_tokens))
+    return pieces
+
+
+def _chunk_block(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
+    if not text:
+        return []
+    starts = [a for a, _ in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+    if len(starts) <= max_tokens:
+        return [text]
+    pieces, s = [], 0
+    while s < len(text):
+        t0 = max(bisect.bisect_right(starts, s) - 1, 0)  # the token holding character s
+        budget = max_tokens
+        while True:
+            end = t0 + budget
+            if end >= len(starts):
+                cut = len(text)
+            else:
+                cut = starts[end]
+                nl = text.rfind("\n", s, cut)
+                if nl >= 0 and bisect.bisect_left(starts, nl + 1) - t0 >= budget // 2:
+                    cut = nl + 1
+                if cut <= s:  # overlapping offsets (one character, several byte tokens)
+                    cut = next((a for a in starts[t0:] if a > s), len(text))
+            count = _count(tokenizer, text[s:cut])
+            if count <= max_tokens:
+                break
+            if budget == 1:
+                raise ValueError(f"cannot cut {text[s:s + 40]!r}... into pieces of {max_tokens} tokens")
+            budget = max(1, budget - (count - max_tokens))
+        pieces.append(text[s:cut])
+        s = cut
+    return pieces
+
+
+def iter_chunks(documents: Iterable[Document], tokenizer: Any, chunk_tokens: int) -> Iterator[Chunk]:
+    """The non-blank chunks of every document, in order."""
+    for doc in documents:
+        for piece in chunk_text(doc.text, tokenizer, chunk_tokens):
+            if piece.strip():
+                yield Chunk(piece, doc.source, doc.domain)
+
+
+# --- building an index -----------------------------------------------------------------------
+
+
+@dataclass
+class IndexReport:
+    """What one `build_index` run did."""
+
+    out_dir: Path
+    documents: int = 0
+    chunks: int = 0
+    shards: int = 0
+    reused_shards: int = 0
+    """Shards found finished on disk and not embedded again."""
+    embedded: int = 0
+    """Chunks embedded by this run (chunks minus those in reused shards)."""
+    skipped_files: list[str] = field(default_factory=list)
+    bad_lines: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+FLAGS = {"embedder": "--embedder", "dim": "--embedder", "chunk_tokens": "--chunk-tokens", "tokenizer": "--model",
+         "shard_size": "--shard-size", "corpus": "CORPUS / --text-field", "format": "(testtime version)"}
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+        write(fh)
+    os.replace(tmp, path)
+
+
+def _shard_name(n: int) -> str:
+    return f"shard-{n:05d}"
+
+
+def finished_shards(out_dir: Path) -> list[str]:
+    """Names of the shards with both files on disk (an interrupted write leaves only .tmp files)."""
+    return sorted(p.stem for p in Path(out_dir).glob("shard-*.npy") if p.with_suffix(".jsonl").exists())
+
+
+def _check_config(out: Path, config: dict[str, Any]) -> bool:
+    """Write config.json, or check the one there matches; True when resuming a started index."""
+    path = out / "config.json"
+    if not path.exists():
+        if finished_shards(out):
+            raise MemoryIndexError(f"{out} holds shards but no config.json: not an index testtime can resume; "
+                                   "delete it or pass another --out")
+        _write_atomic(path, lambda fh: json.dump(config, fh, indent=2))
+        return False
+    old = json.loads(path.read_text(encoding="utf-8"))
+    differ = [k for k in config if old.get(k) != config[k]]
+    if differ:
+        detail = "; ".join(f"{k} was {old.get(k)!r}, now {config[k]!r} ({FLAGS.get(k, k)})" for k in differ)
+        raise MemoryIndexError(f"{out} was started with other options: {detail}. Rerun with the same options to "
+                               "resume, or pass another --out (or delete it) to start over")
+    return True
+
+
+def _flush(out: Path, number: int, chunks: list[Chunk], embedder: Embedder, batch_size: int,
+           report: IndexReport, on_chunks: Callable[[int, bool], None] | None) -> None:
+    """Write one shard, or check and reuse it when a previous run finished it."""
+    name = _shard_name(number)
+    npy, jsonl = out / f"{name}.npy", out / f"{name}.jsonl"
+    texts = [c.text for c in chunks]
+    if npy.exists() and jsonl.exists():
+        with jsonl.open(encoding="utf-8") as fh:
+            old = [json.loads(line)["text"] for line in fh]
+        shape = np.load(npy, mmap_mode="r", allow_pickle=False).shape
+        if old != texts or shape != (len(texts), embedder.dim):
+            raise MemoryIndexError(f"{npy} holds other chunks than the corpus gives now (did the corpus change "
+                                   f"since the index was started?); delete {out} or pass another --out")
+        report.reused_shards += 1
+        if on_chunks:
+            on_chunks(len(chunks), True)
+        return
+    step = batch_size * 8  # one call sorts 8 batches by length: less padding, still frequent progress
+    parts = []
+    for i in range(0, len(texts), step):
+        parts.append(embedder.embed(texts[i:i + step], batch_size=batch_size))
+        if on_chunks:
+            on_chunks(len(parts[-1]), False)
+    emb = np.concatenate(parts).astype(np.float16)  # (n, d)
+    lines = "".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in chunks)
+    _write_atomic(jsonl, lambda fh: fh.write(lines))
+    _write_atomic(npy, lambda fh: np.save(fh, emb, allow_pickle=False), "wb")  # last: marks the shard done
+    report.embedded += len(chunks)
+
+
+def _faiss() -> Any:
+    try:
+        import faiss  # noqa: PLC0415 - optional at import time of testtime
+    except ImportError as err:
+        raise MemoryIndexError(f"the memory index needs faiss: {FAISS_INSTALL}") from err
+    return faiss
+
+
+def build_index(corpus: Corpus, out_dir: str | Path, embedder: Embedder, tokenizer: Any, *,
+                chunk_tokens: int = 256, tokenizer_name: str = "embedded", shard_size: int = 2048,
+                batch_size: int = 64, on_chunks: Callable[[int, bool], None] | None = None) -> IndexReport:
+    """Chunk, embed and store `corpus` in `out_dir`, streaming `shard_size` chunks at a time.
+
+    Resumable: finished shards are checked against the re-chunked corpus and reused, not
+    embedded again; options that differ from the run that started `out_dir` raise
+    MemoryIndexError. `on_chunks(n, reused)` is called as chunks are embedded or reused.
+    """
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, "embedder": embedder.name, "dim": int(embedder.dim), "chunk_tokens": chunk_tokens,
+              "tokenizer": tokenizer_name, "shard_size": shard_size, "corpus": corpus.describe()}
+    _check_config(out, config)
+    report = IndexReport(out_dir=out)
+    shards: list[dict[str, Any]] = []
+    buffer: list[Chunk] = []
+    for chunk in iter_chunks(corpus, tokenizer, chunk_tokens):
+        buffer.append(chunk)
+        if len(buffer) == shard_size:
+            _flush(out, len(shards), buffer, embedder, batch_size, report, on_chunks)
+            shards.append({"name": _shard_name(len(shards)), "count": len(buffer)})
+            buffer = []
+    if buffer:
+        _flush(out, len(shards), buffer, embedder, batch_size, report, on_chunks)
+        shards.append({"name": _shard_name(len(shards)), "count": len(buffer)})
+    report.documents, report.shards = corpus.documents, len(shards)
+    report.chunks = sum(s["count"] for s in shards)
+    report.skipped_files, report.bad_lines = list(corpus.skipped_files), list(corpus.bad_lines)
+    if report.chunks == 0:
+        raise CorpusError(f"no text to index in {', '.join(map(str, corpus.paths))} ({report.documents} documents, "
+                          f"{len(report.skipped_files)} files skipped, {len(report.bad_lines)} bad lines)")
+
+    faiss = _faiss()
+    index = faiss.IndexFlatIP(int(embedder.dim))
+    for s in shards:  # float16 on disk -> float32 for faiss; positions in shard order
+        index.add(np.load(out / f"{s['name']}.npy", allow_pickle=False).astype(np.float32))
+    tmp = out / "index.faiss.tmp"
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, out / "index.faiss")
+    report.seconds = time.perf_counter() - start
+    dtype = str(getattr(embedder, "dtype", "")).removeprefix("torch.") or None  # informative, not checked
+    meta = {**config, "embed_dtype": dtype, "count": report.chunks, "documents": report.documents, "shards": shards,
+            "skipped_files": len(report.skipped_files), "bad_lines": len(report.bad_lines)}
+    _write_atomic(out / "meta.json", lambda fh: json.dump(meta, fh, indent=2))
+    logger.debug("index %s | %d documents | %d chunks | %d shards (%d reused) | %.1f s", out, report.documents,
+                report.chunks, report.shards, report.reused_shards, report.seconds)
+    return report
+
+
+# --- the memory at search time ---------------------------------------------------------------
+
+
+class Memory:
+    """Chunk embeddings (float32, in RAM), their texts, and a faiss index over them."""
+
+    def __init__(self, embeddings: np.ndarray, chunks: list[Chunk], meta: dict[str, Any] | None = None,
+                 index: Any = None) -> None:
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)  # (M, d)
+        if self.embeddings.ndim != 2 or len(self.embeddings) != len(chunks):
+            raise ValueError(f"need embeddings (M, d) for M={len(chunks)} chunks, got {self.embeddings.shape}")
+        self.chunks = chunks
+        self.meta = meta or {}
+        if index is None:
+            index = _faiss().IndexFlatIP(self.embeddings.shape[1])
+            index.add(self.embeddings)
+        self.index = index
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Memory:
+        """Read a finished index directory written by `build_index` (no pickle anywhere)."""
+        out = Path(directory)
+        meta_path = out / "meta.json"
+        if not meta_path.exists():
+            raise MemoryIndexError(f"{out} has no meta.json: not a finished index; build it (or finish it) with "
+                                   f"`testtime lm index CORPUS --out {out}`")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        parts, chunks = [], []
+        for s in meta["shards"]:
+            npy, jsonl = out / f"{s['name']}.npy", out / f"{s['name']}.jsonl"
+            try:
+                emb = np.load(npy, allow_pickle=False)
+                with jsonl.open(encoding="utf-8") as fh:
+                    rows = [json.loads(line) for line in fh]
+            except (OSError, ValueError) as err:
+                raise MemoryIndexError(f"cannot read shard {s['name']} of {out}: {err}; rebuild the index") from err
+            if emb.shape != (s["count"], meta["dim"]) or len(rows) != s["count"]:
+                raise MemoryIndexError(f"shard {s['name']} of {out} has {len(rows)} texts and embeddings of shape "
+                                       f"{emb.shape}, but meta.json says {s['count']}; rebuild the index")
+            parts.append(emb)
+            chunks.extend(Chunk(r["text"], r["source"], r.get("domain")) for r in rows)
+        faiss = _faiss()
+        index = faiss.read_index(str(out / "index.faiss"))
+        if index.ntotal != meta["count"] or index.d != meta["dim"]:
+            raise MemoryIndexError(f"{out}/index.faiss holds {index.ntotal} vectors of dimension {index.d}, meta.json "
+                                   f"{meta['count']} of {meta['dim']}; rebuild the index")
+        return cls(np.concatenate(parts).astype(np.float32), chunks, meta, index)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def search(self, query: np.ndarray, k: int) -> np.ndarray:
+        """Positions of the k chunks of largest |<x, q>|, most similar first (ties: smaller position).
+
+        faiss finds the top of q and of -q; their union is rescored exactly and, while items
+        tied with the k-th score could lie beyond what faiss returned, the search widens.
+        """
+        q = np.asarray(query, dtype=np.float32)
+        if q.ndim != 1 or q.shape[0] != self.dim:
+            raise ValueError(f"query must have shape ({self.dim},) like the memory's embeddings, got {q.shape}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = min(int(k), len(self))
+        fetch = min(len(self), k + 16)
+        both = np.stack([q, -q])  # (2, d)
+        while True:
+            scores, ids = self.index.search(both, fetch)  # (2, fetch) each, descending
+            cand = np.unique(ids[ids >= 0])
+            score = np.abs(self.embeddings[cand] @ q)
+            order = np.lexsort((cand, -score))[:k]
+            kth = score[order[-1]]
+            # anything faiss did not return has |<x, q>| <= max of the two last returned scores
+            if fetch == len(self) or max(scores[0, -1], scores[1, -1]) < kth - 1e-5:
+                return cand[order]
+            fetch = min(len(self), 2 * fetch)
+
+    def texts(self, positions: Iterable[int]) -> list[str]:
+        return [self.chunks[int(i)].text for i in positions]
+
+    def sources(self, positions: Iterable[int]) -> list[str]:
+        return [self.chunks[int(i)].source for i in positions]
+
+    def domains(self, positions: Iterable[int]) -> list[str | None]:
+        return [self.chunks[int(i)].domain for i in positions]

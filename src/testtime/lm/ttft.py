@@ -1,0 +1,175 @@
+"""Test-time fine-tuning of an LM per prompt on data selected from a memory (Hubotter et al., 2025).
+
+For each prompt: embed it, let faiss narrow the memory to the K chunks of largest |<x, x*>|,
+select up to N of them (SIFT, nearest neighbours, ...), take one optimizer step per selected
+chunk in selection order on a fresh LoRA, measure the continuation's bits per byte, and drop the
+adapter, so every prompt starts from the same base model.
+
+    host = AdapterHost(model, LoraArgs(r=64, alpha=64))
+    result = ttft_prompt(host, tokenizer, memory, embedder, prompt, continuation, TTFTArgs(select="sift"))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from testtime.finetune import Sequence, StepInfo, TrainArgs, train
+from testtime.lm.bpb import continuation_bits
+from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift
+from testtime.lora import AdapterHost
+
+log = logging.getLogger(__name__)
+
+Method = Literal["none", "nn", "sift", "nn-repeats", "random"]
+METHODS: tuple[str, ...] = ("none", "nn", "sift", "nn-repeats", "random")
+
+
+@dataclass
+class TTFTArgs:
+    """Selection and fine-tuning settings for every prompt."""
+
+    select: Method = "sift"
+    """How chunks are picked: `none` evaluates the untouched model."""
+    n: int = 50
+    """Chunks to select = optimizer steps (the paper: 50)."""
+    k: int = 200
+    """Candidates faiss hands to the selector (top-K by |<x, x*>|)."""
+    lam: float = 0.01
+    """SIFT's noise lambda: large -> nearest neighbour with repeats, small -> never a duplicate."""
+    stop_below: float | None = None
+    """Adaptive stopping: no more picks (nor steps) once sigma_n < this."""
+    min_gain: float | None = None
+    """Adaptive stopping: no more picks once a pick would cut sigma by less than this fraction."""
+    lr: float = 5e-4
+    """Learning rate of the per-prompt steps (constant)."""
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    """Optimizer of the per-prompt steps (the paper: Adam)."""
+    chunk_tokens: int = 1024
+    """A selected chunk is cut to this many tokens before its step."""
+    context: int = 2048
+    """Most tokens of prompt + continuation when measuring bits per byte."""
+    seed: int = 0
+    """Adapter init and random selection (mixed with the prompt id)."""
+
+
+@dataclass
+class PromptResult:
+    """One prompt's outcome; `to_json` is what the run directory stores."""
+
+    prompt_id: str
+    domain: str
+    select: str
+    bits: float
+    """-sum log2 p of the continuation after fine-tuning (before, for `none`)."""
+    bytes: int
+    """UTF-8 bytes of the continuation."""
+    picks: list[int]
+    """Memory positions selected, in order (repeats possible)."""
+    sigmas: list[float]
+    """sigma_n after each pick (the prompt's remaining uncertainty)."""
+    stopped: str | None
+    select_ms: float
+    """Selection time (the selector on the K candidates; search time excluded)."""
+    nn_select_ms: float
+    """Time nearest-neighbour selection takes on the same candidates (the baseline's cost)."""
+    search_ms: float
+    """faiss time to find the K candidates."""
+    train_s: float
+    steps: int
+    tokens: int
+
+    @property
+    def bpb(self) -> float:
+        return self.bits / self.bytes
+
+    def to_json(self) -> dict:
+        return {**self.__dict__, "bpb": self.bpb}
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(prompt_id.encode())) % 2**31
+
+
+def select_chunks(query: np.ndarray, candidates: np.ndarray, args: TTFTArgs, seed: int) -> Selection:
+    """Run the selector of `args.select` on the candidate embeddings (indices into `candidates`)."""
+    n = min(args.n, len(candidates)) if args.select in ("nn", "random") else args.n
+    if args.select == "sift":
+        return select_sift(query, candidates, n, lam=args.lam, stop_below=args.stop_below, min_gain=args.min_gain)
+    if args.select == "nn":
+        return select_nn(query, candidates, n, lam=args.lam)
+    if args.select == "nn-repeats":
+        return select_nn_repeats(query, candidates, n, lam=args.lam)
+    if args.select == "random":
+        return select_random(query, candidates, n, lam=args.lam, rng=np.random.default_rng(seed))
+    raise ValueError(f"select must be one of {', '.join(METHODS)}, got {args.select!r}")
+
+
+def chunk_sequence(tokenizer: Any, text: str, max_tokens: int) -> Sequence:
+    """A memory chunk as a training sequence with a loss on every token (cut to `max_tokens`)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    bos = tokenizer.bos_token_id
+    if bos is not None:
+        ids = [bos, *ids[: max_tokens - 1]]
+    return Sequence(input_ids=ids, labels=list(ids))
+
+
+def ttft_prompt(host: AdapterHost, tokenizer: Any, memory: Any, embedder: Any, prompt_id: str, prompt: str,
+                continuation: str, args: TTFTArgs, *, domain: str = "",
+                on_step: Callable[[StepInfo], None] | None = None) -> PromptResult:
+    """Select, fine-tune a fresh adapter, measure, drop the adapter. The base model is never changed."""
+    seed = prompt_seed(args.seed, prompt_id)
+    picks: list[int] = []
+    sel = Selection()
+    search_ms = nn_ms = 0.0
+    steps = tokens = 0
+    train_s = 0.0
+    if args.select != "none":
+        query = embedder.embed([prompt])[0]
+        t0 = time.perf_counter()
+        positions = memory.search(query, args.k)  # (K,) memory positions, most similar first
+        search_ms = 1000 * (time.perf_counter() - t0)
+        candidates = memory.embeddings[positions]
+        sel = select_chunks(query, candidates, args, seed)
+        picks = [int(positions[i]) for i in sel.indices]
+        nn_ms = 1000 * select_nn(query, candidates, min(args.n, len(candidates))).seconds
+    try:
+        if picks:
+            host.fresh(seed)
+            texts = memory.texts(picks)
+            seqs = [chunk_sequence(tokenizer, t, args.chunk_tokens) for t in texts]
+            stats = train(host.model, iter([[s] for s in seqs]),  # one step per chunk, in selection order
+                          TrainArgs(lr=args.lr, max_steps=len(seqs), optimizer=args.optimizer, schedule="constant",
+                                    max_grad_norm=1.0, seed=seed, log_every=0),
+                          on_step=on_step)
+            steps, tokens, train_s = stats.steps, stats.tokens, stats.seconds
+        bits, n_bytes = continuation_bits(host.model, tokenizer, prompt, continuation, args.context)
+    finally:
+        host.drop()
+    return PromptResult(prompt_id=prompt_id, domain=domain, select=args.select, bits=bits, bytes=n_bytes,
+                        picks=picks, sigmas=[float(s) for s in sel.sigmas], stopped=sel.stopped,
+                        select_ms=1000 * sel.seconds, nn_select_ms=nn_ms, search_ms=search_ms, train_s=train_s,
+                        steps=steps, tokens=tokens)
+
+
+def summarize(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Bits per byte per domain and overall (total bits / total bytes), prompts, mean selection ms."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r["domain"] or "-", []).append(r)
+    groups["all"] = list(results)
+    table = {}
+    for name, rs in groups.items():
+        if not rs:
+            continue
+        table[name] = {"prompts": len(rs), "bpb": sum(r["bits"] for r in rs) / sum(r["bytes"] for r in rs),
+                       "select_ms": float(np.mean([r["select_ms"] for r in rs])),
+                       "nn_select_ms": float(np.mean([r["nn_select_ms"] for r in rs])),
+                       "steps": float(np.mean([r["steps"] for r in rs]))}
+    return table

@@ -1,0 +1,138 @@
+"""LoRA adapters on a base model loaded once: a fresh one per task, saving, merging a start adapter.
+
+    host = AdapterHost(model, LoraArgs(r=16))        # wrap the base once
+    host.fresh(seed=0)                               # a new task adapter; only it trains
+    ...train(host.model, ...), generate with host.model...
+    host.drop()                                      # outputs are exactly the base model's again
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from testtime.finetune import LoraArgs, _cuda_indices, _si
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = "default"
+"""peft saves the adapter named `default` at the top of the save directory (others go to a subfolder)."""
+
+
+def lora_config(lora: LoraArgs, model: Any = None, *, trainable_tokens: list[int] | None = None) -> Any:
+    """A `peft.LoraConfig` for causal LMs; with `model`, target only the module names it has.
+
+    `trainable_tokens`: ids whose input-embedding rows train too (peft's trainable tokens; with
+    tied embeddings the same rows of the output head follow).
+    """
+    from peft import LoraConfig  # noqa: PLC0415 - heavy import
+
+    targets = list(lora.target_modules)
+    if model is not None:
+        targets = present_targets(model, targets)
+    extra = {"trainable_token_indices": sorted(set(trainable_tokens))} if trainable_tokens else {}
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM", **extra)
+
+
+def present_targets(model: Any, targets: list[str]) -> list[str]:
+    """The names in `targets` that are leaf module names of `model`; warn on missing, raise if none."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [t for t in targets if t in names]
+    missing = [t for t in targets if t not in names]
+    if not found:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"none of the LoRA target modules {targets} is in the model; its linear layers are {linear}")
+    if missing:
+        log.warning("LoRA target modules not in the model, skipped: %s", ", ".join(missing))
+    return found
+
+
+class AdapterHost:
+    """The base model, wrapped by peft once, with at most one task adapter at a time.
+
+    LoRA layers are injected into `base_model` in place; with no adapter they compute exactly
+    the base layer. `start_adapter` (a directory written by `save`) is merged into the base
+    weights first, so task adapters then train on top of it.
+    """
+
+    def __init__(self, base_model: Any, lora: LoraArgs, *, start_adapter: str | Path | None = None) -> None:
+        from peft import get_peft_model  # noqa: PLC0415 - heavy import
+
+        if start_adapter is not None:
+            base_model = merge_adapter(base_model, start_adapter)
+        self.lora = lora
+        self.config = lora_config(lora, base_model)
+        with torch.random.fork_rng(devices=_cuda_indices(_device(base_model))), _quiet_peft():
+            self._peft = get_peft_model(base_model, self.config, adapter_name=ADAPTER_NAME)  # throwaway init
+        self._peft.delete_adapter(ADAPTER_NAME)
+        self.model = self._peft.base_model.model
+        """The transformers model to call forward()/generate() on; the same object for every task."""
+        self.model.eval()
+        log.info("LoRA r=%d alpha=%d on %s; base model %s parameters", lora.r, lora.alpha,
+                 ", ".join(sorted(self.config.target_modules)), _si(self.trainable_parameters()[1]))
+
+    @property
+    def has_adapter(self) -> bool:
+        return ADAPTER_NAME in self._peft.peft_config
+
+    def fresh(self, seed: int) -> None:
+        """Drop any task adapter and add a new one initialised from `seed`; only it trains."""
+        self.drop()
+        with torch.random.fork_rng(devices=_cuda_indices(_device(self.model))):
+            torch.manual_seed(seed)
+            self._peft.add_adapter(ADAPTER_NAME, self.config)
+        self._peft.set_adapter(ADAPTER_NAME)  # active, and its parameters require grad
+        trainable, total = self.trainable_parameters()
+        log.debug("fresh adapter (seed %d): %s trainable of %s parameters", seed, _si(trainable), _si(total))
+
+    def drop(self) -> None:
+        """Remove the task adapter (if any): outputs are exactly the base model's again."""
+        if self.has_adapter:
+            self._peft.delete_adapter(ADAPTER_NAME)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the adapter only (adapter_model.safetensors + adapter_config.json) to directory `path`."""
+        if not self.has_adapter:
+            raise RuntimeError("there is no task adapter to save: call fresh() and train first")
+        self._peft.save_pretrained(str(path), safe_serialization=True)
+        return Path(path)
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of `model`, adapter included."""
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def merge_adapter(base_model: Any, path: str | Path) -> Any:
+    """Merge the peft adapter in directory `path` into `base_model`'s weights (in place); returns the model."""
+    from peft import PeftModel  # noqa: PLC0415 - heavy import
+
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"start adapter {path}: no adapter_config.json there; "
+                                "give a directory written by AdapterHost.save")
+    with _quiet_peft():
+        merged = PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
+    log.info("merged start adapter %s into the base weights", path)
+    return merged
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Hide peft warnings with nothing for our users to act on: a FutureWarning peft 0.21 triggers in
+    transformers 5, and on saving, the GGUF model's folder having no config.json to compare vocabularies."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
+        yield
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,156 @@
+"""LM test-time fine-tuning: bits per byte, per-prompt select -> train -> measure -> reset, the eval run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from testtime.finetune import IGNORE_INDEX, LoraArgs
+from testtime.lm.bpb import continuation_bits, encode_pair
+from testtime.lm.evaluate import read_prompts, run_eval
+from testtime.lm.evaluate import Prompt
+from testtime.lm.select import preselect
+from testtime.lm.ttft import TTFTArgs, summarize, ttft_prompt
+from testtime.lora import AdapterHost
+
+
+class LetterEmbedder:
+    """Letter counts, L2-normalised: texts sharing words land close together."""
+
+    name, dim = "letters", 26
+
+    def embed(self, texts, batch_size: int = 32):
+        out = np.zeros((len(texts), 26), np.float32)
+        for i, text in enumerate(texts):
+            for ch in text.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+class ListMemory:
+    """The memory interface ttft needs, over a list of texts (brute-force search)."""
+
+    def __init__(self, texts, embedder):
+        self._texts = list(texts)
+        self.embeddings = embedder.embed(self._texts)
+
+    def search(self, query, k):
+        return preselect(query, self.embeddings, k)
+
+    def texts(self, positions):
+        return [self._texts[int(i)] for i in positions]
+
+
+CONTINUATION = "the quick brown fox jumps over the lazy dog"
+MEMORY = [CONTINUATION] * 3 + ["zzz yyy xxx www", "mmm nnn ooo ppp", "qqq rrr sss", "kkk jjj iii"]
+
+
+def host_for(tokenizer) -> AdapterHost:
+    model = make_tiny_model(vocab_size=len(tokenizer))
+    with torch.no_grad():  # logits able to grow: see tests/test_finetune.py::tiny
+        model.get_input_embeddings().weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(0))
+    return AdapterHost(model, LoraArgs(r=8, alpha=16))
+
+
+def test_bits_per_byte_is_the_continuation_log_loss_over_utf8_bytes(tokenizer):
+    model = make_tiny_model(vocab_size=len(tokenizer))
+    prompt, continuation = "Grüße aus", " Zürich, façade"
+    bits, n_bytes = continuation_bits(model, tokenizer, prompt, continuation)
+    assert n_bytes == len(continuation.encode("utf-8")) > len(continuation)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([p_ids + c_ids])).logits[0].float(), -1)
+    manual = -sum(logp[len(p_ids) - 1 + i, t].item() for i, t in enumerate(c_ids)) / math.log(2)
+    assert bits == pytest.approx(manual, rel=1e-5)
+
+
+def test_long_prompts_lose_tokens_from_the_left_and_only_the_continuation_is_labelled(tokenizer):
+    seq = encode_pair(tokenizer, "one two three four five six seven", " eight nine", max_len=6)
+    c_ids = tokenizer(" eight nine", add_special_tokens=False)["input_ids"]
+    assert len(seq.input_ids) == 6 and seq.input_ids[-len(c_ids):] == c_ids
+    assert seq.labels == [IGNORE_INDEX] * (6 - len(c_ids)) + c_ids
+    with pytest.raises(ValueError, match="over the 2-token context"):
+        encode_pair(tokenizer, "a", " eight nine ten", max_len=2)
+
+
+def test_each_prompt_trains_on_its_picks_in_order_and_leaves_the_base_untouched(tokenizer):
+    host = host_for(tokenizer)
+    embedder = LetterEmbedder()
+    memory = ListMemory(MEMORY, embedder)
+    base = {k: v.clone() for k, v in host.model.state_dict().items()}
+    before = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, TTFTArgs(select="none"))
+    assert before.steps == 0 and before.picks == []
+
+    steps = []
+    args = TTFTArgs(select="nn-repeats", n=6, k=7, lr=3e-2)
+    after = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, args,
+                        on_step=steps.append)
+    assert after.steps == len(steps) == 6 and after.picks == [0] * 6  # the nearest chunk, over and over
+    assert after.bpb < 0.8 * before.bpb  # training on the continuation's own text helps
+    assert not host.has_adapter
+    now = host.model.state_dict()
+    assert set(now) == set(base) and all(torch.equal(now[k], base[k]) for k in base)
+    again = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, TTFTArgs(select="none"))
+    assert again.bits == before.bits
+
+
+def test_sift_skips_duplicates_and_adaptive_stopping_saves_steps(tokenizer):
+    host = host_for(tokenizer)
+    embedder = LetterEmbedder()
+    memory = ListMemory(MEMORY, embedder)
+    sift = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                       TTFTArgs(select="sift", n=3, k=7, lam=1e-4))
+    assert sift.picks[0] in (0, 1, 2) and not set(sift.picks[1:]) & {0, 1, 2}  # no second copy of it
+    nn = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                     TTFTArgs(select="nn", n=3, k=7))
+    assert nn.picks == [0, 1, 2]  # nearest neighbours take all three copies
+    full = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                       TTFTArgs(select="sift", n=6, k=7, lam=1e-4))
+    threshold = (full.sigmas[1] + full.sigmas[2]) / 2
+    stopped = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                          TTFTArgs(select="sift", n=6, k=7, lam=1e-4, stop_below=threshold))
+    assert stopped.stopped == "stop_below" and stopped.picks == full.picks[:3] and stopped.steps == 3
+    assert full.steps == 6
+
+
+def test_prompt_files_count_bad_lines_by_number(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"id": "a", "domain": "code", "prompt": "x", "continuation": "y"}, "not json",
+            {"id": "b", "prompt": "x"}, {"id": "a", "prompt": "x", "continuation": "z"},
+            {"id": "c", "prompt": "", "continuation": "w"}]
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows))
+    pf = read_prompts(path)
+    assert [p.id for p in pf.prompts] == ["a", "c"] and pf.prompts[0].domain == "code"
+    assert len(pf.errors) == 3
+    assert f"{path}:2: not JSON" in pf.errors[0] and ":3: field continuation" in pf.errors[1]
+    assert "duplicate id 'a'" in pf.errors[2]
+    with pytest.raises(ValueError, match="cannot read prompts file"):
+        read_prompts(tmp_path / "missing.jsonl")
+
+
+def test_eval_writes_one_file_per_prompt_resumes_and_counts_failures(tmp_path, tokenizer):
+    host = host_for(tokenizer)
+    embedder = LetterEmbedder()
+    memory = ListMemory(MEMORY, embedder)
+    prompts = [Prompt("p1", "prose", "a story:", CONTINUATION), Prompt("p/2", "noise", "zz", " zzz yyy"),
+               Prompt("p3", "prose", "", "word " * 400)]  # p3: continuation longer than the context
+    args = TTFTArgs(select="sift", n=2, k=7, lr=1e-2, context=64)
+    results, failures = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path)
+    assert [r["prompt_id"] for r in results] == ["p1", "p/2"]
+    assert [f["prompt_id"] for f in failures] == ["p3"] and "context" in failures[0]["error"]
+    assert sorted(p.name for p in (tmp_path / "results" / "sift").iterdir()) == ["p1.json", "p_2.json"]
+    table = summarize(results)
+    assert set(table) == {"prose", "noise", "all"} and table["all"]["prompts"] == 2
+    assert table["all"]["bpb"] == pytest.approx(sum(r["bits"] for r in results) / sum(r["bytes"] for r in results))
+
+    resumed = []
+    again, _ = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path,
+                        on_prompt=lambda p, row, was_done: resumed.append((p.id, was_done)))
+    assert resumed[:2] == [("p1", True), ("p/2", True)] and again[:2] == results
