@@ -173,3 +173,13 @@ def test_the_adapter_loads_back_changes_predictions_and_has_a_card(tmp_path, tok
     host = AdapterHost(make_tiny_model(vocab_size=len(tokenizer)), LoraArgs(r=4, alpha=8), start_adapter=tmp_path)
     after = host.model(ids).logits
     assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tmp_path, tokenizer):
+    pool = random_pool()
+    plain = pretrain(loaded_tiny(tokenizer), pool, small_config(steps=2), tmp_path / "plain")
+    config = small_config(steps=2)
+    config.train.gradient_checkpointing = True
+    checkpointed = pretrain(loaded_tiny(tokenizer), pool, config, tmp_path / "gc")
+    assert [v for _, v in checkpointed["val_history"]] == pytest.approx([v for _, v in plain["val_history"]], rel=1e-5)
+    assert checkpointed["train_loss_final"] == pytest.approx(plain["train_loss_final"], rel=1e-5)

@@ -201,12 +201,21 @@ def solve(
     infer_batch_size: int = typer.Option(8, help="Inference: prompts decoded together."),
     max_new_tokens: int = typer.Option(931, help="Inference: decoding bound (931 = a 30x30 answer)."),
     max_len: int = typer.Option(8192, help="Inference: maximum prompt+answer tokens (demos dropped to fit)."),
+    ray: bool = typer.Option(False, "--ray", help="Spread tasks over a pool of Ray actors (needs the `ray` extra)."),
+    workers: int = typer.Option(2, "--workers", help="Ray: actors, each loading the base model once."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker",
+                                          help="Ray: GPUs per actor; fractional (0.25) shares one GPU."),
+    threads_per_worker: int = typer.Option(1, "--threads-per-worker", help="Ray: CPU threads per actor."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray: an existing cluster (default: RAY_ADDRESS, "
+                                    "else a local instance started and stopped by this command)."),
+    max_retries: int = typer.Option(2, "--max-retries", help="Ray: retries of a task whose worker died."),
 ) -> None:
     """Solve ARC tasks with per-task test-time training, augmented inference and voting.
 
     Writes two attempts per test input (Kaggle submission format); with known solutions it
     prints the score, pass@1 and the oracle over all candidates. Re-running with the same --out
-    resumes, skipping finished tasks.
+    resumes, skipping finished tasks. With --ray, tasks run on a pool of Ray actors and land in
+    the same run directory (a run started one way resumes the other way).
 
     Example: testtime arc solve arc-agi-1/evaluation --limit 5 --out runs/eval5
     """
@@ -242,6 +251,9 @@ def solve(
     elif adapter and not (Path(adapter) / "adapter_config.json").is_file():
         problems.append(f"--adapter {adapter}: no adapter_config.json there; give a directory written by "
                         "`testtime arc pretrain`")
+    scale = _scale_args(problems, ray, workers, gpus_per_worker, threads_per_worker, ray_address, max_retries)
+    if ray and shared and ttt:
+        problems.append("--shared trains one LoRA on all tasks and cannot be split over --ray workers; drop one")
     if problems:
         _fail("; ".join(problems))
     if not adapter and not no_adapter:
@@ -269,6 +281,9 @@ def solve(
     console.print(f"[bold]testtime arc solve[/] {source}: {len(selected)} tasks, model {model}, "
                   f"adapter {adapter or 'none'}, TTT {'shared' if shared else 'per task' if ttt else 'off'}, "
                   f"out {out or '(none)'}")
+    if scale is not None:
+        _solve_on_ray(config, selected, out, scale)
+        return
     try:
         loaded = load_model(model)
     except ModelLoadError as err:
@@ -311,14 +326,57 @@ def _run_with_progress(solver, tasks, run_dir, run_fn):
         def on_done(record):
             progress.advance(bar)
             progress.update(step_bar, visible=False)
-            tests = record.get("tests", [])
-            mark = ""
-            if tests and all("correct" in t for t in tests):
-                mark = " solved" if all(t["correct"]["any_attempt"] for t in tests) else " wrong"
-            state = "resumed" if record.get("resumed") else record.get("status", "?")
-            progress.console.print(f"  {record['task_id']}: {state}{mark} ({record.get('seconds', 0):.1f}s)")
+            progress.console.print(_task_line(record))
 
         return run_fn(solver, tasks, run_dir, on_task_start=on_start, on_task_done=on_done, on_step=on_step)
+
+
+def _task_line(record: dict) -> str:
+    tests = record.get("tests", [])
+    mark = ""
+    if tests and all("correct" in t for t in tests):
+        mark = " solved" if all(t["correct"]["any_attempt"] for t in tests) else " wrong"
+    state = "resumed" if record.get("resumed") else record.get("status", "?")
+    return f"  {record['task_id']}: {state}{mark} ({record.get('seconds', 0):.1f}s)"
+
+
+def _scale_args(problems: list[str], ray: bool, workers: int, gpus_per_worker: float, threads_per_worker: int,
+                ray_address: str | None, max_retries: int):
+    """The Ray settings when --ray is on (problems appended to `problems`); without it, None."""
+    from rich.markup import escape  # noqa: PLC0415
+
+    from testtime.scale import ScaleArgs, check_flags  # ray itself is imported only when used
+
+    scale = ScaleArgs(workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
+                      address=ray_address, max_retries=max_retries)
+    found, warning = check_flags(ray, scale)
+    problems.extend(escape(p) for p in found)  # `testtime[ray]` is not rich markup
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
+    return scale if ray else None
+
+
+def _solve_on_ray(config, tasks, out: Path | None, scale) -> None:
+    from rich.markup import escape  # noqa: PLC0415
+
+    from testtime.arc.solve import RunDir, summarize
+    from testtime.scale import ScaleError, progress_view, ray_session, solve_on_ray
+
+    try:
+        with ray_session(scale) as where:
+            console.print(f"Ray: {where}; {scale.workers} workers x {scale.threads_per_worker} threads, "
+                          f"{scale.gpus_per_worker:g} GPU each, up to {scale.max_retries} retries per task")
+            with progress_view(console, "tasks") as on_event:
+                records, _ = solve_on_ray(config, tasks, RunDir(out) if out else None, scale, on_event=on_event,
+                                          on_task_done=lambda r: console.print(_task_line(r)))
+    except ScaleError as err:
+        _fail(escape(str(err)))
+    except KeyboardInterrupt:
+        saved = f"finished tasks are saved in {out}; run the same command again to resume" if out else \
+            "nothing was saved (no --out)"
+        console.print(f"[bold yellow]interrupted:[/] {saved} (its Ray workers were stopped)")
+        raise typer.Exit(code=130) from None
+    _print_summary(summarize(records), out)
 
 
 def _print_summary(summary: dict, out: Path | None) -> None:

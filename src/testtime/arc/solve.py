@@ -155,6 +155,14 @@ def _add_correctness(record: dict[str, Any], task: Task) -> None:
         }
 
 
+def failed_record(task: Task, error: str, trace: str = "", seconds: float = 0.0) -> dict[str, Any]:
+    """The record of a task that failed outside `Solver.solve_task` (e.g. its Ray worker kept dying)."""
+    record = {"task_id": task.id, "status": "failed", "error": error, "traceback": trace, "tests": [],
+              "seconds": seconds}
+    _add_correctness(record, task)
+    return record
+
+
 class RunDir:
     """`config.json`, `tasks/TASK_ID.json` (one per finished task) and `submission.json`."""
 

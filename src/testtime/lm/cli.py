@@ -175,11 +175,20 @@ def evaluate(
     context: int = typer.Option(2048, "--context", help="Most tokens of prompt + continuation when scoring."),
     limit: int = typer.Option(None, "--limit", help="Only the first N prompts."),
     seed: int = typer.Option(0, "--seed", help="Adapter init and random selection."),
+    ray: bool = typer.Option(False, "--ray", help="Spread prompts over a pool of Ray actors (needs the `ray` extra)."),
+    workers: int = typer.Option(2, "--workers", help="Ray: actors, each loading the model and memory once."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker",
+                                          help="Ray: GPUs per actor; fractional (0.25) shares one GPU."),
+    threads_per_worker: int = typer.Option(1, "--threads-per-worker", help="Ray: CPU threads per actor."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray: an existing cluster (default: RAY_ADDRESS, "
+                                    "else a local instance started and stopped by this command)."),
+    max_retries: int = typer.Option(2, "--max-retries", help="Ray: retries of a prompt whose worker died."),
 ) -> None:
     """Bits per byte of held-out continuations, after test-time fine-tuning on selected chunks.
 
     For each prompt: select chunks from the memory (SIFT, NN, ...), one step per chunk on a fresh
     LoRA, score the continuation, drop the LoRA. Prints bits per byte per domain and overall.
+    With --ray, prompts run on a pool of Ray actors and land in the same run directory.
 
     Example: testtime lm eval --index runs/memory --prompts prompts.jsonl --select sift --out runs/sift
     """
@@ -187,7 +196,7 @@ def evaluate(
     from testtime.lm.embed import EmbedderError, load_embedder
     from testtime.lm.evaluate import read_prompts, run_eval
     from testtime.lm.memory import Memory, MemoryIndexError
-    from testtime.lm.ttft import METHODS, TTFTArgs, summarize
+    from testtime.lm.ttft import METHODS, TTFTArgs
     from testtime.lora import AdapterHost
     from testtime.models import ModelLoadError, load_model
 
@@ -202,6 +211,7 @@ def evaluate(
             problems.append(f"{flag} must be at least 1, not {value}")
     if lam <= 0:
         problems.append(f"--lam must be positive, not {lam}")
+    scale = _scale_args(problems, ray, workers, gpus_per_worker, threads_per_worker, ray_address, max_retries)
     if problems:
         _fail("; ".join(problems))
     try:
@@ -214,6 +224,16 @@ def evaluate(
     if not todo:
         _fail(f"no usable prompt in {prompts}")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    args = TTFTArgs(select=select, n=steps, k=k, lam=lam, stop_below=stop_below, min_gain=min_gain, lr=lr,
+                    chunk_tokens=chunk_tokens, context=context, seed=seed)
+    config = {"model": model, "index": str(index) if index else None, "prompts": str(prompts)}
+    if scale is not None:
+        console.print(f"[bold]testtime lm eval[/]: {len(todo)} prompts, select {select}"
+                      + (f" from {index} (K={k}, N={steps}, lambda={lam})" if index and select != "none" else "")
+                      + f", out {out or '(none)'}")
+        results, failures = _eval_on_ray(model, index, lora_rank, todo, args, out, config, scale)
+        _print_eval_summary(select, results, failures, pf.errors)
+        return
     try:
         memory = Memory.load(index) if index is not None and select != "none" else None
         loaded = load_model(model)
@@ -225,13 +245,10 @@ def evaluate(
                                      dtype=memory.meta.get("embed_dtype", "auto"))
     except (MemoryIndexError, ModelLoadError, EmbedderError) as err:
         _fail(str(err))
-    args = TTFTArgs(select=select, n=steps, k=k, lam=lam, stop_below=stop_below, min_gain=min_gain, lr=lr,
-                    chunk_tokens=chunk_tokens, context=context, seed=seed)
     host = AdapterHost(loaded.model, LoraArgs(r=lora_rank, alpha=2 * lora_rank))
     console.print(f"[bold]testtime lm eval[/]: {len(todo)} prompts, select {select}"
                   + (f" from {len(memory):,} chunks (K={k}, N={steps}, lambda={lam})" if memory else "")
                   + f", out {out or '(none)'}")
-    config = {"model": model, "index": str(index) if index else None, "prompts": str(prompts)}
     try:
         results, failures = _eval_with_progress(
             lambda on_prompt: run_eval(host, loaded.tokenizer, memory, embedder, todo, args, out, config=config,
@@ -241,6 +258,12 @@ def evaluate(
             "nothing was saved (no --out)"
         console.print(f"[bold yellow]interrupted:[/] {saved}")
         raise typer.Exit(code=130) from None
+    _print_eval_summary(select, results, failures, pf.errors)
+
+
+def _print_eval_summary(select: str, results: list[dict], failures: list[dict], bad_lines: list[str]) -> None:
+    from testtime.lm.ttft import summarize  # noqa: PLC0415
+
     for f in failures:
         console.print(f"[yellow]failed:[/] {f['prompt_id']}: {f['error']}")
     table = Table(title=f"testtime lm eval: bits per byte, select {select}")
@@ -250,7 +273,49 @@ def evaluate(
         table.add_row(domain, str(row["prompts"]), f"{row['bpb']:.4f}", f"{row['select_ms']:.2f}",
                       f"{row['nn_select_ms']:.2f}", f"{row['steps']:.1f}")
     console.print(table)
-    console.print(f"{len(results)} scored, {len(failures)} failed, {len(pf.errors)} bad lines")
+    console.print(f"{len(results)} scored, {len(failures)} failed, {len(bad_lines)} bad lines")
+
+
+def _scale_args(problems: list[str], ray: bool, workers: int, gpus_per_worker: float, threads_per_worker: int,
+                ray_address: str | None, max_retries: int):
+    """The Ray settings when --ray is on (problems appended to `problems`); without it, None."""
+    from rich.markup import escape  # noqa: PLC0415
+
+    from testtime.scale import ScaleArgs, check_flags  # ray itself is imported only when used
+
+    scale = ScaleArgs(workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
+                      address=ray_address, max_retries=max_retries)
+    found, warning = check_flags(ray, scale)
+    problems.extend(escape(p) for p in found)  # `testtime[ray]` is not rich markup
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
+    return scale if ray else None
+
+
+def _eval_on_ray(model, index, lora_rank, prompts, args, out, config, scale):
+    from rich.markup import escape  # noqa: PLC0415
+
+    from testtime.scale import ScaleError, eval_on_ray, progress_view, ray_session
+
+    def on_prompt(p, row, resumed):
+        state = "resumed" if resumed else (f"{row['bpb']:.3f} bpb, {row['steps']} steps" if "bpb" in row
+                                           else f"failed: {row.get('error')}")
+        console.print(f"  {p.id}: {escape(state)}")
+
+    try:
+        with ray_session(scale) as where:
+            console.print(f"Ray: {where}; {scale.workers} workers x {scale.threads_per_worker} threads, "
+                          f"{scale.gpus_per_worker:g} GPU each, up to {scale.max_retries} retries per prompt")
+            with progress_view(console, "prompts") as on_event:
+                return eval_on_ray(model, index, lora_rank, prompts, args, out, scale, config=config,
+                                   on_prompt=on_prompt, on_event=on_event)
+    except ScaleError as err:
+        _fail(escape(str(err)))
+    except KeyboardInterrupt:
+        saved = f"finished prompts are saved in {out}; run the same command again to resume" if out else \
+            "nothing was saved (no --out)"
+        console.print(f"[bold yellow]interrupted:[/] {saved} (its Ray workers were stopped)")
+        raise typer.Exit(code=130) from None
 
 
 def _eval_with_progress(run, total: int):

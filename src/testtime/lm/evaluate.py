@@ -88,33 +88,50 @@ def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: lis
     """
     out = Path(out) if out is not None else None
     if out is not None:
-        record = {"args": asdict(args), **(config or {})}
-        old = read_json(out / "config.json")
-        if old is not None and old.get("args", {}).get("select") == args.select and old != record:
-            log.warning("%s/config.json differs from this run's settings; finished prompts are kept", out)
-        write_json_atomic(out / "config.json", record)
+        save_eval_config(out, args, config)
     results, failures = [], []
     for p in prompts:
-        path = result_path(out, args.select, p.id) if out is not None else None
-        done = read_json(path) if path is not None else None
-        if done is not None and "bits" in done:
+        done = finished_result(out, args.select, p.id)
+        if done is not None:
             results.append(done)
             if on_prompt is not None:
                 on_prompt(p, done, True)
             continue
-        t0 = time.perf_counter()
-        try:
-            res: PromptResult = ttft_prompt(host, tokenizer, memory, embedder, p.id, p.prompt, p.continuation,
-                                            args, domain=p.domain, on_step=on_step)
-            row = {**res.to_json(), "seconds": time.perf_counter() - t0}
-        except (ValueError, RuntimeError) as err:
-            row = {"prompt_id": p.id, "domain": p.domain, "select": args.select, "error": str(err)}
+        row = evaluate_prompt(host, tokenizer, memory, embedder, p, args=args, on_step=on_step)
+        if "error" in row:
             failures.append(row)
-            log.warning("prompt %s failed: %s", p.id, err)
         else:
             results.append(row)
-            if path is not None:
-                write_json_atomic(path, row)
+            if out is not None:
+                write_json_atomic(result_path(out, args.select, p.id), row)
         if on_prompt is not None:
             on_prompt(p, row, False)
     return results, failures
+
+
+def save_eval_config(out: Path, args: TTFTArgs, config: dict | None) -> None:
+    """Write `out/config.json` (warning when a finished run of the same selector had other settings)."""
+    record = {"args": asdict(args), **(config or {})}
+    old = read_json(out / "config.json")
+    if old is not None and old.get("args", {}).get("select") == args.select and old != record:
+        log.warning("%s/config.json differs from this run's settings; finished prompts are kept", out)
+    write_json_atomic(out / "config.json", record)
+
+
+def finished_result(out: Path | None, select: str, prompt_id: str) -> dict | None:
+    """The saved result of a prompt, or None when it has not finished (or there is no run directory)."""
+    done = read_json(result_path(out, select, prompt_id)) if out is not None else None
+    return done if done is not None and "bits" in done else None
+
+
+def evaluate_prompt(host: Any, tokenizer: Any, memory: Any, embedder: Any, p: Prompt, *, args: TTFTArgs,
+                    on_step: Callable | None = None) -> dict:
+    """One prompt's result row; a prompt that raises ValueError/RuntimeError gives a row with `error`."""
+    t0 = time.perf_counter()
+    try:
+        res: PromptResult = ttft_prompt(host, tokenizer, memory, embedder, p.id, p.prompt, p.continuation,
+                                        args, domain=p.domain, on_step=on_step)
+    except (ValueError, RuntimeError) as err:
+        log.warning("prompt %s failed: %s", p.id, err)
+        return {"prompt_id": p.id, "domain": p.domain, "select": args.select, "error": str(err)}
+    return {**res.to_json(), "seconds": time.perf_counter() - t0}
