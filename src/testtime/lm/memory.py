@@ -1,11 +1,7 @@
 """The memory SIFT selects from: a corpus cut into chunks, embedded, stored on disk, searched.
 
-A corpus is text files (a directory is read recursively; hidden files and folders are skipped;
-binary or non-UTF-8 files are skipped and counted) and JSONL files with one document per line
-in a text field (a "domain" field, when present, is kept with each chunk). Each document is
-cut into contiguous chunks of at most L tokens of the LM's tokenizer, at a line boundary where
-one falls in the second half of the window, otherwise at a token boundary; the chunks of a
-document join back to its text exactly. Whitespace-only chunks are dropped.
+Reading and chunking the corpus is `testtime.lm.corpus`; this module embeds the chunks and
+stores and searches them.
 
 An index directory, built by streaming the corpus through `build_index`:
 
@@ -26,232 +22,31 @@ SIFT is blind to sign (-x tells as much about x* as x does), so `Memory.search` 
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from testtime.lm.corpus import MIN_CHUNK_TOKENS, Chunk, Corpus, CorpusError, Document, chunk_text, iter_chunks
 from testtime.lm.embed import Embedder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Chunk", "Corpus", "CorpusError", "Document", "IndexReport", "Memory", "MemoryIndexError",
-           "build_index", "chunk_text", "finished_shards", "iter_chunks"]
+__all__ = ["MIN_CHUNK_TOKENS", "Chunk", "Corpus", "CorpusError", "Document", "IndexReport", "Memory",
+           "MemoryIndexError", "build_index", "chunk_text", "finished_shards", "iter_chunks"]  # corpus names re-exported
 
 FORMAT = 1
-MIN_CHUNK_TOKENS = 8
-"""A character can take up to 4 byte-level tokens, so a chunk must hold a few of them."""
-BLOCK_CHARS = 1_000_000
-"""Documents longer than this are tokenised a block at a time, cut at a line end (chunks do not span blocks)."""
 FAISS_INSTALL = "pip install faiss-cpu"
-
-
-class CorpusError(ValueError):
-    """The corpus cannot be read as asked; the message names the path (and line) and the fix."""
 
 
 class MemoryIndexError(RuntimeError):
     """An index directory is unfinished, corrupt, or was started with other options."""
-
-
-@dataclass(frozen=True)
-class Document:
-    text: str
-    source: str
-    """Where it came from: the file path, or `path:line` for a JSONL line."""
-    domain: str | None = None
-    """The JSONL "domain" field, if any (e.g. code, manpages)."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    text: str
-    """At most L tokens of the LM tokenizer; a contiguous piece of its document."""
-    source: str
-    domain: str | None = None
-
-
-# --- reading a corpus ------------------------------------------------------------------------
-
-
-@dataclass
-class Corpus:
-    """Documents from text files, directories and JSONL files, with counts of what was skipped."""
-
-    paths: list[Path]
-    """Files or directories; a `.jsonl` file (also inside a directory) holds one JSON document a line."""
-    text_field: str = "text"
-    """The JSONL field holding the document text (`--text-field`)."""
-    documents: int = 0
-    """Documents yielded by the last pass."""
-    skipped_files: list[str] = field(default_factory=list)
-    """`path: reason` for each binary or undecodable file of the last pass."""
-    bad_lines: list[str] = field(default_factory=list)
-    """`path:line: reason` for each JSONL line that was not a document."""
-
-    def __post_init__(self) -> None:
-        self.paths = [Path(p).expanduser() for p in self.paths]
-        missing = [str(p) for p in self.paths if not p.exists()]
-        if not self.paths:
-            raise CorpusError("no corpus given: pass text files, directories or .jsonl files")
-        if missing:
-            raise CorpusError(f"corpus path does not exist: {', '.join(missing)}")
-
-    def describe(self) -> dict[str, Any]:
-        """What identifies this corpus in an index's config (absolute paths and the text field)."""
-        return {"paths": [str(p.resolve()) for p in self.paths], "text_field": self.text_field}
-
-    def files(self) -> Iterator[Path]:
-        """Every file, in a fixed order: the given order, directories walked in sorted order."""
-        for root in self.paths:
-            if root.is_file():
-                yield root
-                continue
-            found = (p for p in root.rglob("*") if p.is_file())
-            visible = (p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))
-            yield from sorted(visible, key=lambda p: p.relative_to(root).as_posix())
-
-    def __iter__(self) -> Iterator[Document]:
-        self.documents, self.skipped_files, self.bad_lines = 0, [], []
-        for path in self.files():
-            docs = self._read_jsonl(path) if path.suffix == ".jsonl" else self._read_text(path)
-            for doc in docs:
-                self.documents += 1
-                yield doc
-
-    def _skip(self, path: Path, reason: str) -> None:
-        logger.warning("skipped %s: %s", path, reason)
-        self.skipped_files.append(f"{path}: {reason}")
-
-    def _read_text(self, path: Path) -> Iterator[Document]:
-        try:
-            raw = path.read_bytes()
-        except OSError as err:
-            self._skip(path, f"unreadable ({err.strerror})")
-            return
-        if b"\0" in raw[:8192]:
-            self._skip(path, "binary (NUL bytes)")
-            return
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            self._skip(path, f"not UTF-8 text (byte {err.start})")
-            return
-        yield Document(text, str(path))
-
-    def _read_jsonl(self, path: Path) -> Iterator[Document]:
-        seen_object = False
-        with path.open("rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(raw)
-                except ValueError as err:  # also UnicodeDecodeError
-                    self._bad(f"{where}: not valid JSON ({err})")
-                    continue
-                if not isinstance(obj, dict):
-                    self._bad(f"{where}: a JSON {type(obj).__name__}, not an object")
-                    continue
-                if self.text_field not in obj:
-                    if not seen_object:  # the field name is wrong, not one line
-                        raise CorpusError(f"{path} line {lineno}: no field {self.text_field!r} (fields: "
-                                          f"{', '.join(map(repr, obj)) or 'none'}); pass --text-field with "
-                                          "the field that holds the text")
-                    self._bad(f"{where}: no field {self.text_field!r}")
-                    continue
-                seen_object = True
-                text = obj[self.text_field]
-                if not isinstance(text, str):
-                    self._bad(f"{where}: field {self.text_field!r} is a {type(text).__name__}, not a string")
-                    continue
-                domain = obj.get("domain")
-                yield Document(text, where, None if domain is None else str(domain))
-
-    def _bad(self, message: str) -> None:
-        logger.warning("skipped line %s", message)
-        self.bad_lines.append(message)
-
-
-# --- chunking --------------------------------------------------------------------------------
-
-
-def _count(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _blocks(text: str, limit: int = BLOCK_CHARS) -> Iterator[str]:
-    """Pieces of at most `limit` characters, cut after a newline where there is one."""
-    start = 0
-    while len(text) - start > limit:
-        nl = text.rfind("\n", start, start + limit)
-        cut = nl + 1 if nl >= start else start + limit
-        yield text[start:cut]
-        start = cut
-    yield text[start:]
-
-
-def chunk_text(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
-    """Contiguous pieces of `text`, each at most `max_tokens` tokens; `"".join(pieces) == text`.
-
-    A piece ends at the last line end of its token window if that keeps at least half the
-    window, otherwise at a token boundary. Token counts are of each piece tokenised on its own
-    (no special tokens), checked, so a cut inside a merged token (e.g. "\\n   ") cannot overflow.
-    """
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < MIN_CHUNK_TOKENS:
-        raise ValueError(f"max_tokens must be an integer >= {MIN_CHUNK_TOKENS}, got {max_tokens!r}")
-    pieces: list[str] = []
-    for block in _blocks(text):
-        pieces.extend(_chunk_block(block, tokenizer, max_tokens))
-    return pieces
-
-
-def _chunk_block(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
-    if not text:
-        return []
-    starts = [a for a, _ in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
-    if len(starts) <= max_tokens:
-        return [text]
-    pieces, s = [], 0
-    while s < len(text):
-        t0 = max(bisect.bisect_right(starts, s) - 1, 0)  # the token holding character s
-        budget = max_tokens
-        while True:
-            end = t0 + budget
-            if end >= len(starts):
-                cut = len(text)
-            else:
-                cut = starts[end]
-                nl = text.rfind("\n", s, cut)
-                if nl >= 0 and bisect.bisect_left(starts, nl + 1) - t0 >= budget // 2:
-                    cut = nl + 1
-                if cut <= s:  # overlapping offsets (one character, several byte tokens)
-                    cut = next((a for a in starts[t0:] if a > s), len(text))
-            count = _count(tokenizer, text[s:cut])
-            if count <= max_tokens:
-                break
-            if budget == 1:
-                raise ValueError(f"cannot cut {text[s:s + 40]!r}... into pieces of {max_tokens} tokens")
-            budget = max(1, budget - (count - max_tokens))
-        pieces.append(text[s:cut])
-        s = cut
-    return pieces
-
-
-def iter_chunks(documents: Iterable[Document], tokenizer: Any, chunk_tokens: int) -> Iterator[Chunk]:
-    """The non-blank chunks of every document, in order."""
-    for doc in documents:
-        for piece in chunk_text(doc.text, tokenizer, chunk_tokens):
-            if piece.strip():
-                yield Chunk(piece, doc.source, doc.domain)
 
 
 # --- building an index -----------------------------------------------------------------------
