@@ -111,6 +111,20 @@ def check_flags(ray: bool, args: ScaleArgs) -> tuple[list[str], str | None]:
     return problems, None
 
 
+def scale_flags(problems: list[str], warn: Callable[[str], None], ray: bool, workers: int, gpus_per_worker: float,
+                threads_per_worker: int, ray_address: str | None, max_retries: int) -> ScaleArgs | None:
+    """The CLI's Ray settings when --ray is on, else None; problems are appended, a warning goes to `warn`."""
+    from rich.markup import escape  # noqa: PLC0415
+
+    scale = ScaleArgs(workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
+                      address=ray_address, max_retries=max_retries)
+    found, warning = check_flags(ray, scale)
+    problems.extend(escape(p) for p in found)  # `testtime[ray]` is not rich markup
+    if warning:
+        warn(warning)
+    return scale if ray else None
+
+
 @contextlib.contextmanager
 def ray_session(args: ScaleArgs) -> Iterator[str]:
     """Connect to `args.address` (or RAY_ADDRESS), or start a local instance; yields a description.
@@ -357,20 +371,12 @@ def solve_on_ray(config: Any, tasks: list, run_dir: Any, args: ScaleArgs, *,
 def lm_job(model: str, index: str | None, lora_rank: int, args: Any) -> Callable[[Any], dict]:
     """In a worker: load the memory, model and embedder once; return a function of one prompt."""
     from testtime.finetune import LoraArgs  # noqa: PLC0415 - heavy imports in the worker
-    from testtime.lm.embed import load_embedder
-    from testtime.lm.evaluate import evaluate_prompt
-    from testtime.lm.memory import Memory
+    from testtime.lm.evaluate import evaluate_prompt, load_memory
     from testtime.lora import AdapterHost
     from testtime.models import load_model
 
-    memory = Memory.load(index) if index is not None and args.select != "none" else None
     loaded = load_model(model)
-    embedder = None
-    if memory is not None:
-        name = memory.meta.get("embedder", "minilm")
-        embedder = load_embedder(name, lm=loaded.model if name == "lm" else None,
-                                 tokenizer=loaded.tokenizer if name == "lm" else None,
-                                 dtype=memory.meta.get("embed_dtype", "auto"))
+    memory, embedder = load_memory(index, args.select, loaded)
     host = AdapterHost(loaded.model, LoraArgs(r=lora_rank, alpha=2 * lora_rank))
     return functools.partial(evaluate_prompt, host, loaded.tokenizer, memory, embedder, args=args)
 

@@ -23,6 +23,10 @@ PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
            "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
 
 
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
@@ -251,7 +255,10 @@ def solve(
     elif adapter and not (Path(adapter) / "adapter_config.json").is_file():
         problems.append(f"--adapter {adapter}: no adapter_config.json there; give a directory written by "
                         "`testtime arc pretrain`")
-    scale = _scale_args(problems, ray, workers, gpus_per_worker, threads_per_worker, ray_address, max_retries)
+    from testtime.scale import scale_flags  # noqa: PLC0415 - ray itself is imported only when used
+
+    scale = scale_flags(problems, _warn, ray, workers, gpus_per_worker, threads_per_worker, ray_address,
+                        max_retries)
     if ray and shared and ttt:
         problems.append("--shared trains one LoRA on all tasks and cannot be split over --ray workers; drop one")
     if problems:
@@ -338,22 +345,6 @@ def _task_line(record: dict) -> str:
         mark = " solved" if all(t["correct"]["any_attempt"] for t in tests) else " wrong"
     state = "resumed" if record.get("resumed") else record.get("status", "?")
     return f"  {record['task_id']}: {state}{mark} ({record.get('seconds', 0):.1f}s)"
-
-
-def _scale_args(problems: list[str], ray: bool, workers: int, gpus_per_worker: float, threads_per_worker: int,
-                ray_address: str | None, max_retries: int):
-    """The Ray settings when --ray is on (problems appended to `problems`); without it, None."""
-    from rich.markup import escape  # noqa: PLC0415
-
-    from testtime.scale import ScaleArgs, check_flags  # ray itself is imported only when used
-
-    scale = ScaleArgs(workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
-                      address=ray_address, max_retries=max_retries)
-    found, warning = check_flags(ray, scale)
-    problems.extend(escape(p) for p in found)  # `testtime[ray]` is not rich markup
-    if warning:
-        console.print(f"[yellow]warning:[/] {warning}")
-    return scale if ray else None
 
 
 def _solve_on_ray(config, tasks, out: Path | None, scale) -> None:

@@ -15,6 +15,10 @@ app = typer.Typer(help="LMs: build a memory of text chunks; test-time fine-tunin
 console = Console()
 
 
+def _warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
@@ -193,9 +197,9 @@ def evaluate(
     Example: testtime lm eval --index runs/memory --prompts prompts.jsonl --select sift --out runs/sift
     """
     from testtime.finetune import LoraArgs  # noqa: PLC0415 - heavy imports
-    from testtime.lm.embed import EmbedderError, load_embedder
-    from testtime.lm.evaluate import read_prompts, run_eval
-    from testtime.lm.memory import Memory, MemoryIndexError
+    from testtime.lm.embed import EmbedderError
+    from testtime.lm.evaluate import load_memory, read_prompts, run_eval
+    from testtime.lm.memory import MemoryIndexError
     from testtime.lm.ttft import METHODS, TTFTArgs
     from testtime.lora import AdapterHost
     from testtime.models import ModelLoadError, load_model
@@ -211,7 +215,10 @@ def evaluate(
             problems.append(f"{flag} must be at least 1, not {value}")
     if lam <= 0:
         problems.append(f"--lam must be positive, not {lam}")
-    scale = _scale_args(problems, ray, workers, gpus_per_worker, threads_per_worker, ray_address, max_retries)
+    from testtime.scale import scale_flags  # noqa: PLC0415 - ray itself is imported only when used
+
+    scale = scale_flags(problems, _warn, ray, workers, gpus_per_worker, threads_per_worker, ray_address,
+                        max_retries)
     if problems:
         _fail("; ".join(problems))
     try:
@@ -235,14 +242,8 @@ def evaluate(
         _print_eval_summary(select, results, failures, pf.errors)
         return
     try:
-        memory = Memory.load(index) if index is not None and select != "none" else None
         loaded = load_model(model)
-        embedder = None
-        if memory is not None:
-            name = memory.meta.get("embedder", "minilm")
-            embedder = load_embedder(name, lm=loaded.model if name == "lm" else None,
-                                     tokenizer=loaded.tokenizer if name == "lm" else None,
-                                     dtype=memory.meta.get("embed_dtype", "auto"))
+        memory, embedder = load_memory(index, select, loaded)
     except (MemoryIndexError, ModelLoadError, EmbedderError) as err:
         _fail(str(err))
     host = AdapterHost(loaded.model, LoraArgs(r=lora_rank, alpha=2 * lora_rank))
@@ -274,22 +275,6 @@ def _print_eval_summary(select: str, results: list[dict], failures: list[dict], 
                       f"{row['nn_select_ms']:.2f}", f"{row['steps']:.1f}")
     console.print(table)
     console.print(f"{len(results)} scored, {len(failures)} failed, {len(bad_lines)} bad lines")
-
-
-def _scale_args(problems: list[str], ray: bool, workers: int, gpus_per_worker: float, threads_per_worker: int,
-                ray_address: str | None, max_retries: int):
-    """The Ray settings when --ray is on (problems appended to `problems`); without it, None."""
-    from rich.markup import escape  # noqa: PLC0415
-
-    from testtime.scale import ScaleArgs, check_flags  # ray itself is imported only when used
-
-    scale = ScaleArgs(workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
-                      address=ray_address, max_retries=max_retries)
-    found, warning = check_flags(ray, scale)
-    problems.extend(escape(p) for p in found)  # `testtime[ray]` is not rich markup
-    if warning:
-        console.print(f"[yellow]warning:[/] {warning}")
-    return scale if ray else None
 
 
 def _eval_on_ray(model, index, lora_rank, prompts, args, out, config, scale):

@@ -135,3 +135,19 @@ def evaluate_prompt(host: Any, tokenizer: Any, memory: Any, embedder: Any, p: Pr
         log.warning("prompt %s failed: %s", p.id, err)
         return {"prompt_id": p.id, "domain": p.domain, "select": args.select, "error": str(err)}
     return {**res.to_json(), "seconds": time.perf_counter() - t0}
+
+
+def load_memory(index: str | Path | None, select: str, loaded: Any) -> tuple[Any, Any]:
+    """(memory, embedder) for `select`: (None, None) for "none"; else the index and the embedder it was
+    built with (the LM's own hidden states reuse `loaded`). Raises MemoryIndexError / EmbedderError."""
+    if index is None or select == "none":
+        return None, None
+    from testtime.lm.embed import load_embedder  # noqa: PLC0415 - heavy imports
+    from testtime.lm.memory import Memory
+
+    memory = Memory.load(index)
+    name = memory.meta.get("embedder", "minilm")
+    own = name == "lm"
+    embedder = load_embedder(name, lm=loaded.model if own else None, tokenizer=loaded.tokenizer if own else None,
+                             dtype=memory.meta.get("embed_dtype", "auto"))
+    return memory, embedder
