@@ -332,7 +332,7 @@ def solve_on_ray(config: Any, tasks: list, run_dir: Any, args: ScaleArgs, *,
                  on_task_done: Callable[[dict], None] | None = None,
                  on_event: Callable[[PoolStats, str | None], None] | None = None) -> tuple[list[dict], dict]:
     """`testtime.arc.solve.run` on a Ray pool: the same run directory, resume and submission."""
-    from testtime.arc.solve import failed_record, submission_of  # noqa: PLC0415
+    from testtime.arc.solve import failed_record, resume_tasks, submission_of  # noqa: PLC0415
 
     if config.ttt and config.shared:
         raise ScaleError("--shared trains one LoRA for all tasks, which does not split over workers; drop --ray")
@@ -340,15 +340,7 @@ def solve_on_ray(config: Any, tasks: list, run_dir: Any, args: ScaleArgs, *,
         run_dir.save_config({"config": config.to_json(), "tasks": [t.id for t in tasks]})
     records: dict[str, dict] = {}
     by_id = {t.id: t for t in tasks}
-    todo = []
-    for task in tasks:
-        done = run_dir.finished(task.id) if run_dir is not None else None
-        if done is not None:
-            records[task.id] = done
-            if on_task_done:
-                on_task_done(done | {"resumed": True})
-        else:
-            todo.append((task.id, task))
+    todo = [(t.id, t) for t in resume_tasks(tasks, run_dir, records, on_task_done)]
 
     def keep(record: dict) -> bool:
         if run_dir is not None:
@@ -388,34 +380,17 @@ def eval_on_ray(model: str, index: str | None, lora_rank: int, prompts: list, ar
     """`testtime.lm.evaluate.run_eval` on a Ray pool: the same result files, resume and summary."""
     from pathlib import Path  # noqa: PLC0415
 
-    from testtime.lm.evaluate import finished_result, result_path, save_eval_config
-    from testtime.runs import write_json_atomic
+    from testtime.lm.evaluate import record_result, resume_prompts, save_eval_config
 
     out = Path(out) if out is not None else None
     if out is not None:
         save_eval_config(out, args, config)
-    results, failures, todo = [], [], []
+    results, failures = [], []
     by_id = {p.id: p for p in prompts}
-    for p in prompts:
-        done = finished_result(out, args.select, p.id)
-        if done is not None:
-            results.append(done)
-            if on_prompt is not None:
-                on_prompt(p, done, True)
-        else:
-            todo.append((p.id, p))
+    todo = [(p.id, p) for p in resume_prompts(prompts, out, args.select, results, on_prompt)]
 
     def keep(row: dict) -> bool:
-        p = by_id[row["prompt_id"]]
-        if "error" in row:
-            failures.append(row)
-        else:
-            results.append(row)
-            if out is not None:
-                write_json_atomic(result_path(out, args.select, p.id), row)
-        if on_prompt is not None:
-            on_prompt(p, row, False)
-        return "error" not in row
+        return record_result(row, by_id[row["prompt_id"]], out, args.select, results, failures, on_prompt)
 
     def failed(pid: str, error: str, _trace: str) -> None:
         keep({"prompt_id": pid, "domain": by_id[pid].domain, "select": args.select, "error": error})

@@ -197,6 +197,21 @@ def submission_of(tasks: Sequence[Task], records: dict[str, dict[str, Any]]) -> 
     return build_submission(attempts, {t.id: len(t.test) for t in tasks})
 
 
+def resume_tasks(tasks: Sequence[Task], run_dir: RunDir | None, records: dict[str, dict[str, Any]],
+                 on_task_done: Callable[[dict[str, Any]], None] | None) -> list[Task]:
+    """Put the saved records of finished tasks into `records` (reported as resumed); return the others."""
+    todo = []
+    for task in tasks:
+        done = run_dir.finished(task.id) if run_dir is not None else None
+        if done is None:
+            todo.append(task)
+            continue
+        records[task.id] = done
+        if on_task_done:
+            on_task_done(done | {"resumed": True})
+    return todo
+
+
 def run(solver: Solver, tasks: Sequence[Task], run_dir: RunDir | None, *,
         on_task_start: Callable[[Task, bool], None] | None = None,
         on_task_done: Callable[[dict[str, Any]], None] | None = None,
@@ -205,15 +220,7 @@ def run(solver: Solver, tasks: Sequence[Task], run_dir: RunDir | None, *,
     if run_dir is not None:
         run_dir.save_config({"config": solver.config.to_json(), "tasks": [t.id for t in tasks]})
     records: dict[str, dict[str, Any]] = {}
-    todo = []
-    for task in tasks:
-        done = run_dir.finished(task.id) if run_dir is not None else None
-        if done is not None:
-            records[task.id] = done
-            if on_task_done:
-                on_task_done(done | {"resumed": True})
-        else:
-            todo.append(task)
+    todo = resume_tasks(tasks, run_dir, records, on_task_done)
     if solver.config.ttt and solver.config.shared and todo:
         log.info("shared TTT: %s", solver.train_shared(tasks, on_step))
     for task in todo:

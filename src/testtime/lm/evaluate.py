@@ -90,23 +90,40 @@ def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: lis
     if out is not None:
         save_eval_config(out, args, config)
     results, failures = [], []
-    for p in prompts:
-        done = finished_result(out, args.select, p.id)
-        if done is not None:
-            results.append(done)
-            if on_prompt is not None:
-                on_prompt(p, done, True)
-            continue
+    for p in resume_prompts(prompts, out, args.select, results, on_prompt):
         row = evaluate_prompt(host, tokenizer, memory, embedder, p, args=args, on_step=on_step)
-        if "error" in row:
-            failures.append(row)
-        else:
-            results.append(row)
-            if out is not None:
-                write_json_atomic(result_path(out, args.select, p.id), row)
-        if on_prompt is not None:
-            on_prompt(p, row, False)
+        record_result(row, p, out, args.select, results, failures, on_prompt)
     return results, failures
+
+
+def resume_prompts(prompts: list[Prompt], out: Path | None, select: str, results: list[dict],
+                   on_prompt: Callable[[Prompt, dict, bool], None] | None) -> list[Prompt]:
+    """Append the saved results of finished prompts to `results` (reported as resumed); return the others."""
+    todo = []
+    for p in prompts:
+        done = finished_result(out, select, p.id)
+        if done is None:
+            todo.append(p)
+            continue
+        results.append(done)
+        if on_prompt is not None:
+            on_prompt(p, done, True)
+    return todo
+
+
+def record_result(row: dict, prompt: Prompt, out: Path | None, select: str, results: list[dict],
+                  failures: list[dict], on_prompt: Callable[[Prompt, dict, bool], None] | None) -> bool:
+    """File one prompt's outcome: a result is saved atomically, a failure only counted. True for a result."""
+    ok = "error" not in row
+    if ok:
+        results.append(row)
+        if out is not None:
+            write_json_atomic(result_path(out, select, prompt.id), row)
+    else:
+        failures.append(row)
+    if on_prompt is not None:
+        on_prompt(prompt, row, False)
+    return ok
 
 
 def save_eval_config(out: Path, args: TTFTArgs, config: dict | None) -> None:
