@@ -27,6 +27,14 @@ def _warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {message}")
 
 
+def _interrupted(out: Path | None, detail: str = "") -> None:
+    """Ctrl-C: say what was kept and how to resume, exit 130."""
+    saved = f"finished tasks are saved in {out}; run the same command again to resume" if out else \
+        "nothing was saved (no --out)"
+    console.print(f"[bold yellow]interrupted:[/] {saved}{detail}")
+    raise typer.Exit(code=130)
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
@@ -303,10 +311,7 @@ def solve(
     try:
         records, _ = _run_with_progress(solver, selected, RunDir(out) if out else None, run)
     except KeyboardInterrupt:
-        saved = f"finished tasks are saved in {out}; run the same command again to resume" if out else \
-            "nothing was saved (no --out)"
-        console.print(f"[bold yellow]interrupted:[/] {saved}")
-        raise typer.Exit(code=130) from None
+        _interrupted(out)
     _print_summary(summarize(records), out)
 
 
@@ -363,10 +368,7 @@ def _solve_on_ray(config, tasks, out: Path | None, scale) -> None:
     except ScaleError as err:
         _fail(escape(str(err)))
     except KeyboardInterrupt:
-        saved = f"finished tasks are saved in {out}; run the same command again to resume" if out else \
-            "nothing was saved (no --out)"
-        console.print(f"[bold yellow]interrupted:[/] {saved} (its Ray workers were stopped)")
-        raise typer.Exit(code=130) from None
+        _interrupted(out, " (its Ray workers were stopped)")
     _print_summary(summarize(records), out)
 
 
