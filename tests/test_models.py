@@ -75,6 +75,9 @@ def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_pa
     folder = tmp_path / "cache" / "tiny-0123-v1"
     _save_converted(model, tokenizer, folder)
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # the temporary folder was renamed
+    with caplog.at_level(logging.WARNING, logger="testtime.models"):  # a second converter (another Ray worker)
+        _save_converted(make_tiny_model(vocab_size=len(tokenizer), seed=1), tokenizer, folder)  # loses quietly
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name] and not caplog.text
     loaded = load_model(str(folder))
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), name
