@@ -32,12 +32,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import typer
+
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install testtime[ray]"
 FAULT_DIE_FIRST = "TESTTIME_FAULT_DIE_ON_FIRST_TASK"
 FAULT_DIE_ON = "TESTTIME_FAULT_DIE_ON_TASK"
 FAULT_RAISE_ON = "TESTTIME_FAULT_RAISE_ON_TASK"
+
+
+# CLI options that read the same in every command with --ray (`testtime arc solve`, `testtime lm eval`)
+GPUS_PER_WORKER_OPTION = typer.Option(0.0, "--gpus-per-worker",
+                                      help="Ray: GPUs per actor; fractional (0.25) shares one GPU.")
+THREADS_PER_WORKER_OPTION = typer.Option(1, "--threads-per-worker", help="Ray: CPU threads per actor.")
+RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="Ray: an existing cluster (default: RAY_ADDRESS, "
+                                  "else a local instance started and stopped by this command).")
 
 
 class ScaleError(RuntimeError):

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from testtime.arc.pretrain_cli import default_adapter, pretrain
 from testtime.arc.task import Grid, Task, TaskError, dataset_names, load_task, load_tasks
+from testtime.scale import GPUS_PER_WORKER_OPTION, RAY_ADDRESS_OPTION, THREADS_PER_WORKER_OPTION
 
 app = typer.Typer(help="ARC: data sets, tasks, statistics, pretraining, test-time-training solver and scoring.",
                   no_args_is_help=True)
@@ -215,11 +216,9 @@ def solve(
     max_len: int = typer.Option(8192, help="Inference: maximum prompt+answer tokens (demos dropped to fit)."),
     ray: bool = typer.Option(False, "--ray", help="Spread tasks over a pool of Ray actors (needs the `ray` extra)."),
     workers: int = typer.Option(2, "--workers", help="Ray: actors, each loading the base model once."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker",
-                                          help="Ray: GPUs per actor; fractional (0.25) shares one GPU."),
-    threads_per_worker: int = typer.Option(1, "--threads-per-worker", help="Ray: CPU threads per actor."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray: an existing cluster (default: RAY_ADDRESS, "
-                                    "else a local instance started and stopped by this command)."),
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    threads_per_worker: int = THREADS_PER_WORKER_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
     max_retries: int = typer.Option(2, "--max-retries", help="Ray: retries of a task whose worker died."),
 ) -> None:
     """Solve ARC tasks with per-task test-time training, augmented inference and voting.

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from testtime.scale import GPUS_PER_WORKER_OPTION, RAY_ADDRESS_OPTION, THREADS_PER_WORKER_OPTION
+
 app = typer.Typer(help="LMs: build a memory of text chunks; test-time fine-tuning on SIFT-selected data.",
                   no_args_is_help=True)
 console = Console()
@@ -181,11 +183,9 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Adapter init and random selection."),
     ray: bool = typer.Option(False, "--ray", help="Spread prompts over a pool of Ray actors (needs the `ray` extra)."),
     workers: int = typer.Option(2, "--workers", help="Ray: actors, each loading the model and memory once."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker",
-                                          help="Ray: GPUs per actor; fractional (0.25) shares one GPU."),
-    threads_per_worker: int = typer.Option(1, "--threads-per-worker", help="Ray: CPU threads per actor."),
-    ray_address: str = typer.Option(None, "--ray-address", help="Ray: an existing cluster (default: RAY_ADDRESS, "
-                                    "else a local instance started and stopped by this command)."),
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    threads_per_worker: int = THREADS_PER_WORKER_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
     max_retries: int = typer.Option(2, "--max-retries", help="Ray: retries of a prompt whose worker died."),
 ) -> None:
     """Bits per byte of held-out continuations, after test-time fine-tuning on selected chunks.
