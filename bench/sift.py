@@ -2,7 +2,7 @@
 
 Needs the offline corpus and an index of its memory:
 
-    .venv/bin/python bench/corpus.py --out runs/corpus
+    .venv/bin/python -m testtime.tools.corpus --out runs/corpus
     .venv/bin/testtime lm index runs/corpus/memory.jsonl --out runs/corpus-index
     .venv/bin/python bench/sift.py --corpus runs/corpus --index runs/corpus-index --out runs/sift-bench
 
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from testtime.finetune import LoraArgs
+from testtime.jobs import Finished
 from testtime.lm.embed import load_embedder
-from testtime.lm.evaluate import read_prompts, run_eval
+from testtime.lm.evaluate import EvalConfig, read_prompts, run_eval
 from testtime.lm.memory import Memory
 from testtime.lm.select import select_nn, select_sift
 from testtime.lm.ttft import TTFTArgs, summarize
@@ -63,7 +64,8 @@ def selection_speed(prompts, memory, embedder, k: int, n: int, lam: float, repea
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", type=Path, required=True, help="Directory written by bench/corpus.py.")
+    ap.add_argument("--corpus", type=Path, required=True,
+                    help="Directory written by python -m testtime.tools.corpus.")
     ap.add_argument("--index", type=Path, required=True, help="Index of the corpus memory (testtime lm index).")
     ap.add_argument("--out", type=Path, default=Path("runs/sift-bench"))
     ap.add_argument("--prompts-per-domain", type=int, default=20)
@@ -101,16 +103,17 @@ def main() -> None:
         t0 = time.perf_counter()
         done = {"n": 0}
 
-        def progress(p, row, resumed, method=method):
+        def progress(event, method=method, done=done):
+            if not isinstance(event, Finished):
+                return
             done["n"] += 1
-            tag = "resumed" if resumed else f"{row.get('bpb', float('nan')):.3f} bpb"
-            print(f"  {method:>5} {done['n']:3d}/{len(prompts)} {p.id}: {tag}", flush=True)
+            tag = "resumed" if event.resumed else f"{event.record.get('bpb', float('nan')):.3f} bpb"
+            print(f"  {method:>5} {done['n']:3d}/{len(prompts)} {event.item_id}: {tag}", flush=True)
 
+        config = EvalConfig(index=str(args.index), prompts=str(args.corpus / "prompts.jsonl"),
+                            lora=LoraArgs(r=args.lora_rank, alpha=2 * args.lora_rank))
         results, failures = run_eval(host, loaded.tokenizer, memory, embedder, prompts, ttft, args.out,
-                                     config={"bench": vars(args) | {"corpus": str(args.corpus),
-                                                                    "index": str(args.index),
-                                                                    "out": str(args.out)}},
-                                     on_prompt=progress)
+                                     config=config, emit=progress)
         seconds[method] = time.perf_counter() - t0
         tables[method] = summarize(results)
         if failures:

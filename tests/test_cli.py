@@ -101,7 +101,8 @@ def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_di
     tasks = _write_tasks(tmp_path / "tasks")
     out = tmp_path / "run"
     args = ["arc", "solve", str(tasks), "--model", str(tiny_model_dir), "--out", str(out), "--ttt-sequences", "2",
-            "--max-new-tokens", "8", "--lora-rank", "2", "--lora-targets", "q_proj,v_proj", "--ttt-schedule", "constant"]
+            "--max-new-tokens", "8", "--lora-rank", "2", "--lora-targets", "q_proj,v_proj",
+            "--ttt-schedule", "constant"]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())
@@ -109,9 +110,13 @@ def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_di
     assert "summary" in flat and "pass@1" in flat and "oracle" in flat and "training tokens / s" in flat
     assert sorted(p.name for p in (out / "tasks").iterdir()) == ["task0.json", "task1.json", "task2.json"]
     config = json.loads((out / "config.json").read_text())
-    assert config["tasks"] == ["task0", "task1", "task2"] and config["config"]["data"]["n_sequences"] == 2
-    assert config["config"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
-    assert config["config"]["train"]["schedule"] == "constant"
+    assert config["command"] == "arc solve" and set(config) == {"command", "testtime", "settings", "options"}
+    settings = config["settings"]  # the result-affecting settings: the tasks' source and the SolveConfig
+    assert settings["source"] == str(tasks) and config["options"]["tasks"] is None  # every task of the source
+    assert settings["config.data.n_sequences"] == 2
+    assert settings["config.lora.target_modules"] == ["q_proj", "v_proj"]
+    assert settings["config.train.schedule"] == "constant"
+    assert config["options"]["ttt-sequences"] == 2 and config["options"]["lora-targets"] == "q_proj,v_proj"
     record = json.loads((out / "tasks" / "task1.json").read_text())
     assert record["status"] == "ok" and record["ttt"]["steps"] >= 1 and record["predict"]["prompts"] == 8
     submission = json.loads((out / "submission.json").read_text())
@@ -121,6 +126,10 @@ def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_di
     again = invoke(*args)
     assert again.exit_code == 0
     assert again.output.count(": resumed") == 3
+    assert json.loads((out / "submission.json").read_text()) == submission
+    replay = invoke("arc", "solve", "--config", str(out / "config.json"))  # the run's config.json reproduces it
+    assert replay.exit_code == 0, replay.output
+    assert replay.output.count(": resumed") == 3
     assert json.loads((out / "submission.json").read_text()) == submission
 
     scored = invoke("arc", "score", str(out / "submission.json"), str(tasks))
@@ -135,6 +144,8 @@ def test_solve_reports_every_bad_flag_at_once(tmp_path):
     flat = " ".join(result.output.split())
     for flag in ("--ttt-format", "--lora-rank", "--ttt-schedule", "--lora-targets"):
         assert flag in flat
+    none = invoke("arc", "solve", "arc-agi-1/evaluation", "--limit", "0")
+    assert none.exit_code == 2 and "--limit must be at least 1" in " ".join(none.output.split())
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
@@ -148,11 +159,12 @@ def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path, tiny_model_dir, m
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(solve_module, "run", interrupted)
+    monkeypatch.setattr(solve_module.ArcJob, "run", interrupted)  # Ctrl-C while the first task runs
     tasks = _write_tasks(tmp_path / "tasks")
     result = invoke("arc", "solve", str(tasks), "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"))
     assert result.exit_code == 130
     assert "run the same command again to resume" in " ".join(result.output.split())
+    assert list((tmp_path / "run" / "tasks").iterdir()) == []  # an interrupted task is not a failed record
 
 
 def test_pretrain_writes_an_adapter_that_solve_merges(tmp_path, tiny_model_dir):
@@ -191,11 +203,11 @@ def test_solve_adapter_flags_are_checked(tmp_path):
 
 
 def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch):
-    import testtime.arc.pretrain_cli as pretrain_cli
+    import testtime.arc.pretrain as pretrain
 
-    monkeypatch.setattr(pretrain_cli, "SHIPPED_ADAPTERS", tmp_path)
-    assert pretrain_cli.default_adapter("embedded") is None
+    monkeypatch.setattr(pretrain, "SHIPPED_ADAPTERS", tmp_path)
+    assert pretrain.default_adapter("embedded") is None
     (tmp_path / "smollm2-135m-arc").mkdir()
     (tmp_path / "smollm2-135m-arc" / "adapter_config.json").write_text("{}")
-    assert pretrain_cli.default_adapter("embedded") == tmp_path / "smollm2-135m-arc"
-    assert pretrain_cli.default_adapter("HuggingFaceTB/SmolLM2-360M") is None
+    assert pretrain.default_adapter("embedded") == tmp_path / "smollm2-135m-arc"
+    assert pretrain.default_adapter("HuggingFaceTB/SmolLM2-360M") is None

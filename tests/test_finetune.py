@@ -9,22 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import make_tiny_model
+from testtime.batching import IGNORE_INDEX, TrainingSequence, make_batches
+from testtime.finetune import LoraArgs, StepInfo, TrainArgs, lr_factor, total_steps, train
 from testtime.lora import AdapterHost, lora_config
-from testtime.finetune import (
-    IGNORE_INDEX,
-    LoraArgs,
-    Sequence,
-    StepInfo,
-    TrainArgs,
-    lr_factor,
-    make_batches,
-    total_steps,
-    train,
-)
 
 VOCAB = 64
 LORA = LoraArgs(r=8, alpha=16)
@@ -39,15 +30,15 @@ def tiny():
     return model
 
 
-def full(ids: list[int]) -> Sequence:
+def full(ids: list[int]) -> TrainingSequence:
     """A sequence trained on every token."""
-    return Sequence(input_ids=list(ids), labels=list(ids))
+    return TrainingSequence(input_ids=list(ids), labels=list(ids))
 
 
-def span(ids: list[int], start: int, stop: int) -> Sequence:
+def span(ids: list[int], start: int, stop: int) -> TrainingSequence:
     """A sequence trained only on positions start..stop-1."""
     labels = [t if start <= i < stop else IGNORE_INDEX for i, t in enumerate(ids)]
-    return Sequence(input_ids=list(ids), labels=labels)
+    return TrainingSequence(input_ids=list(ids), labels=labels)
 
 
 def random_ids(n: int, seed: int) -> list[int]:
@@ -111,8 +102,9 @@ def test_unlabelled_suffix_does_not_change_the_trajectory():
 
 def test_fully_masked_sequences_are_skipped():
     good = span(random_ids(10, 6), 2, 10)
-    masked = Sequence(input_ids=random_ids(10, 7), labels=[IGNORE_INDEX] * 10)
-    first_only = Sequence(input_ids=random_ids(10, 8), labels=[5] + [IGNORE_INDEX] * 9)  # labels[0] predicts nothing
+    masked = TrainingSequence(input_ids=random_ids(10, 7), labels=[IGNORE_INDEX] * 10)
+    # labels[0] predicts nothing
+    first_only = TrainingSequence(input_ids=random_ids(10, 8), labels=[5] + [IGNORE_INDEX] * 9)
     host = fresh_host()
     alone = train(host.model, [good], TrainArgs(epochs=3, lr=1e-2))
     host.fresh(0)
@@ -248,7 +240,7 @@ def test_train_without_trainable_parameters_raises():
 # ---------------------------------------------------------------- batching, schedule, reporting
 
 
-def padding(batches: list[list[Sequence]]) -> int:
+def padding(batches: list[list[TrainingSequence]]) -> int:
     return sum(len(b) * max(len(s.input_ids) for s in b) - sum(len(s.input_ids) for s in b) for b in batches)
 
 
@@ -337,7 +329,7 @@ def test_bad_arguments_are_named_together():
     with pytest.raises(ValueError, match="batch_size.*grad_accum.*schedule"):
         train(fresh_host().model, [], TrainArgs(batch_size=0, grad_accum=0, schedule="step"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sequence 0"):
-        train(fresh_host().model, [Sequence(input_ids=[1, 2], labels=[1])], TrainArgs())
+        train(fresh_host().model, [TrainingSequence(input_ids=[1, 2], labels=[1])], TrainArgs())
 
 
 # ---------------------------------------------------------------- streams, resume, checkpoints
@@ -392,7 +384,7 @@ def test_checkpoints_keep_the_newest_and_reject_a_mismatched_model(tmp_path):
     opt = torch.optim.AdamW([p for p in host.model.parameters() if p.requires_grad])
     for step in (2, 4, 6):
         save_checkpoint(tmp_path, step, host.model, opt, keep=2)
-    (tmp_path / ".tmp-step-000008").mkdir()  # a crash mid-write leaves no state.json: ignored
+    (tmp_path / ".step-000008.k3x9q1.tmp").mkdir()  # a crash mid-write (testtime.atomic's temporary): ignored
     assert [p.name for p in checkpoints(tmp_path)] == ["step-000004", "step-000006"]
     assert latest_checkpoint(tmp_path).name == "step-000006"
     other = AdapterHost(tiny(), LoraArgs(r=4, alpha=8, target_modules=("q_proj",)))

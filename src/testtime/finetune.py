@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
+from testtime.batching import IGNORE_INDEX, TrainingSequence, collate, labelled_tokens, micro_batches, usable_sequences
+from testtime.config import at_least, in_range, positive, validate
 
-IGNORE_INDEX = -100
-"""Label of a token that carries no loss (the value `torch.nn.functional.cross_entropy` skips)."""
+log = logging.getLogger(__name__)
 
 @dataclass
 class LoraArgs:
@@ -43,6 +43,13 @@ class LoraArgs:
     """Dropout on the adapter's input during training."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     """Leaf module names that get an adapter; names the model lacks are skipped with a warning."""
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        yield from at_least("r", self.r, 1)
+        yield from positive("alpha", self.alpha)
+        yield from in_range("dropout", self.dropout, 0.0, 1.0)
+        if not self.target_modules:
+            yield "target_modules", "names no module"
 
 
 @dataclass
@@ -78,15 +85,13 @@ class TrainArgs:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30% slower."""
 
-
-@dataclass
-class Sequence:
-    """One training sequence, labelled the Hugging Face way (the shift happens inside `train`)."""
-
-    input_ids: list[int]
-    """Token ids."""
-    labels: list[int]
-    """Same length: `input_ids[i]` where token i is to be predicted (from tokens < i), else -100."""
+    def check(self) -> Iterator[tuple[str, str]]:
+        yield from positive("lr", self.lr)
+        for name in ("epochs", "batch_size", "grad_accum"):
+            yield from at_least(name, getattr(self, name), 1)
+        yield from at_least("max_steps", self.max_steps, 1)
+        for name in ("warmup_steps", "weight_decay", "max_grad_norm", "log_every"):
+            yield from at_least(name, getattr(self, name), 0)
 
 
 @dataclass
@@ -129,56 +134,6 @@ class TrainStats:
     """Sequences dropped because no token in them carries a loss."""
 
 
-# ---------------------------------------------------------------- batching
-
-
-def labelled_tokens(seq: Sequence) -> int:
-    """Tokens that carry a loss: labels[0] never does (nothing comes before it to predict it)."""
-    return sum(1 for label in seq.labels[1:] if label != IGNORE_INDEX)
-
-
-def make_batches(
-    sequences: list[Sequence], batch_size: int, group_by_length: bool, rng: np.random.Generator
-) -> list[list[Sequence]]:
-    """One epoch of micro-batches, every sequence exactly once, in an order drawn from `rng`.
-
-    With `group_by_length` the shuffled sequences are sorted by length (stable, so ties stay in
-    random order), cut into runs of `batch_size`, and the runs are shuffled: little padding, and
-    the order of batches is still random. Batch composition then varies only among equal lengths.
-    """
-    order = [int(i) for i in rng.permutation(len(sequences))]
-    if group_by_length and batch_size > 1:
-        order.sort(key=lambda i: len(sequences[i].input_ids))
-    batches = [[sequences[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
-    if group_by_length and batch_size > 1:
-        batches = [batches[int(i)] for i in rng.permutation(len(batches))]
-    return batches
-
-
-def collate(batch: list[Sequence], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Right-pad to the longest sequence: (input_ids, attention_mask, labels), each (B, T)."""
-    width = max(len(s.input_ids) for s in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        n = len(seq.input_ids)
-        input_ids[row, :n] = torch.tensor(seq.input_ids, dtype=torch.long)
-        labels[row, :n] = torch.tensor(seq.labels, dtype=torch.long)
-        attention_mask[row, :n] = 1
-    return input_ids.to(device), attention_mask.to(device), labels.to(device)
-
-
-def micro_batches(
-    sequences: list[Sequence], args: TrainArgs, rng: np.random.Generator, epochs: int | None
-) -> Iterator[list[Sequence]]:
-    """Micro-batches epoch after epoch, reshuffled each epoch; forever when `epochs` is None."""
-    epoch = 0
-    while epochs is None or epoch < epochs:
-        yield from make_batches(sequences, args.batch_size, args.group_by_length, rng)
-        epoch += 1
-
-
 # ---------------------------------------------------------------- optimisation
 
 
@@ -210,30 +165,12 @@ def make_optimizer(params: list[torch.nn.Parameter], args: TrainArgs) -> torch.o
     return torch.optim.SGD(params, lr=args.lr, weight_decay=args.weight_decay)
 
 
-def check_args(args: TrainArgs) -> None:
-    """Raise one ValueError naming every bad field."""
-    problems = []
-    for name in ("epochs", "batch_size", "grad_accum"):
-        if getattr(args, name) < 1:
-            problems.append(f"{name} must be >= 1, got {getattr(args, name)}")
-    if args.max_steps is not None and args.max_steps < 0:
-        problems.append(f"max_steps must be >= 0 or None, got {args.max_steps}")
-    if args.lr < 0 or args.warmup_steps < 0 or args.max_grad_norm < 0:
-        problems.append("lr, warmup_steps and max_grad_norm must be >= 0")
-    if args.schedule not in ("cosine", "linear", "constant"):
-        problems.append(f"schedule must be cosine, linear or constant, got {args.schedule!r}")
-    if args.optimizer not in ("adamw", "adam", "sgd"):
-        problems.append(f"optimizer must be adamw, adam or sgd, got {args.optimizer!r}")
-    if problems:
-        raise ValueError("bad training arguments: " + "; ".join(problems))
-
-
 # ---------------------------------------------------------------- the loop
 
 
 def train(
     model: Any,
-    data: list[Sequence] | Iterator[list[Sequence]],
+    data: list[TrainingSequence] | Iterator[list[TrainingSequence]],
     args: TrainArgs,
     *,
     on_step: Callable[[StepInfo], None] | None = None,
@@ -248,64 +185,27 @@ def train(
     steps s+1... are then those of the uninterrupted run. The model is in train mode during the
     loop and in eval mode afterwards.
     """
-    check_args(args)
-    stream = not isinstance(data, list)
-    if stream and args.max_steps is None:
-        raise ValueError("training on a stream of batches needs TrainArgs.max_steps")
-    usable = [] if stream else _usable(data)
-    skipped = 0 if stream else len(data) - len(usable)
-    if skipped:
-        log.warning("skipping %d of %d sequences: no token in them carries a loss", skipped, len(data))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters (call AdapterHost.fresh() first)")
-    total = total_steps(len(usable), args) if (usable or stream) else 0
-    n_total = sum(p.numel() for p in model.parameters())
-    log.info("train: %s, %d steps (batch %d x accum %d), %s trainable of %s parameters",
-             "a stream of batches" if stream else f"{len(usable)} sequences", total, args.batch_size,
-             args.grad_accum, _si(sum(p.numel() for p in params)), _si(n_total))
+    validate(args)
+    params, batches, total, skipped = _plan(model, data, args, start_step)
     if total <= start_step:
         return TrainStats(steps=0, tokens=0, losses=[], seconds=0.0, tokens_per_s=0.0, skipped=skipped)
-
     device = params[0].device
     optimizer = make_optimizer(params, args)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    if stream:
-        batches = data
-    else:
-        rng = np.random.default_rng(args.seed)
-        batches = micro_batches(usable, args, rng, epochs=None if args.max_steps is not None else args.epochs)
-        batches = islice(batches, start_step * args.grad_accum, None)  # the batches the first steps used
     pad_id = getattr(model.config, "pad_token_id", None) or 0
     losses: list[float] = []
     n_tokens = 0
-    with torch.random.fork_rng(devices=_cuda_indices(device)):  # dropout RNG; callers' RNG left untouched
+    with torch.random.fork_rng(devices=cuda_indices(device)):  # dropout RNG; callers' RNG left untouched
         model.train()
         if args.gradient_checkpointing:
             _set_checkpointing(model, on=True)
         t_start = time.perf_counter()
         try:
             for step in range(start_step + 1, total + 1):
-                t0 = time.perf_counter()
-                lr = args.lr * lr_factor(step - 1, total, args)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                torch.manual_seed(args.seed * 1_000_003 + step)  # dropout of step s is the same after a resume
-                step_batches = list(islice(batches, args.grad_accum))
-                if not step_batches:
-                    raise ValueError(f"the stream of batches ended before step {step} of {total}")
-                loss = _accumulate(model, step_batches, pad_id, device)
-                if args.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_tokens = sum(len(s.input_ids) for b in step_batches for s in b)
-                losses.append(loss)
-                n_tokens += step_tokens
-                seconds = time.perf_counter() - t0
-                info = StepInfo(step, total, loss, lr, step_tokens, 1000 * seconds,
-                                step_tokens / max(seconds, 1e-9), optimizer)
+                info = _step(model, batches, optimizer, params, args, step, total, pad_id, device)
+                losses.append(info.loss)
+                n_tokens += info.tokens
                 _log_step(info, args.log_every)
                 if on_step is not None:
                     on_step(info)
@@ -318,10 +218,58 @@ def train(
                       tokens_per_s=n_tokens / max(seconds, 1e-9), skipped=skipped)
 
 
+def _plan(model: Any, data: list[TrainingSequence] | Iterator[list[TrainingSequence]], args: TrainArgs,
+          start_step: int) -> tuple[list[torch.nn.Parameter], Iterator[list[TrainingSequence]], int, int]:
+    """(trainable parameters, the micro-batches from `start_step` on, total steps, sequences skipped)."""
+    stream = not isinstance(data, list)
+    if stream and args.max_steps is None:
+        raise ValueError("training on a stream of batches needs TrainArgs.max_steps")
+    usable = [] if stream else usable_sequences(data)
+    skipped = 0 if stream else len(data) - len(usable)
+    if skipped:
+        log.warning("skipping %d of %d sequences: no token in them carries a loss", skipped, len(data))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (call AdapterHost.fresh() first)")
+    total = total_steps(len(usable), args) if (usable or stream) else 0
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info("train: %s, %d steps (batch %d x accum %d), %s trainable of %s parameters",
+             "a stream of batches" if stream else f"{len(usable)} sequences", total, args.batch_size,
+             args.grad_accum, si_format(sum(p.numel() for p in params)), si_format(n_total))
+    if stream:
+        return params, data, total, skipped  # type: ignore[return-value]
+    rng = np.random.default_rng(args.seed)
+    batches = micro_batches(usable, args.batch_size, args.group_by_length, rng,
+                            epochs=None if args.max_steps is not None else args.epochs)
+    return params, islice(batches, start_step * args.grad_accum, None), total, skipped  # skip what steps < start used
+
+
+def _step(model: Any, batches: Iterator[list[TrainingSequence]], optimizer: torch.optim.Optimizer,
+          params: list[torch.nn.Parameter], args: TrainArgs, step: int, total: int, pad_id: int,
+          device: torch.device) -> StepInfo:
+    """One optimizer step (1-based `step`) over the next `grad_accum` micro-batches."""
+    t0 = time.perf_counter()
+    lr = args.lr * lr_factor(step - 1, total, args)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(args.seed * 1_000_003 + step)  # dropout of step s is the same after a resume
+    step_batches = list(islice(batches, args.grad_accum))
+    if not step_batches:
+        raise ValueError(f"the stream of batches ended before step {step} of {total}")
+    loss = _accumulate(model, step_batches, pad_id, device)
+    if args.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tokens = sum(len(s.input_ids) for b in step_batches for s in b)
+    seconds = time.perf_counter() - t0
+    return StepInfo(step, total, loss, lr, tokens, 1000 * seconds, tokens / max(seconds, 1e-9), optimizer)
+
+
 @torch.no_grad()
-def evaluate_loss(model: Any, sequences: list[Sequence], batch_size: int = 1) -> float:
+def evaluate_loss(model: Any, sequences: list[TrainingSequence], batch_size: int = 1) -> float:
     """Mean loss per labelled token of `sequences` (no gradient, eval mode, the mode restored after)."""
-    usable = _usable(sequences)
+    usable = usable_sequences(sequences)
     if not usable:
         raise ValueError("no sequence has a labelled token to evaluate")
     was_training = model.training
@@ -343,7 +291,7 @@ def evaluate_loss(model: Any, sequences: list[Sequence], batch_size: int = 1) ->
     return total / n
 
 
-def _accumulate(model: Any, step_batches: list[list[Sequence]], pad_id: int, device: torch.device) -> float:
+def _accumulate(model: Any, step_batches: list[list[TrainingSequence]], pad_id: int, device: torch.device) -> float:
     """Forward+backward every micro-batch; gradients end up those of the mean over the step's labelled tokens."""
     n_labelled = sum(labelled_tokens(s) for b in step_batches for s in b)
     loss_sum = 0.0
@@ -363,15 +311,6 @@ def _accumulate(model: Any, step_batches: list[list[Sequence]], pad_id: int, dev
     return loss_sum / n_labelled
 
 
-def _usable(sequences: list[Sequence]) -> list[Sequence]:
-    """The sequences with at least one labelled token; raises on malformed ones."""
-    for i, seq in enumerate(sequences):
-        if not seq.input_ids or len(seq.input_ids) != len(seq.labels):
-            raise ValueError(f"sequence {i}: input_ids ({len(seq.input_ids)}) and labels ({len(seq.labels)}) "
-                             "must be non-empty and of the same length")
-    return [s for s in sequences if labelled_tokens(s) > 0]
-
-
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; plain float32 on CPU (bf16 matmuls are slow there)."""
     if device.type == "cuda":
@@ -383,7 +322,8 @@ def _device_of(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _cuda_indices(device: torch.device) -> list[int]:
+def cuda_indices(device: torch.device) -> list[int]:
+    """The CUDA device indices `torch.random.fork_rng(devices=...)` must save for `device` ([] on CPU)."""
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
@@ -411,11 +351,11 @@ def _log_step(info: StepInfo, every: int) -> None:
         return
     width = len(str(info.total_steps))
     log.info("step %0*d/%d | loss %.3f | %.0f ms | %s tok/s",
-             width, info.step, info.total_steps, info.loss, info.ms, _si(info.tokens_per_s))
+             width, info.step, info.total_steps, info.loss, info.ms, si_format(info.tokens_per_s))
 
 
-def _si(x: float) -> str:
-    """850 -> '850', 3100 -> '3.1k', 1.2e6 -> '1.2M'."""
+def si_format(x: float) -> str:
+    """`x` short, with an SI suffix, for log lines: 850 -> '850', 3100 -> '3.1k', 1.2e6 -> '1.2M'."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.1f}{unit}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from testtime.finetune import LoraArgs, _cuda_indices, _si
+from testtime.finetune import LoraArgs, cuda_indices, si_format
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def lora_config(lora: LoraArgs, model: Any = None, *, trainable_tokens: list[int
     `trainable_tokens`: ids whose input-embedding rows train too (peft's trainable tokens; with
     tied embeddings the same rows of the output head follow).
     """
-    from peft import LoraConfig  # noqa: PLC0415 - heavy import
+    from peft import LoraConfig  # heavy import
 
     targets = list(lora.target_modules)
     if model is not None:
@@ -63,20 +63,20 @@ class AdapterHost:
     """
 
     def __init__(self, base_model: Any, lora: LoraArgs, *, start_adapter: str | Path | None = None) -> None:
-        from peft import get_peft_model  # noqa: PLC0415 - heavy import
+        from peft import get_peft_model  # heavy import
 
         if start_adapter is not None:
             base_model = merge_adapter(base_model, start_adapter)
         self.lora = lora
         self.config = lora_config(lora, base_model)
-        with torch.random.fork_rng(devices=_cuda_indices(_device(base_model))), _quiet_peft():
+        with torch.random.fork_rng(devices=cuda_indices(_device(base_model))), quiet_peft():
             self._peft = get_peft_model(base_model, self.config, adapter_name=ADAPTER_NAME)  # throwaway init
         self._peft.delete_adapter(ADAPTER_NAME)
         self.model = self._peft.base_model.model
         """The transformers model to call forward()/generate() on; the same object for every task."""
         self.model.eval()
         log.info("LoRA r=%d alpha=%d on %s; base model %s parameters", lora.r, lora.alpha,
-                 ", ".join(sorted(self.config.target_modules)), _si(self.trainable_parameters()[1]))
+                 ", ".join(sorted(self.config.target_modules)), si_format(self.trainable_parameters()[1]))
 
     @property
     def has_adapter(self) -> bool:
@@ -85,12 +85,13 @@ class AdapterHost:
     def fresh(self, seed: int) -> None:
         """Drop any task adapter and add a new one initialised from `seed`; only it trains."""
         self.drop()
-        with torch.random.fork_rng(devices=_cuda_indices(_device(self.model))):
+        with torch.random.fork_rng(devices=cuda_indices(_device(self.model))):
             torch.manual_seed(seed)
             self._peft.add_adapter(ADAPTER_NAME, self.config)
         self._peft.set_adapter(ADAPTER_NAME)  # active, and its parameters require grad
         trainable, total = self.trainable_parameters()
-        log.debug("fresh adapter (seed %d): %s trainable of %s parameters", seed, _si(trainable), _si(total))
+        log.debug("fresh adapter (seed %d): %s trainable of %s parameters", seed, si_format(trainable),
+                  si_format(total))
 
     def drop(self) -> None:
         """Remove the task adapter (if any): outputs are exactly the base model's again."""
@@ -112,22 +113,23 @@ class AdapterHost:
 
 def merge_adapter(base_model: Any, path: str | Path) -> Any:
     """Merge the peft adapter in directory `path` into `base_model`'s weights (in place); returns the model."""
-    from peft import PeftModel  # noqa: PLC0415 - heavy import
+    from peft import PeftModel  # heavy import
 
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"start adapter {path}: no adapter_config.json there; "
                                 "give a directory written by AdapterHost.save")
-    with _quiet_peft():
+    with quiet_peft():
         merged = PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
     log.info("merged start adapter %s into the base weights", path)
     return merged
 
 
 @contextlib.contextmanager
-def _quiet_peft() -> Iterator[None]:
-    """Hide peft warnings with nothing for our users to act on: a FutureWarning peft 0.21 triggers in
-    transformers 5, and on saving, the GGUF model's folder having no config.json to compare vocabularies."""
+def quiet_peft() -> Iterator[None]:
+    """Around a peft call (wrap, load, save), hide the peft warnings with nothing for our users to act
+    on: a FutureWarning peft 0.21 triggers in transformers 5, and on saving, the GGUF model's folder
+    having no config.json to compare vocabularies."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)

@@ -20,14 +20,14 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+
+from testtime.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ def default_dtype(device: torch.device) -> torch.dtype:
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(model: str | None = None, *, trust_remote_code: bool = False) -> Any:
     """The tokenizer of `model` (cached: tokenizers are read-only once loaded)."""
-    from transformers import AutoTokenizer  # noqa: PLC0415 - heavy import
+    from transformers import AutoTokenizer  # heavy import
 
     target, kwargs = _resolve(model)
-    converted = _converted_dir(target, kwargs)
+    converted = converted_dir(target, kwargs)
     if converted is not None and (converted / "config.json").is_file():
         target, kwargs = str(converted), {}
     try:
@@ -136,12 +136,12 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load model + tokenizer once. CPU float32 by default, CUDA bf16 when a GPU is present."""
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy import
+    from transformers import AutoModelForCausalLM  # heavy import
 
     dev = torch.device(device) if device is not None else default_device()
     dt = dtype or default_dtype(dev)
     target, kwargs = _resolve(model)
-    converted = _converted_dir(target, kwargs)
+    converted = converted_dir(target, kwargs)
     convert = converted is not None and not (converted / "config.json").is_file()
     if converted is not None and not convert:
         target, kwargs = str(converted), {}
@@ -162,7 +162,7 @@ def load_model(
         ) from err
     tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
     if convert:
-        _save_converted(lm, tok, converted)
+        save_converted(lm, tok, converted)
     if convert:
         lm.to(dtype=dt)
     lm.to(dev)
@@ -182,7 +182,7 @@ def cache_root() -> Path | None:
     return Path(base) / "testtime"
 
 
-def _converted_dir(target: str, kwargs: dict[str, Any]) -> Path | None:
+def converted_dir(target: str, kwargs: dict[str, Any]) -> Path | None:
     """Where the conversion of the GGUF named by (target, kwargs) lives; None when not a GGUF or no cache."""
     root = cache_root()
     if "gguf_file" not in kwargs or root is None:
@@ -210,35 +210,35 @@ def _sha256(path: Path) -> str:
     return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _save_converted(lm: Any, tokenizer: Any, folder: Path) -> None:
+def save_converted(lm: Any, tokenizer: Any, folder: Path) -> None:
     """Write model + tokenizer as safetensors into `folder`, atomically; a failure only costs speed.
 
-    The files go to a temporary folder beside it that is renamed into place, so a crash leaves no
-    half-written conversion, and of two processes converting at once (Ray workers) one wins and
-    the other's copy is dropped.
+    The files go to a temporary folder beside it that is renamed into place
+    (`testtime.atomic.atomic_dir`), so a crash leaves no half-written conversion, and of two
+    processes converting at once (Ray workers) one wins and the other's copy is dropped quietly.
+    An unwritable cache folder only warns, naming the variable that moves it.
     """
+    writing = False
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        with atomic_dir(folder) as tmp:
+            writing = True
+            # the weights are already dequantised, but transformers marks a GGUF-loaded model as quantised
+            # and will not `save_pretrained` it: write the config without that mark, and the tensors
+            config = copy.deepcopy(lm.config)
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config.save_pretrained(tmp)
+            lm.generation_config.save_pretrained(tmp)
+            safetensors.torch.save_model(lm, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            tokenizer.save_pretrained(tmp)
     except OSError as err:
-        log.warning("cannot write the GGUF conversion cache %s (%s); set %s to a writable folder or to off",
-                    folder.parent, err, CACHE_ENV)
-        return
-    try:
-        # the weights are already dequantised, but transformers marks a GGUF-loaded model as quantised
-        # and will not `save_pretrained` it: write the config without that mark, and the tensors
-        config = copy.deepcopy(lm.config)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(tmp)
-        lm.generation_config.save_pretrained(tmp)
-        safetensors.torch.save_model(lm, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp made it private; the conversion is as public as the GGUF
-        os.rename(tmp, folder)
-        log.info("converted GGUF cached in %s", folder)
-    except OSError as err:
-        if not (folder / "config.json").is_file():  # not just another process that got there first
+        if not writing:
+            log.warning("cannot write the GGUF conversion cache %s (%s); set %s to a writable folder or to off",
+                        folder.parent, err, CACHE_ENV)
+        elif not (folder / "config.json").is_file():  # not just another process that got there first
             log.warning("could not cache the GGUF conversion in %s: %s", folder, err)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if not (folder / "config.json").is_file():  # something that is no conversion was in the way
+        log.warning("could not cache the GGUF conversion in %s: the folder exists but holds no config.json", folder)
+        return
+    log.info("converted GGUF cached in %s", folder)

@@ -10,7 +10,6 @@ from hypothesis.extra.numpy import arrays
 
 from testtime.arc.format import (
     DEFAULT_FORMAT,
-    IGNORE_INDEX,
     TextFormat,
     TokenCounter,
     count_tokens,
@@ -24,6 +23,7 @@ from testtime.arc.format import (
     text_to_grid,
 )
 from testtime.arc.task import Example, Task
+from testtime.batching import IGNORE_INDEX
 
 
 @st.composite

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import make_tiny_model
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, format_answer
 from testtime.arc.predict import (
     AnswerShape,
@@ -35,7 +35,9 @@ from testtime.arc.transforms import (
     parse_transform,
     random_transform,
 )
-from testtime.finetune import Sequence, TrainArgs, train
+from testtime.batching import TrainingSequence
+from testtime.config import problems
+from testtime.finetune import TrainArgs, train
 
 VOCAB = 8192  # every id the ARC format uses (digits, "\n", ".", "input", "output") is below 5000
 ANSWER = np.array([[1, 2]], dtype=np.int8)
@@ -68,7 +70,7 @@ def fixed_model(tokenizer):
     for k in range(32):
         moved = random_transform(rng, len(TASK.train)).task(TASK)
         ids, labels = encode(tokenizer, moved.train, moved.test[k % 2].input, ANSWER)
-        sequences.append(Sequence(input_ids=ids, labels=labels))
+        sequences.append(TrainingSequence(input_ids=ids, labels=labels))
     stats = train(model, sequences, TrainArgs(lr=1e-2, max_steps=40, batch_size=4, schedule="constant", log_every=0))
     assert stats.losses[-1] < 0.05
     return model
@@ -102,8 +104,13 @@ def test_inference_transforms_cover_the_symmetries_with_shuffled_orders():
 
 
 def test_infer_args_name_every_bad_field():
-    with pytest.raises(ValueError, match="transforms.*color.*batch_size"):
-        InferArgs(transforms="colour", batch_size=0)  # type: ignore[arg-type]
+    from testtime.config import ConfigError, validate
+
+    found = {p.field: p.message for p in problems(InferArgs(transforms="colour", batch_size=0))}  # type: ignore[arg-type]
+    assert found == {"transforms": "must be one of geometric, geometric+color, not 'colour'",
+                     "batch_size": "must be at least 1, not 0"}
+    with pytest.raises(ConfigError, match="^transforms must be one of .*; batch_size must be at least 1, not 0$"):
+        validate(InferArgs(transforms="colour", batch_size=0))  # type: ignore[arg-type]
 
 
 def test_end_token_is_the_end_marker(tokenizer):

@@ -1,4 +1,4 @@
-"""Pretraining: the in-context task stream, pools, checkpoints and resume, the adapter and its card."""
+"""Pretraining: the in-context task stream, its examples, checkpoints and resume, the adapter and its card."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
 
+from conftest import make_tiny_model
+from testtime.arc import pretrain as pretrain_module
 from testtime.arc.format import TokenCounter
-from testtime.arc.pretrain import PretrainConfig, format_token_ids, pretrain
-from testtime.arc.pretrain_data import InContextSampler, SamplerArgs, evaluation_ids, load_pools, split_validation
+from testtime.arc.pretrain import PretrainConfig, default_adapter, format_token_ids, pretrain
+from testtime.arc.pretrain_data import InContextSampler, SamplerArgs, evaluation_ids, load_examples, split_validation
 from testtime.arc.task import Example, TaskError, as_grid, grids_equal
 from testtime.arc.transforms import parse_transform
 from testtime.finetune import LoraArgs, TrainArgs
@@ -20,23 +21,23 @@ from testtime.lora import AdapterHost
 from testtime.models import LoadedModel
 
 
-def random_pool(n_tasks: int = 6, per_task: int = 8, seed: int = 0) -> dict[str, list[Example]]:
+def random_tasks(n_tasks: int = 6, per_task: int = 8, seed: int = 0) -> dict[str, list[Example]]:
     """Tasks whose output is the input's transpose + 1 (mod 10): any transform mix-up shows."""
     rng = np.random.default_rng(seed)
-    pool = {}
+    tasks = {}
     for t in range(n_tasks):
         examples = []
         for _ in range(per_task):
             g = as_grid(rng.integers(0, 10, tuple(rng.integers(1, 6, 2))).tolist())
             examples.append(Example(g, as_grid(((g.T + 1) % 10).tolist())))
-        pool[f"task{t:02d}"] = examples
-    return pool
+        tasks[f"task{t:02d}"] = examples
+    return tasks
 
 
 def test_sampled_tasks_have_k_demos_fit_and_share_one_transform(tokenizer):
-    pool = random_pool()
+    tasks = random_tasks()
     args = SamplerArgs(min_demos=2, max_demos=4, max_len=160, seed=3)
-    sampler = InContextSampler(pool, tokenizer, args)
+    sampler = InContextSampler(tasks, tokenizer, args)
     counter = TokenCounter(tokenizer)
     dropped = 0
     for i in range(60):
@@ -48,9 +49,9 @@ def test_sampled_tasks_have_k_demos_fit_and_share_one_transform(tokenizer):
         assert counter.sequence(drawn.demos, drawn.query.input, drawn.query.output) <= args.max_len
         seq = sampler.sequence(i)
         assert len(seq.input_ids) <= args.max_len
-        # undoing the one transform gives back the pool's own examples, inputs and outputs alike
+        # undoing the one transform gives back the task's own examples, inputs and outputs alike
         inverse = parse_transform(drawn.transform).inverse()
-        originals = [pool[drawn.task_id][j] for j in drawn.picked]
+        originals = [tasks[drawn.task_id][j] for j in drawn.picked]
         query = originals[-1]
         assert grids_equal(inverse.grid(drawn.query.input), query.input)
         assert grids_equal(inverse.grid(drawn.query.output), query.output)
@@ -63,16 +64,16 @@ def test_sampled_tasks_have_k_demos_fit_and_share_one_transform(tokenizer):
 
 
 def test_the_stream_is_a_function_of_seed_and_position(tokenizer):
-    pool = random_pool()
+    tasks = random_tasks()
     args = SamplerArgs(max_len=400, seed=1)
-    a, b = InContextSampler(pool, tokenizer, args), InContextSampler(pool, tokenizer, args)
+    a, b = InContextSampler(tasks, tokenizer, args), InContextSampler(tasks, tokenizer, args)
     assert a.sequence(17).input_ids == b.sequence(17).input_ids
     full = a.batches(3, group=4)
     first = [next(full) for _ in range(11)]
     resumed = b.batches(3, start_batch=5, group=4)
     assert [[s.input_ids for s in batch] for batch in first[5:]] == \
         [[s.input_ids for s in next(resumed)] for _ in range(6)]
-    other = InContextSampler(pool, tokenizer, SamplerArgs(max_len=400, seed=2))
+    other = InContextSampler(tasks, tokenizer, SamplerArgs(max_len=400, seed=2))
     assert other.sequence(17).input_ids != a.sequence(17).input_ids
 
 
@@ -85,35 +86,35 @@ def test_evaluation_tasks_are_left_out_unless_allowed(tmp_path):
     eval_id = sorted(evaluation_ids())[0]
     (tmp_path / f"{eval_id}.json").write_text(json.dumps(_arc_task(2)))
     (tmp_path / "mine0001.json").write_text(json.dumps(_arc_task(3)))
-    pool, info = load_pools([str(tmp_path)])
-    assert sorted(pool) == ["mine0001"]
+    tasks, info = load_examples([str(tmp_path)])
+    assert sorted(tasks) == ["mine0001"]
     assert info.sources[str(tmp_path)]["evaluation_tasks_left_out"] == 1
-    assert len(pool["mine0001"]) == 3  # train demos and the solved test
-    pool, _ = load_pools([str(tmp_path)], allow_evaluation=True)
-    assert sorted(pool) == sorted([eval_id, "mine0001"])
+    assert len(tasks["mine0001"]) == 3  # train demos and the solved test
+    tasks, _ = load_examples([str(tmp_path)], allow_evaluation=True)
+    assert sorted(tasks) == sorted([eval_id, "mine0001"])
     with pytest.raises(TaskError, match="evaluation tasks are left out"):
-        load_pools(["arc-agi-1/evaluation"])
+        load_examples(["arc-agi-1/evaluation"])
 
 
-def test_rearc_files_pool_by_task_and_count_bad_examples(tmp_path):
+def test_rearc_files_merge_by_task_and_count_bad_examples(tmp_path):
     data = {"aaaa0000": [{"input": [[1, 2]], "output": [[2, 1]]}] * 3 + [{"input": [[1]] * 31, "output": [[1]]}],
             "bbbb0000": [{"input": [[3]], "output": [[4]]}, {"input": [[5]]}]}
     path = tmp_path / "re_arc.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump(data, f)
-    pool, info = load_pools([str(path), str(path)])
-    assert sorted(pool) == ["aaaa0000"]  # bbbb0000 keeps one good example: too few for a task
-    assert len(pool["aaaa0000"]) == 6  # the same task from two sources is pooled
+    tasks, info = load_examples([str(path), str(path)])
+    assert sorted(tasks) == ["aaaa0000"]  # bbbb0000 keeps one good example: too few for a task
+    assert len(tasks["aaaa0000"]) == 6  # the same task from two sources is merged
     assert info.sources[str(path)]["bad_examples"] == 2
 
 
 def test_validation_tasks_are_held_out_whole():
-    pool = random_pool(n_tasks=10)
-    train_pool, val_pool = split_validation(pool, 3, seed=0)
-    assert len(val_pool) == 3 and not set(train_pool) & set(val_pool)
-    assert set(train_pool) | set(val_pool) == set(pool)
+    tasks = random_tasks(n_tasks=10)
+    train_tasks, val_tasks = split_validation(tasks, 3, seed=0)
+    assert len(val_tasks) == 3 and not set(train_tasks) & set(val_tasks)
+    assert set(train_tasks) | set(val_tasks) == set(tasks)
     with pytest.raises(ValueError, match="--val-tasks"):
-        split_validation(pool, 10, seed=0)
+        split_validation(tasks, 10, seed=0)
 
 
 def loaded_tiny(tokenizer) -> LoadedModel:
@@ -134,30 +135,30 @@ class Stop(Exception):
 
 
 def test_an_interrupted_run_resumes_to_the_same_steps_and_losses(tmp_path, tokenizer):
-    pool = random_pool()
-    whole = pretrain(loaded_tiny(tokenizer), pool, small_config(), tmp_path / "whole")
+    tasks = random_tasks()
+    whole = pretrain(loaded_tiny(tokenizer), tasks, small_config(), tmp_path / "whole")
 
     def stop_after_4(p):
         if p.step == 4:
             raise Stop
     with pytest.raises(Stop):
-        pretrain(loaded_tiny(tokenizer), pool, small_config(), tmp_path / "cut", on_progress=stop_after_4)
+        pretrain(loaded_tiny(tokenizer), tasks, small_config(), tmp_path / "cut", on_progress=stop_after_4)
     assert (tmp_path / "cut" / "checkpoints" / "step-000004").is_dir()
     assert not (tmp_path / "cut" / "card.json").exists()
     seen = []
-    resumed = pretrain(loaded_tiny(tokenizer), pool, small_config(), tmp_path / "cut",
+    resumed = pretrain(loaded_tiny(tokenizer), tasks, small_config(), tmp_path / "cut",
                        on_progress=lambda p: seen.append(p.step))
     assert seen == [5, 6]
     assert resumed["steps"] == whole["steps"] == 6
     assert resumed["tokens_seen"] == whole["tokens_seen"]
     assert resumed["val_history"] == whole["val_history"]
     assert resumed["train_loss_final"] == whole["train_loss_final"]
-    with pytest.raises(ValueError, match="other settings"):
-        pretrain(loaded_tiny(tokenizer), pool, small_config(steps=8), tmp_path / "cut")
+    with pytest.raises(ValueError, match=r"other settings \(train\.max_steps: 6 -> 8\)"):
+        pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=8), tmp_path / "cut")
 
 
 def test_the_adapter_loads_back_changes_predictions_and_has_a_card(tmp_path, tokenizer):
-    card = pretrain(loaded_tiny(tokenizer), random_pool(), small_config(steps=4, train_token_rows=True), tmp_path)
+    card = pretrain(loaded_tiny(tokenizer), random_tasks(), small_config(steps=4, train_token_rows=True), tmp_path)
     assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "adapter_config.json").is_file()
     on_disk = json.loads((tmp_path / "card.json").read_text())
     assert on_disk == card
@@ -176,10 +177,19 @@ def test_the_adapter_loads_back_changes_predictions_and_has_a_card(tmp_path, tok
 
 
 def test_gradient_checkpointing_trains_the_same_adapter(tmp_path, tokenizer):
-    pool = random_pool()
-    plain = pretrain(loaded_tiny(tokenizer), pool, small_config(steps=2), tmp_path / "plain")
+    tasks = random_tasks()
+    plain = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=2), tmp_path / "plain")
     config = small_config(steps=2)
     config.train.gradient_checkpointing = True
-    checkpointed = pretrain(loaded_tiny(tokenizer), pool, config, tmp_path / "gc")
+    checkpointed = pretrain(loaded_tiny(tokenizer), tasks, config, tmp_path / "gc")
     assert [v for _, v in checkpointed["val_history"]] == pytest.approx([v for _, v in plain["val_history"]], rel=1e-5)
     assert checkpointed["train_loss_final"] == pytest.approx(plain["train_loss_final"], rel=1e-5)
+
+
+def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_module, "SHIPPED_ADAPTERS", tmp_path)
+    assert default_adapter("embedded") is None
+    (tmp_path / "smollm2-135m-arc").mkdir()
+    (tmp_path / "smollm2-135m-arc" / "adapter_config.json").write_text("{}")
+    assert default_adapter("embedded") == tmp_path / "smollm2-135m-arc"
+    assert default_adapter("HuggingFaceTB/SmolLM2-360M") is None

@@ -10,11 +10,20 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from testtime.arc.predict import InferArgs
-from testtime.arc.solve import RunDir, SolveConfig, Solver, run, summarize
+from testtime.arc.solve import ArcJob, SolveConfig, Solver, solve_tasks, summarize
 from testtime.arc.task import Example, Task, as_grid
 from testtime.arc.ttt_data import TTTArgs
-from testtime.lora import AdapterHost
 from testtime.finetune import LoraArgs, TrainArgs
+from testtime.jobs import Finished, RunDir, ignore
+from testtime.lora import AdapterHost
+
+
+def run(solver, tasks, run_dir, emit=ignore):
+    """Solve in-process through the job layer, as `arc solve` does; (records, submission)."""
+    job = ArcJob(solver.config, solver=solver, shared_tasks=tasks)
+    records, submission, _ = solve_tasks(job, tasks, None if run_dir is None else RunDir(run_dir, records="tasks"),
+                                         emit=emit)
+    return records, submission
 
 
 def learnable_model(vocab_size: int, hidden: int = 128, seed: int = 0) -> LlamaForCausalLM:
@@ -99,13 +108,13 @@ class Interrupt(Exception):
 def test_resume_after_interrupt_gives_the_same_submission(host, tokenizer, tmp_path, monkeypatch):
     tasks = small_tasks()
     solver = Solver(host, tokenizer, quick_config())
-    full, full_submission = run(solver, tasks, RunDir(tmp_path / "full"))
+    full, full_submission = run(solver, tasks, tmp_path / "full")
 
-    def stop_after_two(record):
-        if len(list((tmp_path / "part" / "tasks").glob("*.json"))) == 2:
+    def stop_after_two(event):
+        if isinstance(event, Finished) and len(list((tmp_path / "part" / "tasks").glob("*.json"))) == 2:
             raise Interrupt  # like Ctrl-C between tasks
     with pytest.raises(Interrupt):
-        run(solver, tasks, RunDir(tmp_path / "part"), on_task_done=stop_after_two)
+        run(solver, tasks, tmp_path / "part", emit=stop_after_two)
     finished = sorted(p.stem for p in (tmp_path / "part" / "tasks").glob("*.json"))
     assert finished == ["t1", "t2"] and not (tmp_path / "part" / "submission.json").exists()
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "part" / "tasks").glob("*.json")}
@@ -114,7 +123,7 @@ def test_resume_after_interrupt_gives_the_same_submission(host, tokenizer, tmp_p
     original = Solver.solve_task
     monkeypatch.setattr(Solver, "solve_task", lambda self, task, on_step=None: computed.append(task.id)
                         or original(self, task, on_step))
-    records, submission = run(solver, tasks, RunDir(tmp_path / "part"))
+    records, submission = run(solver, tasks, tmp_path / "part")
     assert computed == ["t3", "t4"]  # finished tasks were not recomputed
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     assert submission == full_submission
@@ -133,7 +142,7 @@ def test_a_failing_task_is_recorded_and_the_run_goes_on(host, tokenizer, tmp_pat
             raise RuntimeError("injected failure")
         return real(model, tok, task, args, **kw)
     monkeypatch.setattr(solve_module, "predict_task", flaky)
-    records, submission = run(Solver(host, tokenizer, quick_config()), small_tasks(), RunDir(tmp_path))
+    records, submission = run(Solver(host, tokenizer, quick_config()), small_tasks(), tmp_path)
     status = {r["task_id"]: r["status"] for r in records}
     assert status == {"t1": "ok", "t2": "failed", "t3": "ok", "t4": "ok"}
     assert "injected failure" in records[1]["error"]

@@ -35,14 +35,30 @@ def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tin
     assert "2 scored, 0 failed, 1 bad lines" in flat
     for domain in ("prose", "noise", "all"):
         assert f"│ {domain} " in result.output
-    saved = json.loads((tmp_path / "run" / "results" / "sift" / "a.json").read_text())
+    run_dir = tmp_path / "run" / "sift"  # each selector has its own run directory inside --out
+    assert sorted(p.name for p in (run_dir / "results").iterdir()) == ["a.json", "b.json"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["command"] == "lm eval" and config["settings"]["config.ttft.select"] == "sift"
+    assert config["settings"]["config.ttft.n"] == 2 and config["options"]["steps"] == 2
+    saved = json.loads((run_dir / "results" / "a.json").read_text())
+    assert saved["status"] == "ok" and saved["prompt_id"] == "a"
     assert saved["steps"] == 2 and len(saved["picks"]) == 2 and saved["bpb"] > 0
 
     again = invoke(*args)
-    assert again.exit_code == 0 and json.loads((tmp_path / "run" / "results" / "sift" / "a.json").read_text()) == saved
+    assert again.exit_code == 0 and json.loads((run_dir / "results" / "a.json").read_text()) == saved
+    assert again.output.count(": resumed") == 2
+
+    limited = invoke(*args[:-2], "--out", str(tmp_path / "limited"), "-n", "1")  # -n is --limit, as in arc solve
+    assert limited.exit_code == 0, limited.output
+    assert [p.name for p in (tmp_path / "limited" / "sift" / "results").iterdir()] == ["a.json"]
 
     none = invoke("lm", "eval", "--prompts", str(prompts), "--select", "none", "--model", str(tiny_model_dir))
     assert none.exit_code == 0, none.output
+    # every prompt over a 2-token context: each one fails, and a run where all failed exits 1
+    failing = invoke("lm", "eval", "--prompts", str(prompts), "--select", "none", "--model", str(tiny_model_dir),
+                     "--context", "2")
+    assert failing.exit_code == 1, failing.output
+    assert "every prompt failed" in " ".join(failing.output.split())
 
 
 def test_eval_flags_are_checked_together(tmp_path):
@@ -53,4 +69,6 @@ def test_eval_flags_are_checked_together(tmp_path):
     flat = " ".join(result.output.split())
     assert "--select must be one of" in flat and "--steps" in flat and "--lam" in flat
     needs_index = invoke("lm", "eval", "--prompts", str(prompts), "--select", "nn")
-    assert needs_index.exit_code == 2 and "needs --index" in " ".join(needs_index.output.split())
+    assert needs_index.exit_code == 2 and "--index is needed by --select nn" in " ".join(needs_index.output.split())
+    no_prompts = invoke("lm", "eval", "--prompts", str(prompts), "--select", "none", "--limit", "0")
+    assert no_prompts.exit_code == 2 and "--limit must be at least 1" in " ".join(no_prompts.output.split())

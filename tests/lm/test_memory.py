@@ -208,7 +208,7 @@ def test_resume_reuses_finished_shards_and_gives_the_same_index(tmp_path, tokeni
     last = f"shard-{full.shards - 1:05d}"
     for name in (f"{last}.npy", "meta.json", "index.faiss"):  # interrupted while writing the last shard
         (tmp_path / "b" / name).unlink()
-    (tmp_path / "b" / f"{last}.npy.tmp").write_bytes(b"half a file")
+    (tmp_path / "b" / f".{last}.npy.k3x9q1.tmp").write_bytes(b"half a file")  # what testtime.atomic leaves
 
     emb = FakeEmbedder()
     again = build_index(corpus, tmp_path / "b", emb, tokenizer, chunk_tokens=32, shard_size=40)

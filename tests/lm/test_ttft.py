@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
 
-from testtime.finetune import IGNORE_INDEX, LoraArgs
+from conftest import make_tiny_model
+from testtime.batching import IGNORE_INDEX
+from testtime.finetune import LoraArgs
+from testtime.jobs import Finished, record_name
 from testtime.lm.bpb import continuation_bits, encode_pair
-from testtime.lm.evaluate import read_prompts, run_eval
-from testtime.lm.evaluate import Prompt
+from testtime.lm.evaluate import Prompt, read_prompts, run_eval
 from testtime.lm.select import preselect
 from testtime.lm.ttft import TTFTArgs, summarize, ttft_prompt
 from testtime.lora import AdapterHost
@@ -145,12 +146,25 @@ def test_eval_writes_one_file_per_prompt_resumes_and_counts_failures(tmp_path, t
     results, failures = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path)
     assert [r["prompt_id"] for r in results] == ["p1", "p/2"]
     assert [f["prompt_id"] for f in failures] == ["p3"] and "context" in failures[0]["error"]
-    assert sorted(p.name for p in (tmp_path / "results" / "sift").iterdir()) == ["p1.json", "p_2.json"]
+    run_dir = tmp_path / "sift"  # the selector's own run directory: config.json and results/
+    assert (run_dir / "config.json").is_file()
+    # an id that is not a plain name gets a hashed file name; the record keeps the id. A failure is saved too.
+    assert sorted(p.name for p in (run_dir / "results").iterdir()) == sorted(
+        ["p1.json", f"{record_name('p/2')}.json", "p3.json"])
+    assert record_name("p/2") != "p_2" and "/" not in record_name("p/2")
+    odd = json.loads((run_dir / "results" / f"{record_name('p/2')}.json").read_text())
+    assert odd["prompt_id"] == "p/2" and odd["status"] == "ok"
+    failed = json.loads((run_dir / "results" / "p3.json").read_text())
+    assert failed["status"] == "failed" and "context" in failed["error"] and failed["traceback"]
+    assert failed["domain"] == "prose" and failed["select"] == "sift"
     table = summarize(results)
     assert set(table) == {"prose", "noise", "all"} and table["all"]["prompts"] == 2
     assert table["all"]["bpb"] == pytest.approx(sum(r["bits"] for r in results) / sum(r["bytes"] for r in results))
 
-    resumed = []
-    again, _ = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path,
-                        on_prompt=lambda p, row, was_done: resumed.append((p.id, was_done)))
-    assert resumed[:2] == [("p1", True), ("p/2", True)] and again[:2] == results
+    finished = []
+    again, failed_again = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path,
+                                   emit=lambda e: finished.append((e.item_id, e.resumed))
+                                   if isinstance(e, Finished) else None)
+    # every prompt is read back, the failed one included (a rerun skips it), none is run again
+    assert finished == [("p1", True), ("p/2", True), ("p3", True)] and again == results
+    assert failed_again == failures

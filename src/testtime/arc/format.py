@@ -29,11 +29,9 @@ from typing import Any, Literal
 import numpy as np
 
 from testtime.arc.task import MAX_SIDE, Example, Grid, Task
+from testtime.batching import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-"""Label of a token that carries no loss (the `transformers` convention)."""
 
 
 @dataclass(frozen=True)

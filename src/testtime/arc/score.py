@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from testtime.arc.task import Grid, TaskError, as_grid, grids_equal
-from testtime.runs import write_json_atomic
+from testtime.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def build_submission(task_attempts: Mapping[str, Sequence[Sequence[Grid | None]]
 
 
 def write_submission(path: str | Path, submission: Mapping[str, Any]) -> None:
-    """Write `submission` as JSON atomically (a temporary file beside it, then os.replace)."""
+    """Write `submission` as compact JSON, all or nothing (`testtime.atomic.write_json_atomic`)."""
     write_json_atomic(path, submission)
 
 

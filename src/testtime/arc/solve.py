@@ -12,11 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import traceback
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter
@@ -25,9 +22,11 @@ from testtime.arc.score import build_submission, write_submission
 from testtime.arc.task import Task, as_grid, grids_equal
 from testtime.arc.ttt_data import TTTArgs, build_ttt_data
 from testtime.arc.vote import pick_attempts, vote
-from testtime.lora import AdapterHost
+from testtime.config import as_json
 from testtime.finetune import LoraArgs, StepInfo, TrainArgs, train
-from testtime.runs import read_json, write_json_atomic
+from testtime.jobs import Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
+from testtime.lora import AdapterHost
+from testtime.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +53,12 @@ class SolveConfig:
     """Augmented inference: transforms, decoding bounds, batching."""
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_json(self)
 
 
 def task_seed(seed: int, task_id: str) -> int:
     """A per-task seed that depends only on the run seed and the task id."""
-    return (seed * 1_000_003 + zlib.crc32(task_id.encode())) % (2**31)
+    return derive_seed(seed, task_id)
 
 
 @dataclass
@@ -90,14 +89,10 @@ class Solver:
         return {"sequences": len(sequences), "steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds}
 
     def solve_task(self, task: Task, on_step: Callable[[StepInfo], None] | None = None) -> dict[str, Any]:
-        """Solve one task; never raises for a problem of the task itself (it becomes a `failed` record)."""
+        """Solve one task (a raising task is the job layer's to record); the task's LoRA is dropped after."""
         t0 = time.perf_counter()
         try:
             record = self._solve(task, on_step)
-        except Exception as err:  # a bad task must not stop the batch: record it and go on
-            log.warning("task %s failed: %s", task.id, err)
-            record = {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                      "traceback": traceback.format_exc(limit=4), "tests": []}
         finally:
             if self.config.ttt and not self.config.shared:
                 self.host.drop()
@@ -163,80 +158,91 @@ def failed_record(task: Task, error: str, trace: str = "", seconds: float = 0.0)
     return record
 
 
-class RunDir:
-    """`config.json`, `tasks/TASK_ID.json` (one per finished task) and `submission.json`."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.tasks_dir = self.path / "tasks"
-
-    def task_file(self, task_id: str) -> Path:
-        return self.tasks_dir / f"{task_id}.json"
-
-    def finished(self, task_id: str) -> dict[str, Any] | None:
-        record = read_json(self.task_file(task_id))
-        return record if isinstance(record, dict) and record.get("task_id") == task_id else None
-
-    def save_task(self, record: dict[str, Any]) -> None:
-        write_json_atomic(self.task_file(record["task_id"]), record)
-
-    def save_config(self, config: dict[str, Any]) -> None:
-        old = read_json(self.path / "config.json")
-        if old is not None and old != config:
-            log.warning("%s/config.json differs from this run's config; finished tasks are kept as they are",
-                        self.path)
-        write_json_atomic(self.path / "config.json", config)
-
-    def write_submission(self, submission: dict) -> None:
-        write_submission(self.path / "submission.json", submission)
-
-
 def submission_of(tasks: Sequence[Task], records: dict[str, dict[str, Any]]) -> dict:
     """The Kaggle submission of a run's task records (every task and test input present)."""
     attempts = {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in records.items()}
     return build_submission(attempts, {t.id: len(t.test) for t in tasks})
 
 
-def resume_tasks(tasks: Sequence[Task], run_dir: RunDir | None, records: dict[str, dict[str, Any]],
-                 on_task_done: Callable[[dict[str, Any]], None] | None) -> list[Task]:
-    """Put the saved records of finished tasks into `records` (reported as resumed); return the others."""
-    todo = []
-    for task in tasks:
-        done = run_dir.finished(task.id) if run_dir is not None else None
-        if done is None:
-            todo.append(task)
-            continue
-        records[task.id] = done
-        if on_task_done:
-            on_task_done(done | {"resumed": True})
-    return todo
+def task_cells(task: Task) -> int:
+    """What a task's prompts hold: cells of its demonstrations and test inputs (not the hidden answers)."""
+    return sum(ex.input.size + ex.output.size for ex in task.train) + sum(ex.input.size for ex in task.test)
 
 
-def run(solver: Solver, tasks: Sequence[Task], run_dir: RunDir | None, *,
-        on_task_start: Callable[[Task, bool], None] | None = None,
-        on_task_done: Callable[[dict[str, Any]], None] | None = None,
-        on_step: Callable[[StepInfo], None] | None = None) -> tuple[list[dict[str, Any]], dict]:
-    """Solve `tasks` in order, resuming from `run_dir`; returns the records and the submission."""
+class ArcJob:
+    """ARC tasks as a job: set up loads the base model (and trains the shared LoRA); an item is a Task.
+
+    `solver` (already holding a model) skips loading, for library use and tests.
+    """
+
+    noun = "task"
+    id_key = "task_id"
+
+    def __init__(self, config: SolveConfig, *, solver: Solver | None = None,
+                 shared_tasks: Sequence[Task] | None = None) -> None:
+        self.config = config
+        self.solver = solver
+        self.shared_tasks = list(shared_tasks or [])
+        """Shared-TTT only: the tasks whose data the one LoRA is trained on."""
+        self._ready = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "solver": None, "_ready": False}  # a Ray worker loads its own model
+
+    def item_id(self, task: Task) -> str:
+        return task.id
+
+    def cost(self, task: Task) -> float:
+        return task_cells(task)
+
+    def not_parallel(self) -> str | None:
+        if self.config.ttt and self.config.shared:
+            return "--shared trains one LoRA on all tasks, which does not split over workers"
+        return None
+
+    def setup(self) -> str:
+        if self._ready:
+            return ""
+        self._ready = True
+        message = ""
+        if self.solver is None:
+            from testtime.models import load_model  # heavy import, in the process that runs
+
+            loaded = load_model(self.config.model)
+            host = AdapterHost(loaded.model, self.config.lora, start_adapter=self.config.adapter)
+            self.solver = Solver(host, loaded.tokenizer, self.config)
+            total = host.trainable_parameters()[1]
+            message = (f"model: {total / 1e6:.1f}M parameters on {loaded.device} ({loaded.dtype}); "
+                       f"LoRA rank {self.config.lora.r}")
+        if self.config.ttt and self.config.shared:
+            log.info("shared TTT: %s", self.solver.train_shared(self.shared_tasks))
+        return message
+
+    def run(self, task: Task, emit: Emit) -> dict[str, Any]:
+        self.setup()
+        assert self.solver is not None
+        return self.solver.solve_task(task, on_step=lambda info: emit(Step(task.id, info)))
+
+    def failed(self, task: Task, error: str, trace: str, seconds: float) -> dict[str, Any]:
+        return failed_record(task, error, trace, seconds)
+
+
+def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = None, *,
+                executor: Executor | None = None, retry_failed: bool = False,
+                emit: Emit = ignore) -> tuple[list[dict[str, Any]], dict, Counts]:
+    """Solve `tasks`, resuming from `run_dir`; returns the records, the submission and the counts.
+
+    An unopened `run_dir` is opened with the job's settings (the CLI opens it first, with its
+    flags and options). The submission covers every task, failed ones included.
+    """
+    if run_dir is not None and not run_dir.opened:
+        run_dir.open("arc solve", {"config": job.config.to_json()})
+    records, counts = run_items(job, tasks, executor or LocalExecutor(), run_dir, retry_failed=retry_failed,
+                                emit=emit)
+    submission = submission_of(tasks, records)
     if run_dir is not None:
-        run_dir.save_config({"config": solver.config.to_json(), "tasks": [t.id for t in tasks]})
-    records: dict[str, dict[str, Any]] = {}
-    todo = resume_tasks(tasks, run_dir, records, on_task_done)
-    if solver.config.ttt and solver.config.shared and todo:
-        log.info("shared TTT: %s", solver.train_shared(tasks, on_step))
-    for task in todo:
-        if on_task_start:
-            on_task_start(task, False)
-        record = solver.solve_task(task, on_step)
-        if run_dir is not None:
-            run_dir.save_task(record)
-        records[task.id] = record
-        if on_task_done:
-            on_task_done(record)
-    ordered = {t.id: records[t.id] for t in tasks}
-    submission = submission_of(tasks, ordered)
-    if run_dir is not None:
-        run_dir.write_submission(submission)
-    return list(ordered.values()), submission
+        write_submission(run_dir.path / "submission.json", submission)
+    return list(records.values()), submission, counts
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

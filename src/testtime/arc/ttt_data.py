@@ -13,8 +13,7 @@ Only `task.train` is ever read: test inputs and outputs never reach the training
 from __future__ import annotations
 
 import logging
-import zlib
-from collections.abc import Sequence as Seq
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,7 +22,9 @@ import numpy as np
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode
 from testtime.arc.task import Example, Grid, Task
 from testtime.arc.transforms import Transform, geometric_transforms, random_transform
-from testtime.finetune import Sequence
+from testtime.batching import TrainingSequence
+from testtime.config import at_least
+from testtime.seeds import name_key
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class TTTArgs:
     seed: int = 0
     """Seed for transforms and demo dropping (mixed with the task id)."""
 
+    def check(self) -> Iterator[tuple[str, str]]:
+        yield from at_least("n_sequences", self.n_sequences, 1)
+        yield from at_least("max_len", self.max_len, 1)
+
 
 @dataclass(frozen=True)
 class Origin:
@@ -74,7 +79,7 @@ class Origin:
 class TTTData:
     """One task's test-time-training sequences and how they were made."""
 
-    sequences: list[Sequence]
+    sequences: list[TrainingSequence]
     """Encoded training sequences, each at most `max_len` tokens, no two identical."""
     transforms: list[str]
     """Name of the transform behind each sequence (parallel to `sequences`)."""
@@ -111,7 +116,7 @@ def end_to_end(task: Task) -> list[Item]:
     return [((), ex) for ex in task.train]
 
 
-def fit_demos(demos: Seq[Example], query_input: Grid, answer: Grid | None, counter: TokenCounter,
+def fit_demos(demos: Sequence[Example], query_input: Grid, answer: Grid | None, counter: TokenCounter,
               max_len: int, rng: np.random.Generator, *, min_demos: int = 1,
               reserve: int = 0) -> tuple[Example, ...] | None:
     """The context demos that fit `max_len` tokens with the query, dropping random ones.
@@ -125,7 +130,7 @@ def fit_demos(demos: Seq[Example], query_input: Grid, answer: Grid | None, count
     kept = list(demos)
     min_demos = min(min_demos, len(kept))
 
-    def length(subset: Seq[Example]) -> int:
+    def length(subset: Sequence[Example]) -> int:
         if answer is None:
             return counter.prompt(subset, query_input) + reserve
         return counter.sequence(subset, query_input, answer) + reserve
@@ -156,7 +161,7 @@ def build_ttt_data(task: Task, tokenizer, args: TTTArgs, fmt: TextFormat = DEFAU
     """
     _validate(args)
     counter = counter if counter is not None else TokenCounter(tokenizer, fmt)
-    rng = np.random.default_rng([args.seed, zlib.crc32(task.id.encode())])
+    rng = np.random.default_rng([args.seed, name_key(task.id)])
     requested = _requested_items(task, args.formats)
     viable = [it for it in requested if _fits_untransformed(it, counter, args.max_len)]
     fits = len(viable) == len(requested)
@@ -241,7 +246,7 @@ def _draw(data: TTTData, tokenizer, args: TTTArgs, fmt: TextFormat, counter: Tok
         if key in seen:
             continue
         seen.add(key)
-        data.sequences.append(Sequence(input_ids=list(input_ids), labels=list(labels)))
+        data.sequences.append(TrainingSequence(input_ids=list(input_ids), labels=list(labels)))
         data.transforms.append(transform.name)
         data.origins.append(Origin(item=index, transform=transform, n_demos=len(kept)))
         data.n_dropped_demos += len(context) - len(kept)

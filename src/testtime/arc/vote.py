@@ -115,7 +115,7 @@ def valid(candidates: Iterable[Candidate]) -> list[Candidate]:
 
 
 @dataclass
-class _Pool:
+class _Tally:
     """Every candidate for one distinct grid."""
 
     grid: Grid
@@ -140,24 +140,24 @@ def _rank_key(votes: int, groups: int, logprob: float, text: str) -> tuple:
     return -votes, -groups, -lp, text
 
 
-def _pool(candidates: Sequence[Candidate]) -> dict[GridKey, _Pool]:
-    pools: dict[GridKey, _Pool] = {}
+def _tally(candidates: Sequence[Candidate]) -> dict[GridKey, _Tally]:
+    tallies: dict[GridKey, _Tally] = {}
     for i, c in enumerate(candidates):
         if c.grid is None:
             raise ValueError(f"candidate {i} ({c.transform}) has no grid; drop failed parses with valid()")
         key = grid_key(c.grid)
-        pool = pools.get(key)
-        if pool is None:
+        tally = tallies.get(key)
+        if tally is None:
             # an int8 copy: the kept grid must not depend on which candidate came first
             grid = np.array(c.grid, dtype=np.int8)
-            pool = pools[key] = _Pool(grid, _grid_text(grid), [], [], defaultdict(int))
-        pool.logprobs.append(c.logprob)
-        pool.transforms.append(c.transform)
-        pool.by_group[c.group] += 1
-    return pools
+            tally = tallies[key] = _Tally(grid, _grid_text(grid), [], [], defaultdict(int))
+        tally.logprobs.append(c.logprob)
+        tally.transforms.append(c.transform)
+        tally.by_group[c.group] += 1
+    return tallies
 
 
-def _kept_per_group(candidates: Sequence[Candidate], pools: dict[GridKey, _Pool],
+def _kept_per_group(candidates: Sequence[Candidate], tallies: dict[GridKey, _Tally],
                     top_per_group: int) -> dict[GridKey, list[str]]:
     """Step 1: for each grid, the groups in which it is among the `top_per_group` most frequent."""
     # group -> grid key -> log-probabilities of its candidates in that group
@@ -166,7 +166,7 @@ def _kept_per_group(candidates: Sequence[Candidate], pools: dict[GridKey, _Pool]
         in_group[c.group][grid_key(c.grid)].append(c.logprob)
     kept: dict[GridKey, list[str]] = defaultdict(list)
     for group, grids in in_group.items():
-        order = sorted(grids, key=lambda k: _rank_key(len(grids[k]), 1, _mean(grids[k]), pools[k].text))
+        order = sorted(grids, key=lambda k: _rank_key(len(grids[k]), 1, _mean(grids[k]), tallies[k].text))
         for key in order[:top_per_group]:
             kept[key].append(group)
     return kept
@@ -177,34 +177,34 @@ def vote(candidates: Sequence[Candidate], *, top_per_group: int = 3) -> list[Ran
     in every group. Deterministic and independent of the order of `candidates`."""
     if top_per_group < 1:
         raise ValueError(f"top_per_group must be at least 1, got {top_per_group}")
-    pools = _pool(candidates)
-    kept = _kept_per_group(candidates, pools, top_per_group)
+    tallies = _tally(candidates)
+    kept = _kept_per_group(candidates, tallies, top_per_group)
     survivors, cut = [], []
-    for key, pool in pools.items():
+    for key, tally in tallies.items():
         groups = kept.get(key, [])
         if groups:
-            votes = sum(pool.by_group[g] for g in groups)
-            survivors.append(_ranked(pool, votes, len(groups)))
+            votes = sum(tally.by_group[g] for g in groups)
+            survivors.append(_ranked(tally, votes, len(groups)))
         else:
-            cut.append(_ranked(pool, len(pool.logprobs), 0))
+            cut.append(_ranked(tally, len(tally.logprobs), 0))
     log.debug("vote: %d candidates, %d distinct grids, %d survive the per-group cut",
-              len(candidates), len(pools), len(survivors))
-    return _sorted(survivors, pools) + _sorted(cut, pools)
+              len(candidates), len(tallies), len(survivors))
+    return _sorted(survivors, tallies) + _sorted(cut, tallies)
 
 
 def vote_flat(candidates: Sequence[Candidate]) -> list[Ranked]:
     """Plain majority over all candidates (no per-group cut), with the same tie rules."""
-    pools = _pool(candidates)
-    ranked = [_ranked(p, len(p.logprobs), len(p.by_group)) for p in pools.values()]
-    return _sorted(ranked, pools)
+    tallies = _tally(candidates)
+    ranked = [_ranked(t, len(t.logprobs), len(t.by_group)) for t in tallies.values()]
+    return _sorted(ranked, tallies)
 
 
-def _ranked(pool: _Pool, votes: int, groups: int) -> Ranked:
-    return Ranked(pool.grid, votes, groups, pool.mean_logprob, sorted(pool.transforms))
+def _ranked(tally: _Tally, votes: int, groups: int) -> Ranked:
+    return Ranked(tally.grid, votes, groups, tally.mean_logprob, sorted(tally.transforms))
 
 
-def _sorted(ranked: list[Ranked], pools: dict[GridKey, _Pool]) -> list[Ranked]:
-    return sorted(ranked, key=lambda r: _rank_key(r.votes, r.groups, r.logprob, pools[grid_key(r.grid)].text))
+def _sorted(ranked: list[Ranked], tallies: dict[GridKey, _Tally]) -> list[Ranked]:
+    return sorted(ranked, key=lambda r: _rank_key(r.votes, r.groups, r.logprob, tallies[grid_key(r.grid)].text))
 
 
 def pick_attempts(ranked: Sequence[Ranked], n: int = 2) -> list[Grid]:

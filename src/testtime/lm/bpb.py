@@ -16,10 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from testtime.finetune import IGNORE_INDEX, Sequence
+from testtime.batching import IGNORE_INDEX, TrainingSequence
 
 
-def encode_pair(tokenizer: Any, prompt: str, continuation: str, max_len: int) -> Sequence:
+def encode_pair(tokenizer: Any, prompt: str, continuation: str, max_len: int) -> TrainingSequence:
     """Prompt + continuation token ids, labels on the continuation only, at most `max_len` tokens."""
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     c_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -27,16 +27,16 @@ def encode_pair(tokenizer: Any, prompt: str, continuation: str, max_len: int) ->
         raise ValueError("the continuation is empty: there is nothing to score")
     if len(c_ids) >= max_len:
         raise ValueError(f"the continuation alone is {len(c_ids)} tokens, over the {max_len}-token context; "
-                         "shorten it (bench/corpus.py --continuation-bytes)")
+                         "shorten it (python -m testtime.tools.corpus --continuation-bytes)")
     p_ids = p_ids[len(p_ids) + len(c_ids) - max_len:] if len(p_ids) + len(c_ids) > max_len else p_ids
     bos = tokenizer.bos_token_id
     if not p_ids and bos is not None:
         p_ids = [bos]  # the first continuation token needs something to be predicted from
-    return Sequence(input_ids=p_ids + c_ids, labels=[IGNORE_INDEX] * len(p_ids) + c_ids)
+    return TrainingSequence(input_ids=p_ids + c_ids, labels=[IGNORE_INDEX] * len(p_ids) + c_ids)
 
 
 @torch.no_grad()
-def sequence_bits(model: Any, seq: Sequence) -> float:
+def sequence_bits(model: Any, seq: TrainingSequence) -> float:
     """-sum log2 p of the labelled tokens of `seq` under `model` (eval mode)."""
     device = next(model.parameters()).device
     ids = torch.tensor([seq.input_ids], device=device)

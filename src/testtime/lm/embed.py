@@ -152,7 +152,7 @@ class MiniLMEmbedder(_PooledEmbedder):
 
     def __init__(self, model_dir: str | Path | None = None, *, device: str | torch.device | None = None,
                  dtype: Literal["auto", "float32", "bfloat16"] = "auto", max_tokens: int = MINILM_MAX_TOKENS) -> None:
-        from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 - heavy import
+        from transformers import AutoModel, AutoTokenizer  # heavy import
 
         folder = Path(model_dir) if model_dir is not None else minilm_dir()
         try:
@@ -194,7 +194,7 @@ class LMEmbedder(_PooledEmbedder):
     def from_name(cls, model: str | None = None, *, device: str | torch.device | None = None,
                   max_tokens: int = 2048) -> LMEmbedder:
         """Load `model` (`embedded`, HF id or local dir) with `testtime.models.load_model`."""
-        from testtime.models import load_model  # noqa: PLC0415
+        from testtime.models import load_model
 
         loaded = load_model(model, device=device)
         return cls(loaded.model, loaded.tokenizer, max_tokens=max_tokens)

@@ -1,25 +1,28 @@
 """`lm eval` as a library: held-out prompts in, bits per byte per domain out, one file per prompt.
 
 A prompts file is JSON Lines, one object per held-out document:
-`{"id": ..., "domain": ..., "prompt": ..., "continuation": ...}` (what bench/corpus.py writes).
-A bad line is counted and reported with its line number; the others run. The run directory
-holds `config.json` and `results/<select>/<id>.json`, each written atomically when its prompt
-is done, so a rerun skips finished prompts and an interrupted run loses at most one prompt.
+`{"id": ..., "domain": ..., "prompt": ..., "continuation": ...}` (what python -m testtime.tools.corpus writes).
+A bad line is counted and reported with its line number; the others run. Each selector has its
+own run directory `OUT/<select>/` (several selectors share one OUT): `config.json` and
+`results/<id>.json`, each written atomically when its prompt is done, so a rerun skips finished
+prompts, refuses other settings, and an interrupted run loses at most one prompt.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import re
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testtime.lm.ttft import PromptResult, TTFTArgs, ttft_prompt
-from testtime.runs import read_json, write_json_atomic
+from testtime.config import as_json
+from testtime.finetune import LoraArgs
+from testtime.jobs import OK, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
+from testtime.lm.ttft import TTFTArgs, ttft_prompt
 
 log = logging.getLogger(__name__)
 
@@ -73,85 +76,105 @@ def read_prompts(path: str | Path) -> PromptFile:
     return PromptFile(prompts, errors)
 
 
-def result_path(out: Path, select: str, prompt_id: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", prompt_id)
-    return out / "results" / select / f"{safe}.json"
+@dataclass
+class EvalConfig:
+    """Everything that determines one selector's results (saved in its run directory)."""
+
+    model: str = "embedded"
+    """Base model: `embedded`, a Hugging Face id or a local directory."""
+    index: str | None = None
+    """Memory directory from `testtime lm index` (None for `select none`)."""
+    prompts: str = ""
+    """The prompts file."""
+    lora: LoraArgs = field(default_factory=lambda: LoraArgs(r=16, alpha=32))
+    """The per-prompt LoRA (alpha = 2 x rank)."""
+    ttft: TTFTArgs = field(default_factory=TTFTArgs)
+    """Selection and fine-tuning per prompt."""
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.ttft.select != "none" and self.index is None:
+            yield "index", f"is needed by --select {self.ttft.select} (a memory from `testtime lm index`)"
+
+
+class LmJob:
+    """LM prompts as a job: set up loads the model, memory and embedder; an item is a Prompt.
+
+    `parts` = (host, tokenizer, memory, embedder) already loaded skips loading (library use, tests).
+    """
+
+    noun = "prompt"
+    id_key = "prompt_id"
+
+    def __init__(self, config: EvalConfig, *, parts: tuple[Any, Any, Any, Any] | None = None) -> None:
+        self.config = config
+        self.parts = parts
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "parts": None}  # a Ray worker loads its own
+
+    def item_id(self, prompt: Prompt) -> str:
+        return prompt.id
+
+    def cost(self, prompt: Prompt) -> float:
+        return len(prompt.prompt) + len(prompt.continuation)
+
+    def not_parallel(self) -> str | None:
+        return None
+
+    def setup(self) -> str:
+        if self.parts is not None:
+            return ""
+        from testtime.lora import AdapterHost  # heavy imports
+        from testtime.models import load_model
+
+        loaded = load_model(self.config.model)
+        memory, embedder = load_memory(self.config.index, self.config.ttft.select, loaded)
+        self.parts = (AdapterHost(loaded.model, self.config.lora), loaded.tokenizer, memory, embedder)
+        size = f", memory of {len(memory):,} chunks" if memory is not None else ""
+        return f"model {self.config.model} on {loaded.device} ({loaded.dtype}){size}"
+
+    def run(self, prompt: Prompt, emit: Emit) -> dict[str, Any]:
+        self.setup()
+        host, tokenizer, memory, embedder = self.parts  # type: ignore[misc]
+        t0 = time.perf_counter()
+        res = ttft_prompt(host, tokenizer, memory, embedder, prompt.id, prompt.prompt, prompt.continuation,
+                          self.config.ttft, domain=prompt.domain, on_step=lambda info: emit(Step(prompt.id, info)))
+        return {**res.to_json(), "status": OK, "seconds": time.perf_counter() - t0}
+
+    def failed(self, prompt: Prompt, error: str, trace: str, seconds: float) -> dict[str, Any]:
+        return {"prompt_id": prompt.id, "domain": prompt.domain, "select": self.config.ttft.select}
+
+
+def select_dir(out: str | Path, select: str) -> RunDir:
+    """One selector's run directory inside `out`: `out/SELECT/config.json`, `out/SELECT/results/`."""
+    return RunDir(Path(out) / select, records="results")
+
+
+def evaluate(job: LmJob, prompts: list[Prompt], run_dir: RunDir | None = None, *,
+             executor: Executor | None = None, retry_failed: bool = False,
+             emit: Emit = ignore) -> tuple[list[dict], list[dict], Counts]:
+    """(results, failures, counts) of every prompt, resuming from `run_dir` (see `select_dir`).
+
+    The run directory is opened with the job's settings unless the caller opened it.
+    """
+    if run_dir is not None and not run_dir.opened:
+        run_dir.open("lm eval", {"config": as_json(job.config)})
+    records, counts = run_items(job, prompts, executor or LocalExecutor(), run_dir, retry_failed=retry_failed,
+                                emit=emit)
+    results = [r for r in records.values() if r.get("status") == OK]
+    failures = [r for r in records.values() if r.get("status") != OK]
+    return results, failures, counts
 
 
 def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: list[Prompt], args: TTFTArgs,
-             out: str | Path | None, *, config: dict | None = None,
-             on_prompt: Callable[[Prompt, dict, bool], None] | None = None,
-             on_step: Callable | None = None) -> tuple[list[dict], list[dict]]:
-    """Evaluate every prompt (skipping those with a result in `out`); returns (results, failures).
-
-    A prompt that raises is recorded as a failure with its error and the run goes on.
-    """
-    out = Path(out) if out is not None else None
-    if out is not None:
-        save_eval_config(out, args, config)
-    results, failures = [], []
-    for p in resume_prompts(prompts, out, args.select, results, on_prompt):
-        row = evaluate_prompt(host, tokenizer, memory, embedder, p, args=args, on_step=on_step)
-        record_result(row, p, out, args.select, results, failures, on_prompt)
+             out: str | Path | None = None, *, config: EvalConfig | None = None,
+             emit: Emit = ignore) -> tuple[list[dict], list[dict]]:
+    """`evaluate` with an already loaded model, memory and embedder; returns (results, failures)."""
+    config = dataclasses.replace(config or EvalConfig(), ttft=args)
+    run_dir = select_dir(out, args.select) if out is not None else None
+    results, failures, _ = evaluate(LmJob(config, parts=(host, tokenizer, memory, embedder)), prompts, run_dir,
+                                    emit=emit)
     return results, failures
-
-
-def resume_prompts(prompts: list[Prompt], out: Path | None, select: str, results: list[dict],
-                   on_prompt: Callable[[Prompt, dict, bool], None] | None) -> list[Prompt]:
-    """Append the saved results of finished prompts to `results` (reported as resumed); return the others."""
-    todo = []
-    for p in prompts:
-        done = finished_result(out, select, p.id)
-        if done is None:
-            todo.append(p)
-            continue
-        results.append(done)
-        if on_prompt is not None:
-            on_prompt(p, done, True)
-    return todo
-
-
-def record_result(row: dict, prompt: Prompt, out: Path | None, select: str, results: list[dict],
-                  failures: list[dict], on_prompt: Callable[[Prompt, dict, bool], None] | None) -> bool:
-    """File one prompt's outcome: a result is saved atomically, a failure only counted. True for a result."""
-    ok = "error" not in row
-    if ok:
-        results.append(row)
-        if out is not None:
-            write_json_atomic(result_path(out, select, prompt.id), row)
-    else:
-        failures.append(row)
-    if on_prompt is not None:
-        on_prompt(prompt, row, False)
-    return ok
-
-
-def save_eval_config(out: Path, args: TTFTArgs, config: dict | None) -> None:
-    """Write `out/config.json` (warning when a finished run of the same selector had other settings)."""
-    record = {"args": asdict(args), **(config or {})}
-    old = read_json(out / "config.json")
-    if old is not None and old.get("args", {}).get("select") == args.select and old != record:
-        log.warning("%s/config.json differs from this run's settings; finished prompts are kept", out)
-    write_json_atomic(out / "config.json", record)
-
-
-def finished_result(out: Path | None, select: str, prompt_id: str) -> dict | None:
-    """The saved result of a prompt, or None when it has not finished (or there is no run directory)."""
-    done = read_json(result_path(out, select, prompt_id)) if out is not None else None
-    return done if done is not None and "bits" in done else None
-
-
-def evaluate_prompt(host: Any, tokenizer: Any, memory: Any, embedder: Any, p: Prompt, *, args: TTFTArgs,
-                    on_step: Callable | None = None) -> dict:
-    """One prompt's result row; a prompt that raises ValueError/RuntimeError gives a row with `error`."""
-    t0 = time.perf_counter()
-    try:
-        res: PromptResult = ttft_prompt(host, tokenizer, memory, embedder, p.id, p.prompt, p.continuation,
-                                        args, domain=p.domain, on_step=on_step)
-    except (ValueError, RuntimeError) as err:
-        log.warning("prompt %s failed: %s", p.id, err)
-        return {"prompt_id": p.id, "domain": p.domain, "select": args.select, "error": str(err)}
-    return {**res.to_json(), "seconds": time.perf_counter() - t0}
 
 
 def load_memory(index: str | Path | None, select: str, loaded: Any) -> tuple[Any, Any]:
@@ -159,7 +182,7 @@ def load_memory(index: str | Path | None, select: str, loaded: Any) -> tuple[Any
     built with (the LM's own hidden states reuse `loaded`). Raises MemoryIndexError / EmbedderError."""
     if index is None or select == "none":
         return None, None
-    from testtime.lm.embed import load_embedder  # noqa: PLC0415 - heavy imports
+    from testtime.lm.embed import load_embedder  # heavy imports
     from testtime.lm.memory import Memory
 
     memory = Memory.load(index)

@@ -11,9 +11,9 @@ An index directory, built by streaming the corpus through `build_index`:
     index.faiss        faiss IndexFlatIP over all chunks, positions in shard order
     meta.json          written last: config, counts, shard list; present = finished
 
-Every file is written to a temporary name and renamed into place, so an interrupted build
-leaves whole shards only; a rerun re-chunks the corpus (cheap), checks the finished shards
-hold the same chunks and embeds only the rest.
+Every file is written to a temporary name and renamed into place (`testtime.atomic`), so an
+interrupted build leaves whole shards only; a rerun re-chunks the corpus (cheap), checks the
+finished shards hold the same chunks and embeds only the rest.
 
 SIFT is blind to sign (-x tells as much about x* as x does), so `Memory.search` ranks by
 |<x, x*>|: it asks faiss for the top of q and of -q and merges, exactly as the brute-force
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -33,13 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from testtime.atomic import atomic_path, write_json_atomic, write_text_atomic
 from testtime.lm.corpus import MIN_CHUNK_TOKENS, Chunk, Corpus, CorpusError, Document, chunk_text, iter_chunks
 from testtime.lm.embed import Embedder
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MIN_CHUNK_TOKENS", "Chunk", "Corpus", "CorpusError", "Document", "IndexReport", "Memory",
-           "MemoryIndexError", "build_index", "chunk_text", "finished_shards", "iter_chunks"]  # corpus names re-exported
+           "MemoryIndexError", "build_index", "chunk_text", "finished_shards",
+           "iter_chunks"]  # corpus names re-exported
 
 FORMAT = 1
 FAISS_INSTALL = "pip install faiss-cpu"
@@ -73,19 +74,12 @@ FLAGS = {"embedder": "--embedder", "dim": "--embedder", "chunk_tokens": "--chunk
          "shard_size": "--shard-size", "corpus": "CORPUS / --text-field", "format": "(testtime version)"}
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
-        write(fh)
-    os.replace(tmp, path)
-
-
 def _shard_name(n: int) -> str:
     return f"shard-{n:05d}"
 
 
 def finished_shards(out_dir: Path) -> list[str]:
-    """Names of the shards with both files on disk (an interrupted write leaves only .tmp files)."""
+    """Names of the shards with both files on disk (an interrupted write leaves only hidden .tmp files)."""
     return sorted(p.stem for p in Path(out_dir).glob("shard-*.npy") if p.with_suffix(".jsonl").exists())
 
 
@@ -96,7 +90,7 @@ def _check_config(out: Path, config: dict[str, Any]) -> bool:
         if finished_shards(out):
             raise MemoryIndexError(f"{out} holds shards but no config.json: not an index testtime can resume; "
                                    "delete it or pass another --out")
-        _write_atomic(path, lambda fh: json.dump(config, fh, indent=2))
+        write_json_atomic(path, config, indent=2)
         return False
     old = json.loads(path.read_text(encoding="utf-8"))
     differ = [k for k in config if old.get(k) != config[k]]
@@ -132,14 +126,15 @@ def _flush(out: Path, number: int, chunks: list[Chunk], embedder: Embedder, batc
             on_chunks(len(parts[-1]), False)
     emb = np.concatenate(parts).astype(np.float16)  # (n, d)
     lines = "".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in chunks)
-    _write_atomic(jsonl, lambda fh: fh.write(lines))
-    _write_atomic(npy, lambda fh: np.save(fh, emb, allow_pickle=False), "wb")  # last: marks the shard done
+    write_text_atomic(jsonl, lines)
+    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:  # last: marks the shard done
+        np.save(fh, emb, allow_pickle=False)  # to a file object: given a path, np.save would append .npy
     report.embedded += len(chunks)
 
 
 def _faiss() -> Any:
     try:
-        import faiss  # noqa: PLC0415 - optional at import time of testtime
+        import faiss  # optional at import time of testtime
     except ImportError as err:
         raise MemoryIndexError(f"the memory index needs faiss: {FAISS_INSTALL}") from err
     return faiss
@@ -185,14 +180,13 @@ def build_index(corpus: Corpus, out_dir: str | Path, embedder: Embedder, tokeniz
     index = faiss.IndexFlatIP(int(embedder.dim))
     for s in shards:  # float16 on disk -> float32 for faiss; positions in shard order
         index.add(np.load(out / f"{s['name']}.npy", allow_pickle=False).astype(np.float32))
-    tmp = out / "index.faiss.tmp"
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, out / "index.faiss")
+    with atomic_path(out / "index.faiss") as tmp:
+        faiss.write_index(index, str(tmp))
     report.seconds = time.perf_counter() - start
     dtype = str(getattr(embedder, "dtype", "")).removeprefix("torch.") or None  # informative, not checked
     meta = {**config, "embed_dtype": dtype, "count": report.chunks, "documents": report.documents, "shards": shards,
             "skipped_files": len(report.skipped_files), "bad_lines": len(report.bad_lines)}
-    _write_atomic(out / "meta.json", lambda fh: json.dump(meta, fh, indent=2))
+    write_json_atomic(out / "meta.json", meta, indent=2)
     logger.debug("index %s | %d documents | %d chunks | %d shards (%d reused) | %.1f s", out, report.documents,
                 report.chunks, report.shards, report.reused_shards, report.seconds)
     return report

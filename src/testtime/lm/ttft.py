@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from testtime.finetune import Sequence, StepInfo, TrainArgs, train
+from testtime.batching import TrainingSequence
+from testtime.config import at_least, in_range, positive
+from testtime.finetune import StepInfo, TrainArgs, train
 from testtime.lm.bpb import continuation_bits
 from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift
 from testtime.lora import AdapterHost
+from testtime.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,14 @@ class TTFTArgs:
     """Most tokens of prompt + continuation when measuring bits per byte."""
     seed: int = 0
     """Adapter init and random selection (mixed with the prompt id)."""
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        for name in ("n", "k", "chunk_tokens", "context"):
+            yield from at_least(name, getattr(self, name), 1)
+        yield from positive("lam", self.lam)
+        yield from positive("lr", self.lr)
+        yield from at_least("stop_below", self.stop_below, 0)
+        yield from in_range("min_gain", 0.0 if self.min_gain is None else self.min_gain, 0.0, 1.0)
 
 
 @dataclass
@@ -93,10 +103,6 @@ class PromptResult:
         return {**self.__dict__, "bpb": self.bpb}
 
 
-def prompt_seed(seed: int, prompt_id: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(prompt_id.encode())) % 2**31
-
-
 def select_chunks(query: np.ndarray, candidates: np.ndarray, args: TTFTArgs, seed: int) -> Selection:
     """Run the selector of `args.select` on the candidate embeddings (indices into `candidates`)."""
     n = min(args.n, len(candidates)) if args.select in ("nn", "random") else args.n
@@ -111,20 +117,20 @@ def select_chunks(query: np.ndarray, candidates: np.ndarray, args: TTFTArgs, see
     raise ValueError(f"select must be one of {', '.join(METHODS)}, got {args.select!r}")
 
 
-def chunk_sequence(tokenizer: Any, text: str, max_tokens: int) -> Sequence:
+def chunk_sequence(tokenizer: Any, text: str, max_tokens: int) -> TrainingSequence:
     """A memory chunk as a training sequence with a loss on every token (cut to `max_tokens`)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
     bos = tokenizer.bos_token_id
     if bos is not None:
         ids = [bos, *ids[: max_tokens - 1]]
-    return Sequence(input_ids=ids, labels=list(ids))
+    return TrainingSequence(input_ids=ids, labels=list(ids))
 
 
 def ttft_prompt(host: AdapterHost, tokenizer: Any, memory: Any, embedder: Any, prompt_id: str, prompt: str,
                 continuation: str, args: TTFTArgs, *, domain: str = "",
                 on_step: Callable[[StepInfo], None] | None = None) -> PromptResult:
     """Select, fine-tune a fresh adapter, measure, drop the adapter. The base model is never changed."""
-    seed = prompt_seed(args.seed, prompt_id)
+    seed = derive_seed(args.seed, prompt_id)
     picks: list[int] = []
     sel = Selection()
     search_ms = nn_ms = 0.0

@@ -1,4 +1,9 @@
-"""The `testtime` command: a thin typer app over the library (parse, call, print)."""
+"""The `testtime` command: a thin typer app over the library (parse, build the config, run, print).
+
+    cli/common.py    console, errors, Ctrl-C, shared options (--config, Ray), progress, summaries
+    cli/arc.py       testtime arc datasets | show | stats | score   (+ solve.py, pretrain.py)
+    cli/lm.py        testtime lm index | eval
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import os
 import typer
 
 from testtime import __version__
-from testtime.arc.cli import app as arc_app
-from testtime.lm.cli import app as lm_app
+from testtime.cli.arc import app as arc_app
+from testtime.cli.lm import app as lm_app
 
 app = typer.Typer(
     help="Test-time training of language models: ARC by per-task LoRA, and SIFT-selected fine-tuning.",
@@ -36,7 +41,7 @@ def main(
 
     Example: testtime arc stats arc-agi-1/evaluation
     """
-    from rich.logging import RichHandler  # noqa: PLC0415
+    from rich.logging import RichHandler
 
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)])

@@ -1,36 +1,29 @@
-"""`testtime arc pretrain`: fine-tune the base model on many ARC tasks (parse, call, print)."""
+"""`testtime arc pretrain`: fine-tune the base model on many ARC tasks (parse, build, run, print)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
+from testtime.cli import common
+from testtime.cli.common import console, fail, safe
 
-SHIPPED_ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
-"""Adapters shipped inside the package, one directory each."""
-
-DEFAULT_ADAPTER = {"embedded": "smollm2-135m-arc"}
-"""Model name -> the shipped adapter `arc solve` merges by default (when its directory exists)."""
-
-
-def default_adapter(model: str) -> Path | None:
-    """The shipped ARC adapter for `model`, if the package has one."""
-    name = DEFAULT_ADAPTER.get(model)
-    path = SHIPPED_ADAPTERS / name if name else None
-    return path if path is not None and (path / "adapter_config.json").is_file() else None
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
+FIELDS: common.Fields = {
+    "model": "model", "train-token-rows": "train_token_rows",
+    "lora-rank": "lora.r", "lora-alpha": "lora.alpha", "lora-targets": "lora.target_modules",
+    "steps": "train.max_steps", "lr": "train.lr", "warmup": "train.warmup_steps", "batch-size": "train.batch_size",
+    "grad-accum": "train.grad_accum", "seed": ("train.seed", "data.seed"),
+    "gradient-checkpointing": "train.gradient_checkpointing",
+    "min-demos": "data.min_demos", "max-demos": "data.max_demos", "max-len": "data.max_len", "colors": "data.colors",
+    "loss-on": "data.loss_on", "val-tasks": "val_tasks", "val-sequences": "val_sequences", "val-every": "val_every",
+    "checkpoint-every": "checkpoint_every",
+}
+"""Each option of `arc pretrain` that goes into PretrainConfig, and the field(s) it sets."""
 
 
 def pretrain(
+    ctx: typer.Context,
     sources: list[str] = typer.Argument(..., help="re-ARC files (.json/.json.gz), data set names, ARC files or dirs."),
     out: Path = typer.Option(..., "--out", "-o", help="Output adapter directory (checkpoints go inside)."),
     model: str = typer.Option("embedded", "--model", "-m", help="Base model: `embedded`, HF id or local dir."),
@@ -57,73 +50,59 @@ def pretrain(
     checkpoint_every: int = typer.Option(100, help="Checkpoint every N steps."),
     allow_evaluation: bool = typer.Option(False, help="Allow ARC evaluation-set tasks in the training data."),
     seed: int = typer.Option(0, help="Seed of the data stream, validation split and adapter init."),
-    restart: bool = typer.Option(False, help="Delete OUT's checkpoints and config and start over."),
+    restart: bool = typer.Option(False, "--restart", help="Delete OUT's checkpoints and config and start over."),
+    config: Path = common.CONFIG,
 ) -> None:
     """Fine-tune the base model on in-context ARC tasks before test-time training.
 
-    Samples k demonstrations + a query from each pool task under random invertible transforms,
-    trains a LoRA, checkpoints every N steps (re-run to resume) and writes a peft adapter plus
-    card.json to OUT, ready for `testtime arc solve --adapter OUT`.
+    Samples k demonstrations + a query from each training task under random invertible transforms,
+    trains a LoRA, checkpoints every N steps (re-run to resume; other settings are refused) and
+    writes a peft adapter plus card.json to OUT, ready for `testtime arc solve --adapter OUT`.
 
     Example: testtime arc pretrain ../shared/data/re-arc/re_arc_120.json.gz arc-agi-1/training --steps 20 --out runs/pt
     """
-    from testtime.arc.pretrain import PretrainConfig, check_config  # noqa: PLC0415 - heavy imports
+    from testtime.arc.pretrain import PretrainConfig  # heavy imports
     from testtime.arc.pretrain import pretrain as run_pretrain
-    from testtime.arc.pretrain_data import SamplerArgs, load_pools
+    from testtime.arc.pretrain_data import load_examples
     from testtime.arc.task import TaskError
-    from testtime.finetune import LoraArgs, TrainArgs
     from testtime.models import ModelLoadError, load_model
 
-    targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
-    config = PretrainConfig(
-        model=model, sources=list(sources), train_token_rows=train_token_rows,
-        lora=LoraArgs(r=lora_rank, alpha=lora_alpha, target_modules=targets),
-        train=TrainArgs(lr=lr, max_steps=steps, warmup_steps=warmup, batch_size=batch_size, grad_accum=grad_accum,
-                        seed=seed, log_every=0, gradient_checkpointing=gradient_checkpointing),
-        data=SamplerArgs(min_demos=min_demos, max_demos=max_demos, max_len=max_len, colors=colors,
-                         loss_on=loss_on, seed=seed),
-        val_tasks=val_tasks, val_sequences=val_sequences, val_every=val_every, checkpoint_every=checkpoint_every,
-    )
-    problems = check_config(config)
-    if loss_on not in ("answer", "outputs"):
-        problems.append(f"--loss-on must be answer or outputs, not {loss_on!r}")
-    if not targets:
-        problems.append("--lora-targets names no module")
-    if batch_size < 1 or grad_accum < 1 or lora_rank < 1:
-        problems.append("--batch-size, --grad-accum and --lora-rank must be at least 1")
+    params = common.options_of(ctx)
+    settings, problems = common.build(PretrainConfig(model=model, sources=list(sources)), params, FIELDS,
+                                      parse={"lora-targets": common.comma_list})
     if problems:
-        _fail("; ".join(problems))
+        fail("; ".join(problems))
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a directory")
     if restart:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        (out / "config.json").unlink(missing_ok=True)
+        from testtime.jobs import RunDir
+
+        RunDir(out, records="checkpoints").clear()
     try:
-        pool, info = load_pools(list(sources), allow_evaluation=allow_evaluation)
+        examples, info = load_examples(list(sources), allow_evaluation=allow_evaluation)
     except TaskError as err:
-        _fail(str(err))
+        fail(str(err))
     # the arithmetic of one step, as recipes show it
-    console.print(f"[bold]testtime arc pretrain[/]: {len(pool)} tasks, {sum(len(v) for v in pool.values()):,} "
-                  f"examples; {steps} steps x {batch_size} seq x {grad_accum} accum (<= {max_len} tokens each) "
-                  f"-> out {out}")
+    console.print(f"[bold]testtime arc pretrain[/]: {len(examples)} tasks, "
+                  f"{sum(len(v) for v in examples.values()):,} examples; {steps} steps x {batch_size} seq x "
+                  f"{grad_accum} accum (<= {max_len} tokens each) -> out {safe(out)}")
     try:
         loaded = load_model(model)
     except ModelLoadError as err:
-        _fail(str(err))
+        fail(str(err))
     try:
-        card = _run(run_pretrain, loaded, pool, config, out, info)
+        card = _run(run_pretrain, loaded, examples, settings, out, info, params)
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     except KeyboardInterrupt:
-        console.print(f"[bold yellow]interrupted:[/] checkpoints are in {out / 'checkpoints'}; "
+        console.print(f"[bold yellow]interrupted:[/] checkpoints are in {safe(out / 'checkpoints')}; "
                       "run the same command again to resume")
         raise typer.Exit(code=130) from None
     _summary(card, out)
 
 
-def _run(run_pretrain, loaded, pool, config, out, info) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console)
+def _run(run_pretrain, loaded, examples, config, out, info, params) -> dict:
+    progress = common.bar()
     last_val = {"v": None}
     with progress:
         bar = progress.add_task("pretrain", total=config.train.max_steps, status="")
@@ -143,22 +122,17 @@ def _run(run_pretrain, loaded, pool, config, out, info) -> dict:
                 progress.console.print(f"  step {p.step:>{len(str(p.total))}}/{p.total}: loss {p.loss:.4f} "
                                        f"{val}{saved}")
 
-        return run_pretrain(loaded, pool, config, out, info=info, on_progress=on_progress)
+        return run_pretrain(loaded, examples, config, out, info=info, on_progress=on_progress,
+                            flags=common.flags_of(FIELDS), options=params)
 
 
 def _summary(card: dict, out: Path) -> None:
-    table = Table(title="testtime arc pretrain: summary")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    rows = [
+    common.summary("testtime arc pretrain: summary", [
         ("steps", str(card["steps"])),
         ("tokens seen", f"{card['tokens_seen']:,}"),
         ("seconds", f"{card['seconds']:.0f}"),
         ("train loss first -> last 10", f"{card['train_loss_first']:.4f} -> {card['train_loss_final']:.4f}"
          if card["train_loss_first"] is not None else "n/a"),
         ("validation loss before -> after", f"{card['val_loss_initial']:.4f} -> {card['val_loss_final']:.4f}"),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"adapter: {out} (use it with: testtime arc solve ... --adapter {out})")
+    ])
+    console.print(f"adapter: {safe(out)} (use it with: testtime arc solve ... --adapter {safe(out)})")

@@ -1,27 +1,29 @@
-"""bench/corpus.py on a fake source tree: the split, deduplication, prompt cuts, determinism."""
+"""testtime.tools.corpus on a fake source tree: the split, deduplication, prompt cuts, determinism,
+the converters and the command line."""
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "corpus.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_corpus", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_corpus"] = module     # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
-
-
-corpus = _load()
+from testtime.tools.corpus import (
+    CorpusArgs,
+    DomainCounts,
+    build_corpus,
+    drop_leaks,
+    html_to_text,
+    normalise,
+    read_text,
+    roff_to_text,
+    split_prompt,
+    truncate,
+)
+from testtime.tools.corpus.__main__ import main
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 
@@ -56,8 +58,8 @@ def tree(tmp_path: Path) -> dict[str, list[Path]]:
 
 
 def build(out: Path, sources: dict[str, list[Path]], **kw) -> dict:
-    args = corpus.CorpusArgs(out=out, sources=sources, domains=tuple(sources), prompts_per_domain=4, **kw)
-    return corpus.build_corpus(args)
+    args = CorpusArgs(out=out, sources=sources, domains=tuple(sources), prompts_per_domain=4, **kw)
+    return build_corpus(args)
 
 
 def rows(path: Path) -> list[dict]:
@@ -94,7 +96,7 @@ def test_duplicates_collapsed_before_the_split(tree, tmp_path):
 def test_prompt_and_continuation_cut_at_boundaries(tree, tmp_path):
     build(tmp_path / "out", tree, prompt_bytes=300, continuation_bytes=200)
     for p in rows(tmp_path / "out" / "prompts.jsonl"):
-        document = corpus.normalise(corpus.read_text(Path(p["source"])))
+        document = normalise(read_text(Path(p["source"])))
         assert document.startswith(p["prompt"] + p["continuation"])
         assert 150 <= len(p["prompt"].encode()) <= 300 and 100 <= len(p["continuation"].encode()) <= 200
         assert p["continuation"][0] == "\n"      # lines of ~60 bytes: always a line break in reach
@@ -103,12 +105,12 @@ def test_prompt_and_continuation_cut_at_boundaries(tree, tmp_path):
 
 def test_cut_falls_back_to_spaces_then_characters():
     text = "word " * 100                                   # no line breaks
-    prompt, continuation = corpus.split_prompt(text, 62, 62)
+    prompt, continuation = split_prompt(text, 62, 62)
     assert len(prompt) == 59 and prompt.endswith("word") and continuation.startswith(" word")
-    prompt, continuation = corpus.split_prompt("é" * 100, 9, 9)   # no whitespace: 2-byte characters
+    prompt, continuation = split_prompt("é" * 100, 9, 9)   # no whitespace: 2-byte characters
     assert prompt == "é" * 4 and continuation == "é" * 4
-    assert corpus.truncate("ab\n" * 100, 10) == "ab\nab\nab"
-    assert corpus.split_prompt("short", 768, 768) == ("short", "")
+    assert truncate("ab\n" * 100, 10) == "ab\nab\nab"
+    assert split_prompt("short", 768, 768) == ("short", "")
 
 
 def test_same_seed_same_files_other_seed_other_split(tree, tmp_path):
@@ -117,12 +119,13 @@ def test_same_seed_same_files_other_seed_other_split(tree, tmp_path):
     build(tmp_path / "c", tree, seed=8)
     for name in ("memory.jsonl", "prompts.jsonl", "corpus.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    held_out = lambda d: [r["id"] for r in rows(tmp_path / d / "prompts.jsonl")]   # noqa: E731
+    def held_out(d):
+        return [r["id"] for r in rows(tmp_path / d / "prompts.jsonl")]
     assert held_out("a") != held_out("c")
 
 
 def test_missing_domain_is_skipped_with_the_package_to_install(tree, tmp_path, capsys):
-    corpus.main(["--out", str(tmp_path / "out"), "--domains", "code,docs", "--prompts-per-domain", "4",
+    main(["--out", str(tmp_path / "out"), "--domains", "code,docs", "--prompts-per-domain", "4",
                  "--source", f"code={tree['code'][0]}", "--source", f"docs={tmp_path / 'no-such-dir'}"])
     printed = capsys.readouterr().out
     assert "skipping domain 'docs'" in printed and "apt-get install python3.11-doc" in printed
@@ -134,8 +137,8 @@ def test_memory_documents_quoting_a_continuation_are_dropped():
     prompts = [{"domain": "licenses", "continuation": "\nthe exact held-out words\n"}]
     memory = [{"domain": "licenses", "text": "preamble\nthe exact held-out words\nmore"},
               {"domain": "licenses", "text": "unrelated text"}]
-    counts = {"licenses": corpus.DomainCounts("base-files", [], memory=2, memory_bytes=50)}
-    kept = corpus.drop_leaks(prompts, memory, counts)
+    counts = {"licenses": DomainCounts("base-files", [], memory=2, memory_bytes=50)}
+    kept = drop_leaks(prompts, memory, counts)
     assert kept == memory[1:] and counts["licenses"].leaks == 1 and counts["licenses"].memory == 1
 
 
@@ -154,7 +157,7 @@ def test_exclude_and_unknown_domains(tree, tmp_path):
     counts = build(tmp_path / "out", tree, exclude=(r"/mod\d+\.py$",))
     assert counts["code"].excluded == 12 and counts["code"].files == 7
     with pytest.raises(ValueError, match="--source: unknown domain"):
-        corpus.build_corpus(corpus.CorpusArgs(out=tmp_path / "out", sources={"nope": [tmp_path]}))
+        build_corpus(CorpusArgs(out=tmp_path / "out", sources={"nope": [tmp_path]}))
 
 
 def test_roff_to_text():
@@ -165,13 +168,13 @@ def test_roff_to_text():
         "starting with .", ".PP", ".nf", "kept  as", "  is", ".fi", ".if n \\{\\", "hidden", ".\\}",
         "See", ".BR dir (1).",
     ])
-    assert corpus.roff_to_text(page) == (
+    assert roff_to_text(page) == (
         "LS(1)\n\nNAME\nls - list directory contents\n\nDESCRIPTION\nList information about the "
         "FILEs—all of them.\n\n-a,--all\ndo not ignore entries starting with .\n\nkept  as\n  is\n"
         "See dir(1).")
     mdoc = (".Dd 2024\n.Sh NAME\n.Nm ssh\n.Nd remote login\n.Sh SYNOPSIS\n.Nm\n.Op Fl v\nsee\n"
             ".Xr ssh-agent 1 .")
-    assert corpus.roff_to_text(mdoc) == "\nNAME\nssh - remote login\n\nSYNOPSIS\nssh -v see ssh-agent(1)."
+    assert roff_to_text(mdoc) == "\nNAME\nssh - remote login\n\nSYNOPSIS\nssh -v see ssh-agent(1)."
 
 
 def test_html_to_text_keeps_the_sphinx_body():
@@ -179,4 +182,38 @@ def test_html_to_text_keeps_the_sphinx_body():
             "<div class='body' role='main'><h1>json<a class='headerlink' href='#'>¶</a></h1>"
             "<p>Encode  and\n decode &amp; more.</p><div class='highlight'><pre>x = 1\n    y</pre></div>"
             "</div><div>Footer</div></body></html>")
-    assert corpus.normalise(corpus.html_to_text(page)) == "json\n\nEncode and decode & more.\n\nx = 1\n    y"
+    assert normalise(html_to_text(page)) == "json\n\nEncode and decode & more.\n\nx = 1\n    y"
+
+
+def test_command_line_writes_what_build_corpus_writes(tree, tmp_path, capsys):
+    main(["--out", str(tmp_path / "cli"), "--seed", "5", "--domains", "changelogs,code",
+          "--prompts-per-domain", "3", "--max-memory-docs-per-domain", "6", "--prompt-bytes", "300",
+          "--continuation-bytes", "200", "--min-memory-bytes", "100", "--max-doc-bytes", "2000",
+          "--exclude", r"/small[0-2]\.py$", "--exclude", "/lib5/",
+          "--source", f"code={tree['code'][0]}", "--source", f"changelogs={tree['changelogs'][0]}"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("# corpus | out ") and "| seed 5 | 3 prompts/domain" in printed
+    assert "| changelogs | 19 |" in printed and "| code | 16 |" in printed
+    assert printed.splitlines()[-1].startswith("# 12 memory documents, 6 prompts, ")
+    build_corpus(CorpusArgs(out=tmp_path / "lib", seed=5, domains=("changelogs", "code"), prompts_per_domain=3,
+                            max_memory_docs_per_domain=6, prompt_bytes=300, continuation_bytes=200,
+                            min_memory_bytes=100, max_doc_bytes=2000, exclude=(r"/small[0-2]\.py$", "/lib5/"),
+                            sources={"code": tree["code"], "changelogs": tree["changelogs"]}))
+    for name in ("memory.jsonl", "prompts.jsonl", "corpus.json"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+    assert [r["domain"] for r in rows(tmp_path / "cli" / "prompts.jsonl")] == ["changelogs"] * 3 + ["code"] * 3
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "bad"), "--source", "code"])
+    assert "expected DOMAIN=PATH" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_python_m_help():
+    done = subprocess.run([sys.executable, "-m", "testtime.tools.corpus", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: python -m testtime.tools.corpus")
+    assert "Build an offline multi-domain benchmark corpus" in done.stdout
+    for flag in ("--out", "--seed", "--prompts-per-domain", "--max-memory-docs-per-domain", "--prompt-bytes",
+                 "--continuation-bytes", "--max-doc-bytes", "--min-memory-bytes", "--domains", "--source",
+                 "--exclude"):
+        assert flag in done.stdout

@@ -1,0 +1,279 @@
+"""`testtime lm ...`: test-time fine-tuning of language models on data selected from a memory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from testtime.cli import common
+from testtime.cli.common import console, fail, safe
+from testtime.config import as_json
+
+app = typer.Typer(help="LMs: build a memory of text chunks; test-time fine-tuning on SIFT-selected data.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def index(
+    corpus: list[Path] = typer.Argument(..., help="Text files, directories (read recursively) or .jsonl files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory (created; an unfinished one is resumed)."),
+    embedder: str = typer.Option("minilm", "--embedder", "-e",
+                                 help="minilm (all-MiniLM-L6-v2) or lm (mean-pooled hidden states of --model)."),
+    model: str = typer.Option("embedded", "--model", "-m",
+                              help="LM whose tokenizer measures chunks (and that embeds with --embedder lm)."),
+    chunk_tokens: int = typer.Option(256, "--chunk-tokens", "-L", help="Maximum tokens per chunk."),
+    embed_dtype: str = typer.Option("auto", "--embed-dtype",
+                                    help="minilm precision: auto (bfloat16 on CUDA / AMX CPUs), float32, bfloat16."),
+    text_field: str = typer.Option("text", "--text-field", help="JSONL field holding the document text."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Chunks embedded together."),
+    shard_size: int = typer.Option(2048, "--shard-size", help="Chunks per shard on disk (the unit of resuming)."),
+) -> None:
+    """Chunk a corpus, embed the chunks and store them with a faiss index: the memory SIFT selects from.
+
+    Writes float16 embeddings and chunk texts in shards, then index.faiss and meta.json.
+    Re-running the same command resumes an interrupted build, skipping finished shards.
+
+    Example: testtime lm index docs/ notes.jsonl --out runs/memory
+    """
+    from transformers.utils import logging as hf_logging
+
+    from testtime.lm.memory import Corpus, CorpusError, MemoryIndexError, build_index, finished_shards
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # one INFO line per CPU flavour it tries
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with ours
+    problems = _index_problems(embedder, embed_dtype, chunk_tokens, batch_size, shard_size, text_field, out)
+    if problems:
+        fail("; ".join(problems))
+    if embedder == "lm" and embed_dtype != "auto":
+        common.warn(f"--embed-dtype {embed_dtype} is ignored by --embedder lm (the LM runs in the dtype it loads with)")
+    try:
+        docs = Corpus(list(corpus), text_field=text_field)
+    except CorpusError as err:
+        fail(str(err))
+    emb, tok = _embedder(embedder, model, embed_dtype)
+    dtype = str(getattr(emb, "dtype", "float32")).removeprefix("torch.")
+    shown = ", ".join(map(str, corpus[:3])) + (f" and {len(corpus) - 3} more" if len(corpus) > 3 else "")
+    console.print(f"[bold]testtime lm index[/] {safe(shown)} -> {safe(out)}: embedder {embedder} "
+                  f"({emb.dim}-d, {dtype}), tokenizer of {safe(model)}, chunks of at most {chunk_tokens} tokens, "
+                  f"shards of {shard_size}")
+    done = finished_shards(out) if out.is_dir() else []
+    if done:
+        console.print(f"resuming: {len(done)} finished shards in {safe(out)} are checked and reused, "
+                      "not embedded again")
+
+    try:
+        report = _build_with_progress(build_index, docs, out, emb, tok, chunk_tokens=chunk_tokens,
+                                      tokenizer_name=model, shard_size=shard_size, batch_size=batch_size)
+    except (CorpusError, MemoryIndexError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        common.interrupted(out, "shard")
+    _print_summary(report)
+
+
+def _index_problems(embedder: str, embed_dtype: str, chunk_tokens: int, batch_size: int, shard_size: int,
+                    text_field: str, out: Path) -> list[str]:
+    from testtime.lm.embed import EMBEDDERS  # heavy imports
+    from testtime.lm.memory import MIN_CHUNK_TOKENS
+
+    problems = []
+    if embedder not in EMBEDDERS:
+        problems.append(f"--embedder must be one of {', '.join(EMBEDDERS)}, not {embedder!r}")
+    if embed_dtype not in ("auto", "float32", "bfloat16"):
+        problems.append(f"--embed-dtype must be auto, float32 or bfloat16, not {embed_dtype!r}")
+    if chunk_tokens < MIN_CHUNK_TOKENS:
+        problems.append(f"--chunk-tokens must be at least {MIN_CHUNK_TOKENS}, not {chunk_tokens}")
+    for flag, value in (("--batch-size", batch_size), ("--shard-size", shard_size)):
+        if value < 1:
+            problems.append(f"{flag} must be at least 1, not {value}")
+    if not text_field:
+        problems.append("--text-field must name a field")
+    if out.exists() and not out.is_dir():
+        problems.append(f"--out {out} is a file; give a directory")
+    return problems
+
+
+def _embedder(embedder: str, model: str, embed_dtype: str):
+    """(embedder, tokenizer that measures chunks); `lm` embeds with the model itself."""
+    from testtime.lm.embed import EmbedderError, load_embedder  # heavy imports
+    from testtime.models import ModelLoadError, load_model, load_tokenizer
+
+    try:
+        if embedder == "lm":
+            loaded = load_model(model)
+            return load_embedder("lm", lm=loaded.model, tokenizer=loaded.tokenizer), loaded.tokenizer
+        return load_embedder("minilm", dtype=embed_dtype), load_tokenizer(model)
+    except (ModelLoadError, EmbedderError) as err:
+        fail(str(err))
+
+
+def _build_with_progress(build, *args, **kwargs):
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    # the total is unknown until the corpus is read: a spinner and a count, not a bar
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} chunks"),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+    start = time.perf_counter()
+    counts = {"embedded": 0, "reused": 0}
+
+    def on_chunks(n: int, reused: bool) -> None:
+        counts["reused" if reused else "embedded"] += n
+        rate = counts["embedded"] / max(time.perf_counter() - start, 1e-9)
+        progress.update(bar, advance=n, rate=f"| {rate:,.1f} chunks/s embedded | {counts['reused']:,} reused")
+
+    with progress:
+        bar = progress.add_task("embedding", total=None, rate="")
+        return build(*args, on_chunks=on_chunks, **kwargs)
+
+
+def _print_summary(report) -> None:
+    rate = report.embedded / report.seconds if report.seconds else 0.0
+    common.summary("testtime lm index: summary", [
+        ("documents", f"{report.documents:,}"),
+        ("chunks", f"{report.chunks:,}"),
+        ("shards (reused)", f"{report.shards} ({report.reused_shards})"),
+        ("chunks embedded now", f"{report.embedded:,}"),
+        ("skipped files", str(len(report.skipped_files))),
+        ("bad JSONL lines", str(len(report.bad_lines))),
+        ("seconds", f"{report.seconds:.1f}"),
+        ("chunks / s", f"{rate:,.1f}"),
+    ])
+    for line in (report.skipped_files + report.bad_lines)[:10]:
+        console.print(Text.assemble(("  skipped ", "yellow"), line))
+    more = len(report.skipped_files) + len(report.bad_lines) - 10
+    if more > 0:
+        console.print(f"  ... and {more} more (each is logged above as a warning)")
+    console.print(f"index: {report.out_dir / 'index.faiss'}, meta: {report.out_dir / 'meta.json'}")
+
+
+FIELDS: common.Fields = {
+    "model": "model", "index": "index", "prompts": "prompts", "lora-rank": "lora.r",
+    "select": "ttft.select", "steps": "ttft.n", "k": "ttft.k", "lam": "ttft.lam", "stop-below": "ttft.stop_below",
+    "min-gain": "ttft.min_gain", "lr": "ttft.lr", "chunk-tokens": "ttft.chunk_tokens", "context": "ttft.context",
+    "seed": "ttft.seed",
+}
+"""Each option of `lm eval` that goes into EvalConfig, and the field it sets."""
+
+
+@app.command("eval")
+def evaluate(
+    ctx: typer.Context,
+    prompts: Path = typer.Option(..., "--prompts", "-p", help="JSONL: id, domain, prompt, continuation per line."),
+    index: Path = typer.Option(None, "--index", "-i", help="Memory built by `testtime lm index` (not for none)."),
+    select: str = typer.Option("sift", "--select", "-s", help="none, nn, sift, nn-repeats or random."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory: OUT/SELECT/ holds one result per prompt."),
+    model: str = typer.Option("embedded", "--model", "-m", help="Base model: `embedded`, HF id or local dir."),
+    steps: int = typer.Option(50, "--steps", help="Chunks selected = optimizer steps per prompt."),
+    k: int = typer.Option(200, "--k", help="Candidates faiss hands to the selector."),
+    lam: float = typer.Option(0.01, "--lam", help="SIFT's lambda (large: NN with repeats; small: no duplicates)."),
+    stop_below: float = typer.Option(None, "--stop-below", help="Adaptive: stop once sigma_n < this."),
+    min_gain: float = typer.Option(None, "--min-gain", help="Adaptive: stop once a pick cuts sigma by < this share."),
+    lr: float = typer.Option(5e-4, "--lr", help="Learning rate of the per-prompt Adam steps."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="Rank of the per-prompt LoRA (alpha = 2 x rank)."),
+    chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="A selected chunk is cut to this many tokens."),
+    context: int = typer.Option(2048, "--context", help="Most tokens of prompt + continuation when scoring."),
+    limit: int = common.LIMIT,
+    seed: int = typer.Option(0, "--seed", help="Adapter init and random selection."),
+    restart: bool = common.RESTART,
+    retry_failed: bool = common.RETRY_FAILED,
+    ray: bool = common.RAY,
+    workers: int = common.WORKERS,
+    gpus_per_worker: float = common.GPUS_PER_WORKER,
+    threads_per_worker: int = common.THREADS_PER_WORKER,
+    ray_address: str = common.RAY_ADDRESS,
+    max_retries: int = common.MAX_RETRIES,
+    config: Path = common.CONFIG,
+) -> None:
+    """Bits per byte of held-out continuations, after test-time fine-tuning on selected chunks.
+
+    For each prompt: select chunks from the memory (SIFT, NN, ...), one step per chunk on a fresh
+    LoRA, score the continuation, drop the LoRA. Prints bits per byte per domain and overall.
+    Each selector gets its own run directory OUT/SELECT/ (resumable; other settings are refused).
+    With --ray, prompts run on a pool of Ray actors and land in the same run directory.
+
+    Example: testtime lm eval --index runs/memory --prompts prompts.jsonl --select sift --out runs/lm
+    """
+    from testtime.lm.evaluate import EvalConfig, read_prompts  # heavy imports
+
+    params = common.options_of(ctx)
+    eval_config, problems = common.build(EvalConfig(), params, FIELDS,
+                                         parse={"index": lambda v: None if v is None else str(v),
+                                                "prompts": str})
+    eval_config.lora.alpha = 2 * eval_config.lora.r
+    scale, scale_problems = common.scale_of(params)
+    problems += scale_problems
+    if limit is not None and limit < 1:
+        problems.append(f"--limit must be at least 1, not {limit}")
+    if problems:
+        fail("; ".join(problems))
+    try:
+        pf = read_prompts(prompts)
+    except ValueError as err:
+        fail(str(err))
+    for err in pf.errors:
+        console.print(f"[yellow]skipped bad prompt line:[/] {safe(err)}")
+    todo = pf.prompts[:limit] if limit else pf.prompts
+    if not todo:
+        fail(f"no usable prompt in {prompts}")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    t = eval_config.ttft
+    console.print(f"[bold]testtime lm eval[/]: {len(todo)} prompts, select {safe(select)}"
+                  + (f" from {safe(index)} (K={t.k}, N={t.n}, lambda={t.lam})" if index and select != "none" else "")
+                  + f", out {safe(out / select if out else '(none)')}")
+    results, failures = _run(eval_config, todo, out, params, scale, restart=restart, retry_failed=retry_failed)
+    _print_eval_summary(select, results, failures, pf.errors)
+
+
+def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_failed: bool):
+    from testtime.jobs import RunDirError, ScaleError, SetupError, describe, executor_for
+    from testtime.lm.evaluate import LmJob, evaluate, select_dir
+
+    run_dir = select_dir(out, eval_config.ttft.select) if out else None
+    try:
+        if run_dir is not None:
+            run_dir.open("lm eval", {"config": as_json(eval_config)}, params, restart=restart,
+                         flags={f"config.{k}": v for k, v in common.flags_of(FIELDS).items()})
+        with executor_for(scale) as executor:
+            where = describe(executor)
+            if where:
+                console.print(safe(where))
+            with common.progress_view("prompt", _prompt_line) as emit:
+                results, failures, counts = evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
+                                                     retry_failed=retry_failed, emit=emit)
+    except (RunDirError, ScaleError, SetupError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        common.interrupted(out, "prompt", " (its Ray workers were stopped)" if scale is not None else "")
+    if counts.failed and counts.failed == counts.total:
+        _print_eval_summary(eval_config.ttft.select, results, failures, [])
+        fail(f"every prompt failed (first: {failures[0].get('error')})", code=1)
+    return results, failures
+
+
+def _prompt_line(record: dict, resumed: bool) -> str:
+    if record.get("status") != "ok":
+        state = ("failed earlier (skipped; --retry-failed runs it again)" if resumed
+                 else f"failed: {record.get('error')}")
+    else:
+        state = "resumed" if resumed else f"{record['bpb']:.3f} bpb, {record['steps']} steps"
+    return f"  {record['prompt_id']}: {state}"
+
+
+def _print_eval_summary(select: str, results: list[dict], failures: list[dict], bad_lines: list[str]) -> None:
+    from testtime.lm.ttft import summarize
+
+    for f in failures:
+        console.print(Text.assemble(("failed: ", "yellow"), f"{f['prompt_id']}: {f.get('error')}"))
+    table = Table(title=f"testtime lm eval: bits per byte, select {safe(select)}")
+    for col in ("domain", "prompts", "bits/byte", "select ms", "NN select ms", "steps"):
+        table.add_column(col, justify="left" if col == "domain" else "right")
+    for domain, row in summarize(results).items():
+        table.add_row(Text(domain), str(row["prompts"]), f"{row['bpb']:.4f}", f"{row['select_ms']:.2f}",
+                      f"{row['nn_select_ms']:.2f}", f"{row['steps']:.1f}")
+    console.print(table)
+    console.print(f"{len(results)} scored, {len(failures)} failed, {len(bad_lines)} bad lines")

@@ -1,0 +1,193 @@
+"""`testtime arc solve`: per-task test-time training, augmented inference and voting, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from testtime.cli import common
+from testtime.cli.common import console, fail, safe
+
+FIELDS: common.Fields = {
+    "model": "model", "adapter": "adapter", "ttt": "ttt", "shared": "shared",
+    "seed": ("seed", "train.seed", "data.seed", "infer.seed"),
+    "lora-rank": "lora.r", "lora-alpha": "lora.alpha", "lora-dropout": "lora.dropout",
+    "lora-targets": "lora.target_modules",
+    "ttt-sequences": "data.n_sequences", "ttt-format": "data.formats", "ttt-max-len": "data.max_len",
+    "loss-on": "data.loss_on", "ttt-epochs": "train.epochs", "ttt-lr": "train.lr",
+    "ttt-batch-size": "train.batch_size", "grad-accum": "train.grad_accum", "ttt-schedule": "train.schedule",
+    "ttt-warmup": "train.warmup_steps", "transforms": "infer.transforms", "infer-batch-size": "infer.batch_size",
+    "max-new-tokens": "infer.max_new_tokens", "max-len": "infer.max_len",
+}
+"""Each option of `arc solve` that goes into SolveConfig, and the field(s) it sets."""
+
+
+def solve(
+    ctx: typer.Context,
+    source: str = typer.Argument(..., help="Data set name, ARC JSON file, directory, or Kaggle *_challenges.json."),
+    model: str = typer.Option("embedded", "--model", "-m", help="Base model: `embedded`, HF id or local dir."),
+    adapter: str = typer.Option(None, "--adapter", help="Peft adapter dir merged into the base before TTT "
+                                "(default: the adapter shipped for the model, if any)."),
+    no_adapter: bool = typer.Option(False, "--no-adapter", help="Use the bare base model, no shipped adapter."),
+    ttt: bool = typer.Option(True, "--ttt/--no-ttt", help="Test-time train a LoRA per task."),
+    shared: bool = typer.Option(False, "--shared", help="One LoRA on all tasks' TTT data (Shared-TTT baseline)."),
+    limit: int = common.LIMIT,
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated task ids to solve."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory: config, one file per task, submission."),
+    seed: int = typer.Option(0, "--seed", help="Run seed (per-task seeds derive from it and the task id)."),
+    ttt_sequences: int = typer.Option(32, help="TTT: training sequences per task (leave-one-out x transforms)."),
+    ttt_format: str = typer.Option("icl", help="TTT: icl (leave-one-out in context), e2e, or both."),
+    ttt_max_len: int = typer.Option(2048, help="TTT: maximum tokens per training sequence (demos dropped to fit)."),
+    ttt_epochs: int = typer.Option(1, help="TTT: passes over the task's sequences."),
+    ttt_lr: float = typer.Option(1e-4, help="TTT: peak learning rate (cosine schedule)."),
+    ttt_batch_size: int = typer.Option(1, help="TTT: sequences per micro-batch."),
+    grad_accum: int = typer.Option(1, help="TTT: micro-batches per optimiser step."),
+    lora_rank: int = typer.Option(16, help="LoRA rank."),
+    lora_alpha: int = typer.Option(32, help="LoRA alpha."),
+    lora_dropout: float = typer.Option(0.0, help="LoRA dropout."),
+    lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                     help="Comma-separated module names that get a LoRA."),
+    ttt_schedule: str = typer.Option("cosine", help="TTT: learning-rate schedule: cosine, linear or constant."),
+    ttt_warmup: int = typer.Option(0, help="TTT: warm-up steps."),
+    loss_on: str = typer.Option("answer", help="TTT loss on the `answer` only or on all demo `outputs`."),
+    transforms: str = typer.Option("geometric", help="Inference: `geometric` (8 symmetries) or `geometric+color`."),
+    infer_batch_size: int = typer.Option(8, help="Inference: prompts decoded together."),
+    max_new_tokens: int = typer.Option(931, help="Inference: decoding bound (931 = a 30x30 answer)."),
+    max_len: int = typer.Option(8192, help="Inference: maximum prompt+answer tokens (demos dropped to fit)."),
+    restart: bool = common.RESTART,
+    retry_failed: bool = common.RETRY_FAILED,
+    ray: bool = common.RAY,
+    workers: int = common.WORKERS,
+    gpus_per_worker: float = common.GPUS_PER_WORKER,
+    threads_per_worker: int = common.THREADS_PER_WORKER,
+    ray_address: str = common.RAY_ADDRESS,
+    max_retries: int = common.MAX_RETRIES,
+    config: Path = common.CONFIG,
+) -> None:
+    """Solve ARC tasks with per-task test-time training, augmented inference and voting.
+
+    Writes two attempts per test input (Kaggle submission format); with known solutions it
+    prints the score, pass@1 and the oracle over all candidates. Re-running with the same --out
+    resumes, skipping finished tasks (and failed ones, unless --retry-failed); a rerun with other
+    result-affecting settings is refused. With --ray, tasks run on a pool of Ray actors and land in
+    the same run directory (a run started one way resumes the other way).
+
+    Example: testtime arc solve arc-agi-1/evaluation --limit 5 --out runs/eval5
+    """
+    from testtime.arc.solve import SolveConfig  # heavy imports only for this command
+
+    params = common.options_of(ctx)
+    solve_config, problems = common.build(SolveConfig(), params, FIELDS,
+                                          parse={"lora-targets": common.comma_list, "adapter": _resolve_adapter})
+    scale, scale_problems = common.scale_of(params)
+    problems += scale_problems
+    if adapter and no_adapter:
+        problems.append("--adapter and --no-adapter contradict each other; give one")
+    elif adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        problems.append(f"--adapter {adapter}: no adapter_config.json there; give a directory written by "
+                        "`testtime arc pretrain`")
+    if scale is not None and shared and ttt:
+        problems.append("--shared trains one LoRA on all tasks and cannot be split over --ray workers; drop one")
+    if problems:
+        fail("; ".join(problems))
+    if not adapter and not no_adapter:
+        from testtime.arc.pretrain import default_adapter
+
+        shipped = default_adapter(model)
+        solve_config.adapter = str(shipped) if shipped else None
+    selected = _load(source, tasks, limit)
+    console.print(f"[bold]testtime arc solve[/] {safe(source)}: {len(selected)} tasks, model {safe(model)}, "
+                  f"adapter {safe(solve_config.adapter or 'none')}, "
+                  f"TTT {'shared' if shared else 'per task' if ttt else 'off'}, out {safe(out or '(none)')}")
+    records = _run(solve_config, selected, source, out, params, scale, restart=restart, retry_failed=retry_failed)
+    _print_summary(records, out)
+
+
+def _resolve_adapter(value: str | None) -> str | None:
+    return str(value) if value else None
+
+
+def _load(source: str, ids: str | None, limit: int | None) -> list:
+    from testtime.arc.task import TaskError, load_tasks
+
+    try:
+        ts = load_tasks(source)
+    except TaskError as err:
+        fail(str(err))
+    for err in ts.errors:
+        console.print(f"[yellow]skipped bad task:[/] {safe(err)}")
+    selected = ts.tasks
+    if ids:
+        wanted = list(dict.fromkeys(common.comma_list(ids)))
+        by_id = {t.id: t for t in selected}
+        missing = [w for w in wanted if w not in by_id]
+        if missing:
+            fail(f"--tasks: no task {', '.join(missing)} in this data set")
+        selected = [by_id[w] for w in wanted]
+    if limit is not None:
+        if limit < 1:
+            fail(f"--limit must be at least 1, not {limit}")
+        selected = selected[:limit]
+    if not selected:
+        fail(f"no tasks to solve in {source}")
+    return selected
+
+
+def _run(solve_config, tasks, source, out, params, scale, *, restart: bool, retry_failed: bool) -> list[dict]:
+    from testtime.arc.solve import ArcJob, solve_tasks
+    from testtime.jobs import RunDir, RunDirError, ScaleError, SetupError, describe, executor_for
+
+    run_dir = RunDir(out, records="tasks") if out else None
+    job = ArcJob(solve_config, shared_tasks=tasks if solve_config.shared else None)
+    try:
+        if run_dir is not None:
+            run_dir.open("arc solve", {"source": source, "config": solve_config.to_json()},
+                         {k: v for k, v in params.items()}, restart=restart,
+                         flags={"source": "SOURCE", **{f"config.{k}": v for k, v in common.flags_of(FIELDS).items()}})
+        with executor_for(scale) as executor:
+            where = describe(executor)
+            if where:
+                console.print(safe(where))
+            with common.progress_view("task", _task_line) as emit:
+                records, _, counts = solve_tasks(job, tasks, run_dir, executor=executor, retry_failed=retry_failed,
+                                                 emit=emit)
+    except (RunDirError, ScaleError, SetupError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        common.interrupted(out, "task", " (its Ray workers were stopped)" if scale is not None else "")
+    if counts.failed and counts.failed == counts.total:
+        _print_summary(records, out)
+        fail(f"every task failed (first: {records[0].get('error')})", code=1)
+    return records
+
+
+def _task_line(record: dict, resumed: bool) -> str:
+    tests = record.get("tests", [])
+    mark = ""
+    if tests and all("correct" in t for t in tests):
+        mark = " solved" if all(t["correct"]["any_attempt"] for t in tests) else " wrong"
+    state = "resumed" if resumed else record.get("status", "?")
+    if resumed and record.get("status") == "failed":
+        state = "failed earlier (skipped; --retry-failed runs it again)"
+    return f"  {record['task_id']}: {state}{mark} ({record.get('seconds', 0):.1f}s)"
+
+
+def _print_summary(records: list[dict], out: Path | None) -> None:
+    from testtime.arc.solve import summarize
+
+    s = summarize(records)
+    tok_s = "n/a" if s["train_tokens_per_s"] is None else f"{s['train_tokens_per_s']:,.0f}"
+    common.summary("testtime arc solve: summary", [
+        ("tasks", str(s["tasks"])),
+        ("failed", str(s["failed"])),
+        ("did not fit", str(s["did_not_fit"])),
+        ("score (either attempt)", common.pct(s["score"])),
+        ("pass@1", common.pct(s["pass@1"])),
+        ("oracle (any candidate)", common.pct(s["oracle"])),
+        ("TTT seconds / task", f"{s['ttt_seconds_per_task']:.1f}"),
+        ("inference seconds / task", f"{s['infer_seconds_per_task']:.1f}"),
+        ("training tokens / s", tok_s),
+    ])
+    if out:
+        console.print(f"submission: {safe(out / 'submission.json')}")

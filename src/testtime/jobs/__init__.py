@@ -1,0 +1,39 @@
+"""The job layer: items in, one record each, into one run directory, here or on Ray.
+
+Knows nothing of ARC or LMs. A domain supplies a `Job` (set up once per process, run one item
+into a JSON-able record, an id and a cost per item); `run_items` resumes from the `RunDir`,
+hands the rest to an executor (`LocalExecutor`, or `RayExecutor` inside `ray_session`), catches
+each item's exception once (`run_one`) and files every record as it arrives.
+
+    with executor_for(scale) as executor:            # scale: ScaleArgs, or None for in-process
+        run_dir = RunDir("runs/x", records="tasks")
+        run_dir.open("arc solve", settings, options)  # refuses other result-affecting settings
+        records, counts = run_items(job, tasks, executor, run_dir, emit=print)
+"""
+
+from testtime.jobs.job import (
+    FAILED,
+    OK,
+    Counts,
+    Emit,
+    Event,
+    Finished,
+    Job,
+    Notice,
+    Started,
+    Status,
+    Step,
+    failure,
+    ignore,
+    run_one,
+)
+from testtime.jobs.ray_pool import INSTALL, SCALE_FLAGS, RayExecutor, ScaleArgs, ScaleError, ray_session, require_ray
+from testtime.jobs.run import Executor, LocalExecutor, SetupError, describe, executor_for, run_items
+from testtime.jobs.rundir import RunDir, RunDirError, SettingsChanged, changed_settings, record_name
+
+__all__ = [
+    "FAILED", "INSTALL", "OK", "SCALE_FLAGS", "Counts", "Emit", "Event", "Executor", "Finished", "Job",
+    "LocalExecutor", "Notice", "RayExecutor", "RunDir", "RunDirError", "ScaleArgs", "ScaleError", "SettingsChanged",
+    "SetupError", "Started", "Status", "Step", "changed_settings", "describe", "executor_for", "failure", "ignore",
+    "record_name", "ray_session", "require_ray", "run_items", "run_one",
+]

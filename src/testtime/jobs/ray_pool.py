@@ -1,0 +1,230 @@
+"""Items on a pool of Ray actors: each sets its job up once (loads the model), then runs items.
+
+Per-item test-time training is embarrassingly parallel. Items go out largest first (the job's
+`cost`), so the last ones, which decide how long the other workers sit idle, are the small ones.
+A worker that dies (killed, out of memory) is replaced and its item retried, at most
+`max_retries` times; an item whose code raises is a failed record at once (`run_one` catches it
+inside the worker, as in-process). Results do not depend on where or in which order items ran.
+
+    with ray_session(ScaleArgs(workers=2)):
+        RayExecutor(ScaleArgs(workers=2)).execute(job, items, keep, emit)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from testtime.config import at_least
+from testtime.jobs.hooks import TestHook
+from testtime.jobs.job import OK, Emit, Job, Notice, Status, failure, ignore, run_one
+
+log = logging.getLogger(__name__)
+
+INSTALL = "pip install testtime[ray]"
+
+
+class ScaleError(RuntimeError):
+    """Ray is missing, the cluster cannot be reached, or no worker could start; the message says what to do."""
+
+
+@dataclass
+class ScaleArgs:
+    """How work is spread over Ray actors (none of it changes results)."""
+
+    workers: int = 2
+    """Actors, each holding one copy of the base model."""
+    gpus_per_worker: float = 0.0
+    """GPUs per actor; fractional (0.25) lets several small-model actors share one GPU."""
+    threads_per_worker: int = 1
+    """CPU threads per actor (torch intra-op threads, and the CPUs Ray reserves for it)."""
+    address: str | None = None
+    """An existing cluster (`ray start --head` prints it); None: RAY_ADDRESS, else a local instance."""
+    max_retries: int = 2
+    """Times an item is retried after its worker died, before it is recorded as failed."""
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        yield from at_least("workers", self.workers, 1)
+        yield from at_least("gpus_per_worker", self.gpus_per_worker, 0)
+        yield from at_least("threads_per_worker", self.threads_per_worker, 1)
+        yield from at_least("max_retries", self.max_retries, 0)
+
+
+SCALE_FLAGS = {"workers": "--workers", "gpus_per_worker": "--gpus-per-worker",
+               "threads_per_worker": "--threads-per-worker", "address": "--ray-address",
+               "max_retries": "--max-retries"}
+
+
+def require_ray() -> Any:
+    """The `ray` module, or a ScaleError saying how to install it."""
+    try:
+        import ray  # optional dependency
+    except ImportError:
+        raise ScaleError(f"--ray needs the optional dependency ray: install it with `{INSTALL}`") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(args: ScaleArgs) -> Iterator[str]:
+    """Connect to `args.address` (or RAY_ADDRESS), or start a local instance; yields a description.
+
+    A local instance started here is shut down on exit, Ctrl-C included, so no Ray process outlives
+    the command. An already initialised Ray (a test fixture, a notebook) is used and left running.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        yield "the Ray instance already connected"
+        return
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            where = f"Ray cluster at {address}"
+        else:
+            cpus = args.workers * args.threads_per_worker  # exactly one actor per reserved slot
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            where = f"local Ray instance ({cpus} CPUs)"
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise ScaleError(f"--ray-address {address}: cannot connect ({_first_line(err)}); start one with "
+                         "`ray start --head` or leave --ray-address and RAY_ADDRESS unset for a local "
+                         "instance") from None
+    try:
+        yield where
+    finally:
+        ray.shutdown()  # a local instance: stops its processes; a cluster: disconnects this driver
+
+
+class Worker:
+    """A Ray actor (made remote in `RayExecutor`): sets its job up once, then runs items through it."""
+
+    def __init__(self, job: Job, threads: int, hook: TestHook) -> None:
+        import torch  # in the worker process only
+
+        torch.set_num_threads(threads)
+        job.setup()
+        self.job, self.hook, self.first = job, hook, True
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def run(self, item: Any) -> dict[str, Any]:
+        first, self.first = self.first, False
+        return run_one(self.job, item, ignore, self.hook, first)
+
+
+@dataclass
+class _Slot:
+    """An item in flight and the actor running it."""
+
+    actor: Any
+    item: Any
+
+
+class RayExecutor:
+    """Runs items on `args.workers` Ray actors; needs Ray initialised (`ray_session`)."""
+
+    def __init__(self, args: ScaleArgs) -> None:
+        self.args = args
+        self.where = "Ray"
+
+    def describe(self) -> str:
+        a = self.args
+        return (f"Ray: {self.where}; {a.workers} workers x {a.threads_per_worker} threads, "
+                f"{a.gpus_per_worker:g} GPU each, up to {a.max_retries} retries per item")
+
+    def execute(self, job: Job, items: Sequence[Any], keep: Callable[[dict[str, Any]], None], emit: Emit) -> None:
+        reason = job.not_parallel()
+        if reason:
+            raise ScaleError(f"{reason}; drop --ray")
+        if items:
+            _Pool(job, self.args, keep, emit).run(sorted(items, key=job.cost, reverse=True))
+
+
+class _Pool:
+    """The driver's side of one `execute`: actors, items in flight, retries."""
+
+    def __init__(self, job: Job, args: ScaleArgs, keep: Callable[[dict[str, Any]], None], emit: Emit) -> None:
+        self.ray = require_ray()
+        from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+
+        self.lost = (RayActorError, WorkerCrashedError, OutOfMemoryError, NodeDiedError)
+        self.job, self.args, self.keep, self.emit = job, args, keep, emit
+        self.remote = self.ray.remote(Worker).options(num_cpus=args.threads_per_worker, num_gpus=args.gpus_per_worker,
+                                                      max_restarts=0, max_task_retries=0)
+        self.hook = TestHook.from_env()
+        self.actors: list[Any] = []
+        self.attempts: dict[str, int] = {}
+
+    def start(self) -> Any:
+        actor = self.remote.remote(self.job, self.args.threads_per_worker, self.hook)
+        self.actors.append(actor)
+        return actor
+
+    def run(self, items: list[Any]) -> None:
+        status = Status(total=len(items))
+        pending, inflight = deque(items), {}
+        try:
+            idle = [self.start() for _ in range(min(self.args.workers, len(items)))]
+            try:  # a model that cannot load fails every worker: say so once instead of retrying every item
+                self.ray.get([a.ready.remote() for a in idle])
+            except self.lost as err:
+                raise ScaleError(f"Ray workers could not start: {_first_line(err)}") from None
+            self.emit(status)
+            while pending or inflight:
+                while idle and pending:
+                    slot = _Slot(idle.pop(), pending.popleft())
+                    inflight[slot.actor.run.remote(slot.item)] = slot
+                status.running = len(inflight)
+                self.emit(status)
+                (ref,), _ = self.ray.wait(list(inflight), num_returns=1)
+                slot = inflight.pop(ref)
+                try:
+                    record = self.ray.get(ref)
+                except self.lost as err:  # the worker is gone: replace it, maybe retry the item elsewhere
+                    idle.append(self.replace(slot.actor))
+                    record = self.retry_or_fail(slot.item, err, pending, status)
+                    if record is None:
+                        continue
+                else:
+                    idle.append(slot.actor)
+                status.done += 1
+                status.failed += record.get("status") != OK
+                self.keep(record)
+            status.running = 0
+            self.emit(status)
+        finally:  # also on Ctrl-C: no actor keeps running (or holding a GPU) after the driver leaves
+            for actor in self.actors:
+                with contextlib.suppress(Exception):
+                    self.ray.kill(actor, no_restart=True)
+
+    def replace(self, actor: Any) -> Any:
+        with contextlib.suppress(Exception):
+            self.ray.kill(actor, no_restart=True)
+        self.actors.remove(actor)
+        return self.start()
+
+    def retry_or_fail(self, item: Any, err: BaseException, pending: deque, status: Status) -> dict | None:
+        """Put `item` back for another worker (None), or its failed record once retries are spent."""
+        item_id = self.job.item_id(item)
+        n = self.attempts[item_id] = self.attempts.get(item_id, 0) + 1
+        if n <= self.args.max_retries:
+            status.retried += 1
+            pending.appendleft(item)
+            self.emit(Notice(f"{item_id}: worker died ({_first_line(err)}); retry {n}/{self.args.max_retries}"))
+            return None
+        error = f"worker died {n} times: {_first_line(err)}"
+        self.emit(Notice(f"{item_id}: failed, {error}"))
+        return failure(self.job, item, error, str(err)[:2000])
+
+
+def _first_line(err: BaseException) -> str:
+    """The line of a Ray error that says what went wrong: the last `SomeError: ...` line, else the first."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+    return (raised or lines or [type(err).__name__])[-1 if raised else 0][:300]
