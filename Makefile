@@ -38,7 +38,7 @@ demo: install
 	rm -rf runs/demo
 	$(BIN)/testtime arc solve arc-agi-1/evaluation --tasks $(DEMO_TASKS) --out runs/demo \
 		--ttt-sequences 24 --ttt-epochs 2 --ttt-max-len 1024
-	$(BIN)/testtime arc score runs/demo/submission.json arc-agi-1/evaluation
+	$(BIN)/testtime arc score runs/demo/submission.json arc-agi-1/evaluation --tasks $(DEMO_TASKS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -98,7 +98,7 @@ def _resolve(model: str | None) -> tuple[str, dict[str, Any]]:
         return str(path), {}
     if path.suffix == ".gguf" or model.startswith((".", "/", "~")):
         raise ModelLoadError(f"model path {path} does not exist")
-    return model, {}  # a Hugging Face hub id, resolved from the local cache when offline
+    return model, {"local_files_only": True}  # a Hugging Face hub id: the local cache only, never the network
 
 
 def default_device() -> torch.device:

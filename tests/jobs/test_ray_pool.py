@@ -327,6 +327,9 @@ def test_the_pool_hands_out_items_by_descending_cost(ray_local):
         def not_parallel(self):
             return None
 
+        def accepts(self, item, record):
+            return True
+
         def setup(self):
             return ""
 

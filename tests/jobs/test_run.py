@@ -44,6 +44,9 @@ class Squares:
     def not_parallel(self):
         return None
 
+    def accepts(self, item, record):
+        return True
+
     def setup(self):
         self.setups += 1
         if self.setup_error:

@@ -226,6 +226,19 @@ class ArcJob:
     def failed(self, task: Task, error: str, trace: str, seconds: float) -> dict[str, Any]:
         return failed_record(task, error, trace, seconds)
 
+    def accepts(self, task: Task, record: dict[str, Any]) -> bool:
+        """A record with one entry per test input, each with valid attempt grids (what the submission reads)."""
+        tests = record.get("tests")
+        if not isinstance(tests, list) or (record.get("status") == "ok" and len(tests) != len(task.test)):
+            return False
+        try:
+            for test in tests:
+                for grid in test["attempts"]:
+                    as_grid(grid)
+        except (TypeError, KeyError, ValueError):
+            return False
+        return True
+
 
 def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = None, *,
                 executor: Executor | None = None, retry_failed: bool = False,

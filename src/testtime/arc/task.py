@@ -175,6 +175,8 @@ class TaskSet:
     """Valid tasks, sorted by id."""
     errors: list[TaskError] = field(default_factory=list)
     """One error per bad task (or bad file), which was skipped."""
+    unscored: list[TaskError] = field(default_factory=list)
+    """Tasks kept without test outputs because their solutions entry (or file) is bad: solved, not scored."""
 
 
 # --- loaders -------------------------------------------------------------------------------
@@ -227,9 +229,11 @@ def load_tasks(source: str | Path) -> TaskSet:
         else:
             raise TaskError(f"{str(source)!r} is neither an existing file or directory nor a data set "
                             f"name; data sets: {', '.join(DATASETS)}")
-    for err in errors:
-        log.warning("skipping bad task: %s", err)
-    return TaskSet(name=str(source), tasks=sorted(tasks, key=lambda t: t.id), errors=errors)
+    unscored = [e for e in errors if isinstance(e, UnscoredTask)]
+    errors = [e for e in errors if not isinstance(e, UnscoredTask)]
+    for err in errors:  # the caller reports them; debug only, so nothing is printed twice
+        log.debug("skipping bad task: %s", err)
+    return TaskSet(name=str(source), tasks=sorted(tasks, key=lambda t: t.id), errors=errors, unscored=unscored)
 
 
 def load_solutions(path: str | Path) -> dict[str, list[Grid]]:
@@ -242,8 +246,16 @@ def load_solutions(path: str | Path) -> dict[str, list[Grid]]:
 TaskList = tuple[list[Task], list[TaskError]]
 
 
+MAX_FILE_BYTES = 256 * 2**20
+"""A task file larger than this is refused unread (the largest ARC data file is ~10 MB)."""
+
+
 def _read_json(path: Path) -> Any:
     try:
+        if not path.is_file():
+            raise TaskError("not a regular file (a directory, FIFO or device); give an ARC JSON file", file=path)
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise TaskError(f"larger than {MAX_FILE_BYTES >> 20} MiB; not an ARC task file", file=path)
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
@@ -252,6 +264,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise TaskError(f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}", file=path) from None
+    except RecursionError:
+        raise TaskError("JSON nested too deeply to be an ARC task", file=path) from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -308,23 +322,37 @@ def _solutions_path(challenges: Path) -> Path:
     return challenges.with_name(challenges.name[: -len(CHALLENGES_SUFFIX)] + SOLUTIONS_SUFFIX)
 
 
+class UnscoredTask(TaskError):
+    """A challenge kept without test outputs: its entry in the solutions file (or the file) is bad."""
+
+
 def _attach_solutions(tasks: list[Task], challenges: Path) -> TaskList:
-    """Fill test outputs from the sibling solutions file; without one, tasks stay as they are."""
+    """Fill test outputs from the sibling solutions file; without one, tasks stay as they are.
+
+    A challenge is always kept (it must be solved and submitted); a bad or missing solutions entry
+    only leaves it unscored, reported as an UnscoredTask.
+    """
     path = _solutions_path(challenges)
     if not path.is_file():
         log.info("%s: no %s beside it; test outputs stay unknown", challenges, path.name)
         return tasks, []
-    raw = _read_solutions(path)
-    solved, errors = [], []
+    try:
+        raw = _read_solutions(path)
+    except TaskError as err:
+        return tasks, [UnscoredTask(f"solutions file unusable ({err}); all {len(tasks)} tasks are solved but "
+                                    "not scored", file=path)]
+    solved, notes = [], []
     for task in tasks:
         try:
             outputs = _solution_grids(raw.get(task.id), task_id=task.id, file=path, n_test=len(task.test))
         except TaskError as err:
-            errors.append(err)
+            notes.append(UnscoredTask(f"{err.reason}; solved but not scored", file=err.file, task_id=err.task_id,
+                                      field=err.field))
+            solved.append(task)
             continue
         test = tuple(replace(ex, output=out) for ex, out in zip(task.test, outputs))
         solved.append(replace(task, test=test))
-    return solved, errors
+    return solved, notes
 
 
 def _read_solutions(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from testtime.arc.task import Grid, Task, TaskError, dataset_names, load_task, load_tasks
-from testtime.cli.common import console, fail, safe
+from testtime.cli.common import console, fail, safe, summary
 from testtime.cli.pretrain import pretrain
 from testtime.cli.solve import solve
 
@@ -155,8 +155,12 @@ def stats(
 def score(
     submission: Path = typer.Argument(..., help="A Kaggle-format submission.json."),
     solutions: str = typer.Argument(..., help="Kaggle *_solutions.json, or a data set / directory with test outputs."),
+    tasks: str = typer.Option(None, "--tasks", help="Score only these comma-separated task ids (default: all "
+                              "tasks with known outputs; the ones the submission lacks count as wrong)."),
 ) -> None:
     """Score a submission with the official ARC Prize rule (either attempt exactly right).
+
+    Every task of the solutions counts; a task the submission leaves out scores 0 and is listed.
 
     Example: testtime arc score runs/eval5/submission.json arc-agi-1/evaluation
     """
@@ -170,19 +174,28 @@ def score(
         else:
             ts = load_tasks(solutions)
             sol = {t.id: [ex.output for ex in t.test] for t in ts.tasks if t.has_solutions}
-            # only the tasks the submission answers, so scoring a partial run of a data set makes sense
-            sol = {tid: v for tid, v in sol.items() if tid in sub}
     except (TaskError, ValueError) as err:
         fail(str(err))
+    if tasks:
+        wanted = list(dict.fromkeys(s.strip() for s in tasks.split(",") if s.strip()))
+        unknown = [t for t in wanted if t not in sol]
+        if unknown:
+            fail(f"--tasks: no known outputs for {', '.join(unknown)} in {solutions}")
+        sol = {t: sol[t] for t in wanted}
+    if not sol:
+        fail(f"no task with known test outputs in {solutions}")
     result = score_submission(sub, sol)
-    table = Table(title=f"score of {submission}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_row("tasks scored", str(result.n_tasks))
-    table.add_row("test outputs solved", f"{result.outputs_solved}/{result.outputs_total}")
-    table.add_row("score", f"{result.score:.1%}")
-    table.add_row("tasks missing from submission", str(len(result.missing)))
-    console.print(table)
+    summary(f"score of {safe(submission)}", [
+        ("tasks scored", str(result.n_tasks)),
+        ("test outputs solved", f"{result.outputs_solved}/{result.outputs_total}"),
+        ("score", f"{result.score:.1%}"),
+        ("tasks missing from submission (scored 0)", str(len(result.missing))),
+        ("submission tasks not in the solutions (ignored)", str(result.extra)),
+    ])
+    if result.missing:
+        shown = ", ".join(result.missing[:10]) + (f" and {len(result.missing) - 10} more"
+                                                  if len(result.missing) > 10 else "")
+        console.print(Text(f"missing: {shown}"))
 
 
 def _is_solutions_file(path: str) -> bool:

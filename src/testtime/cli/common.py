@@ -216,6 +216,30 @@ def progress_view(noun: str, line: Callable[[dict, bool], str]) -> Iterator[Call
         yield emit
 
 
+def run_job(command: str, noun: str, line: Callable[[dict, bool], str], scale: Any, out: Path | None,
+            run_dir: Any, settings: dict[str, Any], params: Mapping[str, Any], fields: Fields, *,
+            restart: bool, work: Callable[[Any, Callable[[Any], None]], Any]) -> Any:
+    """The shape of every item command: open the run directory (refusing changed settings), pick the
+    executor, show progress, call `work(executor, emit)`; turn the job layer's errors and Ctrl-C into
+    one message each. `settings` is what goes into config.json; its `config` part is named by `fields`."""
+    from testtime.jobs import RunDirError, ScaleError, SetupError, describe, executor_for
+
+    flags = {"source": "SOURCE", **{f"config.{k}": v for k, v in flags_of(fields).items()}}
+    try:
+        if run_dir is not None:
+            run_dir.open(command, settings, dict(params), restart=restart, flags=flags)
+        with executor_for(scale) as executor:
+            where = describe(executor)
+            if where:
+                console.print(safe(where))
+            with progress_view(noun, line) as emit:
+                return work(executor, emit)
+    except (RunDirError, ScaleError, SetupError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        interrupted(out, noun, " (its Ray workers were stopped)" if scale is not None else "")
+
+
 def bar(label: str = "{task.description}") -> Progress:
     """The step bar of commands that are not item runs (pretrain, lm index): label, bar, ETA, status."""
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -52,7 +52,7 @@ def index(
     if embedder == "lm" and embed_dtype != "auto":
         common.warn(f"--embed-dtype {embed_dtype} is ignored by --embedder lm (the LM runs in the dtype it loads with)")
     try:
-        docs = Corpus(list(corpus), text_field=text_field)
+        docs = Corpus(list(corpus), text_field=text_field, exclude=[out])  # never the index's own files
     except CorpusError as err:
         fail(str(err))
     emb, tok = _embedder(embedder, model, embed_dtype)
@@ -230,25 +230,14 @@ def evaluate(
 
 
 def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_failed: bool):
-    from testtime.jobs import RunDirError, ScaleError, SetupError, describe, executor_for
     from testtime.lm.evaluate import LmJob, evaluate, select_dir
 
     run_dir = select_dir(out, eval_config.ttft.select) if out else None
-    try:
-        if run_dir is not None:
-            run_dir.open("lm eval", {"config": as_json(eval_config)}, params, restart=restart,
-                         flags={f"config.{k}": v for k, v in common.flags_of(FIELDS).items()})
-        with executor_for(scale) as executor:
-            where = describe(executor)
-            if where:
-                console.print(safe(where))
-            with common.progress_view("prompt", _prompt_line) as emit:
-                results, failures, counts = evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
-                                                     retry_failed=retry_failed, emit=emit)
-    except (RunDirError, ScaleError, SetupError) as err:
-        fail(str(err))
-    except KeyboardInterrupt:
-        common.interrupted(out, "prompt", " (its Ray workers were stopped)" if scale is not None else "")
+    results, failures, counts = common.run_job(
+        "lm eval", "prompt", _prompt_line, scale, out, run_dir, {"config": as_json(eval_config)}, params, FIELDS,
+        restart=restart,
+        work=lambda executor, emit: evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
+                                             retry_failed=retry_failed, emit=emit))
     if counts.failed and counts.failed == counts.total:
         _print_eval_summary(eval_config.ttft.select, results, failures, [])
         fail(f"every prompt failed (first: {failures[0].get('error')})", code=1)

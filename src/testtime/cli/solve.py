@@ -117,6 +117,8 @@ def _load(source: str, ids: str | None, limit: int | None) -> list:
         fail(str(err))
     for err in ts.errors:
         console.print(f"[yellow]skipped bad task:[/] {safe(err)}")
+    for err in ts.unscored:
+        console.print(f"[yellow]unscored:[/] {safe(err)}")
     selected = ts.tasks
     if ids:
         wanted = list(dict.fromkeys(common.comma_list(ids)))
@@ -136,26 +138,15 @@ def _load(source: str, ids: str | None, limit: int | None) -> list:
 
 def _run(solve_config, tasks, source, out, params, scale, *, restart: bool, retry_failed: bool) -> list[dict]:
     from testtime.arc.solve import ArcJob, solve_tasks
-    from testtime.jobs import RunDir, RunDirError, ScaleError, SetupError, describe, executor_for
+    from testtime.jobs import RunDir
 
     run_dir = RunDir(out, records="tasks") if out else None
     job = ArcJob(solve_config, shared_tasks=tasks if solve_config.shared else None)
-    try:
-        if run_dir is not None:
-            run_dir.open("arc solve", {"source": source, "config": solve_config.to_json()},
-                         {k: v for k, v in params.items()}, restart=restart,
-                         flags={"source": "SOURCE", **{f"config.{k}": v for k, v in common.flags_of(FIELDS).items()}})
-        with executor_for(scale) as executor:
-            where = describe(executor)
-            if where:
-                console.print(safe(where))
-            with common.progress_view("task", _task_line) as emit:
-                records, _, counts = solve_tasks(job, tasks, run_dir, executor=executor, retry_failed=retry_failed,
-                                                 emit=emit)
-    except (RunDirError, ScaleError, SetupError) as err:
-        fail(str(err))
-    except KeyboardInterrupt:
-        common.interrupted(out, "task", " (its Ray workers were stopped)" if scale is not None else "")
+    records, _, counts = common.run_job(
+        "arc solve", "task", _task_line, scale, out, run_dir,
+        {"source": source, "config": solve_config.to_json()}, params, FIELDS, restart=restart,
+        work=lambda executor, emit: solve_tasks(job, tasks, run_dir, executor=executor, retry_failed=retry_failed,
+                                                emit=emit))
     if counts.failed and counts.failed == counts.total:
         _print_summary(records, out)
         fail(f"every task failed (first: {records[0].get('error')})", code=1)

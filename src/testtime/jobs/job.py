@@ -47,6 +47,9 @@ class Job(Protocol):
     def not_parallel(self) -> str | None:
         """Why the items cannot be split over processes, or None when they can."""
 
+    def accepts(self, item: Any, record: dict[str, Any]) -> bool:
+        """Whether a saved record is whole enough to reuse (a malformed one is run again)."""
+
 
 # --- events: what a run reports while it goes ---------------------------------------------------
 

@@ -75,6 +75,9 @@ def run_items(job: Job, items: Sequence[Any], executor: Executor, run_dir: RunDi
     todo = []
     for item, item_id in zip(items, ids):
         done = run_dir.record(item_id, job.id_key) if run_dir is not None else None
+        if done is not None and not job.accepts(item, done):
+            log.warning("%s is malformed; %s %s is run again", run_dir.record_file(item_id), job.noun, item_id)
+            done = None
         if done is None or (retry_failed and done.get("status") == FAILED):
             todo.append(item)
             continue

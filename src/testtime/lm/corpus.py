@@ -58,6 +58,8 @@ class Corpus:
     """Files or directories; a `.jsonl` file (also inside a directory) holds one JSON document a line."""
     text_field: str = "text"
     """The JSONL field holding the document text (`--text-field`)."""
+    exclude: list[Path] = field(default_factory=list)
+    """Directories never read (the index being written, when it lies inside the corpus)."""
     documents: int = 0
     """Documents yielded by the last pass."""
     skipped_files: list[str] = field(default_factory=list)
@@ -75,7 +77,7 @@ class Corpus:
 
     def describe(self) -> dict[str, Any]:
         """What identifies this corpus in an index's config (absolute paths and the text field)."""
-        return {"paths": [str(p.resolve()) for p in self.paths], "text_field": self.text_field}
+        return {"paths": [str(p.resolve()) for p in self.paths], "text_field": self.text_field}  # not `exclude`
 
     def files(self) -> Iterator[Path]:
         """Every file, in a fixed order: the given order, directories walked in sorted order."""
@@ -83,7 +85,8 @@ class Corpus:
             if root.is_file():
                 yield root
                 continue
-            found = (p for p in root.rglob("*") if p.is_file())
+            skip = [e.resolve() for e in self.exclude]
+            found = (p for p in root.rglob("*") if p.is_file() and not any(p.resolve().is_relative_to(e) for e in skip))
             visible = (p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))
             yield from sorted(visible, key=lambda p: p.relative_to(root).as_posix())
 

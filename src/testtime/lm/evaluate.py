@@ -144,6 +144,13 @@ class LmJob:
     def failed(self, prompt: Prompt, error: str, trace: str, seconds: float) -> dict[str, Any]:
         return {"prompt_id": prompt.id, "domain": prompt.domain, "select": self.config.ttft.select}
 
+    def accepts(self, prompt: Prompt, record: dict[str, Any]) -> bool:
+        """A result needs its bits, bytes and steps (what the summary reads)."""
+        if record.get("status") != OK:
+            return True
+        numbers = [record.get(k) for k in ("bits", "bytes", "bpb", "steps", "select_ms", "nn_select_ms")]
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers) and record["bytes"] > 0
+
 
 def select_dir(out: str | Path, select: str) -> RunDir:
     """One selector's run directory inside `out`: `out/SELECT/config.json`, `out/SELECT/results/`."""

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from testtime.atomic import atomic_path, write_json_atomic, write_text_atomic
+from testtime.atomic import atomic_path, read_json, write_json_atomic, write_text_atomic
 from testtime.lm.corpus import MIN_CHUNK_TOKENS, Chunk, Corpus, CorpusError, Document, chunk_text, iter_chunks
 from testtime.lm.embed import Embedder
 
@@ -92,7 +92,9 @@ def _check_config(out: Path, config: dict[str, Any]) -> bool:
                                    "delete it or pass another --out")
         write_json_atomic(path, config, indent=2)
         return False
-    old = json.loads(path.read_text(encoding="utf-8"))
+    old = read_json(path)
+    if not isinstance(old, dict):
+        raise MemoryIndexError(f"{path} is damaged; delete {out} (or pass another --out) to start over")
     differ = [k for k in config if old.get(k) != config[k]]
     if differ:
         detail = "; ".join(f"{k} was {old.get(k)!r}, now {config[k]!r} ({FLAGS.get(k, k)})" for k in differ)
@@ -108,9 +110,13 @@ def _flush(out: Path, number: int, chunks: list[Chunk], embedder: Embedder, batc
     npy, jsonl = out / f"{name}.npy", out / f"{name}.jsonl"
     texts = [c.text for c in chunks]
     if npy.exists() and jsonl.exists():
-        with jsonl.open(encoding="utf-8") as fh:
-            old = [json.loads(line)["text"] for line in fh]
-        shape = np.load(npy, mmap_mode="r", allow_pickle=False).shape
+        try:
+            with jsonl.open(encoding="utf-8") as fh:
+                old = [json.loads(line)["text"] for line in fh]
+            shape = np.load(npy, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError, TypeError, KeyError) as err:  # a truncated or damaged shard
+            raise MemoryIndexError(f"{name} of {out} is damaged ({err}); delete {npy} and {jsonl} and rerun to "
+                                   "embed that shard again") from None
         if old != texts or shape != (len(texts), embedder.dim):
             raise MemoryIndexError(f"{npy} holds other chunks than the corpus gives now (did the corpus change "
                                    f"since the index was started?); delete {out} or pass another --out")
@@ -218,7 +224,11 @@ class Memory:
         if not meta_path.exists():
             raise MemoryIndexError(f"{out} has no meta.json: not a finished index; build it (or finish it) with "
                                    f"`testtime lm index CORPUS --out {out}`")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json(meta_path)
+        if not isinstance(meta, dict) or not isinstance(meta.get("shards"), list) or \
+                not all(isinstance(meta.get(k), int) for k in ("count", "dim")):
+            raise MemoryIndexError(f"{meta_path} is damaged (not the JSON `testtime lm index` writes); rebuild the "
+                                   f"index with `testtime lm index CORPUS --out {out}` after deleting {out}")
         parts, chunks = [], []
         for s in meta["shards"]:
             npy, jsonl = out / f"{s['name']}.npy", out / f"{s['name']}.jsonl"
@@ -226,15 +236,23 @@ class Memory:
                 emb = np.load(npy, allow_pickle=False)
                 with jsonl.open(encoding="utf-8") as fh:
                     rows = [json.loads(line) for line in fh]
-            except (OSError, ValueError) as err:
-                raise MemoryIndexError(f"cannot read shard {s['name']} of {out}: {err}; rebuild the index") from err
+            except (OSError, ValueError, TypeError, KeyError) as err:
+                raise MemoryIndexError(f"cannot read shard {s.get('name') if isinstance(s, dict) else s} of {out}: "
+                                       f"{err}; rebuild the index") from err
             if emb.shape != (s["count"], meta["dim"]) or len(rows) != s["count"]:
                 raise MemoryIndexError(f"shard {s['name']} of {out} has {len(rows)} texts and embeddings of shape "
                                        f"{emb.shape}, but meta.json says {s['count']}; rebuild the index")
             parts.append(emb)
             chunks.extend(Chunk(r["text"], r["source"], r.get("domain")) for r in rows)
         faiss = _faiss()
-        index = faiss.read_index(str(out / "index.faiss"))
+        if not (out / "index.faiss").is_file():
+            raise MemoryIndexError(f"{out}/index.faiss is missing; rebuild the index (delete {out}, then "
+                                   f"`testtime lm index CORPUS --out {out}`)")
+        try:
+            index = faiss.read_index(str(out / "index.faiss"))
+        except RuntimeError as err:
+            raise MemoryIndexError(f"{out}/index.faiss cannot be read ({str(err).splitlines()[0]}); rebuild the "
+                                   "index") from None
         if index.ntotal != meta["count"] or index.d != meta["dim"]:
             raise MemoryIndexError(f"{out}/index.faiss holds {index.ntotal} vectors of dimension {index.d}, meta.json "
                                    f"{meta['count']} of {meta['dim']}; rebuild the index")

@@ -22,7 +22,7 @@ import numpy as np
 from testtime.batching import TrainingSequence
 from testtime.config import at_least, in_range, positive
 from testtime.finetune import StepInfo, TrainArgs, train
-from testtime.lm.bpb import continuation_bits
+from testtime.lm.bpb import encode_pair, sequence_bits
 from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift
 from testtime.lora import AdapterHost
 from testtime.seeds import derive_seed
@@ -131,6 +131,7 @@ def ttft_prompt(host: AdapterHost, tokenizer: Any, memory: Any, embedder: Any, p
                 on_step: Callable[[StepInfo], None] | None = None) -> PromptResult:
     """Select, fine-tune a fresh adapter, measure, drop the adapter. The base model is never changed."""
     seed = derive_seed(args.seed, prompt_id)
+    scored = encode_pair(tokenizer, prompt, continuation, args.context)  # too long: fails now, not after training
     picks: list[int] = []
     sel = Selection()
     search_ms = nn_ms = 0.0
@@ -155,7 +156,7 @@ def ttft_prompt(host: AdapterHost, tokenizer: Any, memory: Any, embedder: Any, p
                                     max_grad_norm=1.0, seed=seed, log_every=0),
                           on_step=on_step)
             steps, tokens, train_s = stats.steps, stats.tokens, stats.seconds
-        bits, n_bytes = continuation_bits(host.model, tokenizer, prompt, continuation, args.context)
+        bits, n_bytes = sequence_bits(host.model, scored), len(continuation.encode("utf-8"))
     finally:
         host.drop()
     return PromptResult(prompt_id=prompt_id, domain=domain, select=args.select, bits=bits, bytes=n_bytes,
