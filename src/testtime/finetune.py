@@ -14,6 +14,7 @@ optimizer state: the learning rate and the dropout seed are functions of the ste
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -281,10 +282,7 @@ def evaluate_loss(model: Any, sequences: list[TrainingSequence], batch_size: int
         for k in range(0, len(usable), batch_size):
             batch = usable[k : k + batch_size]
             input_ids, attention_mask, labels = collate(batch, pad_id, device)
-            with _autocast(device):
-                logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+            total += labelled_loss(model, input_ids, attention_mask, labels).item()
             n += sum(labelled_tokens(s) for s in batch)
     finally:
         model.train(was_training)
@@ -297,18 +295,40 @@ def _accumulate(model: Any, step_batches: list[list[TrainingSequence]], pad_id: 
     loss_sum = 0.0
     for batch in step_batches:
         input_ids, attention_mask, labels = collate(batch, pad_id, device)
-        with _autocast(device):
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
-        # position t predicts token t+1; summed here, divided by the whole step's count (not a mean of means)
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-            labels[:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+        # summed here, divided by the whole step's count (not a mean of means)
+        loss = labelled_loss(model, input_ids, attention_mask, labels)
         (loss / n_labelled).backward()
         loss_sum += loss.item()  # note: a CPU-GPU sync point
     return loss_sum / n_labelled
+
+
+def labelled_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the labelled tokens (position t predicts token t+1), a 0-d float32 tensor.
+
+    The output head runs only at the positions that predict a labelled token in some row of the
+    batch (a few hundred of a TTT sequence's ~1,000), through the model's own `logits_to_keep`,
+    instead of at every position: the same value as the full computation without the (B, T, V)
+    logits. A model whose forward has no `logits_to_keep` takes the full path.
+    """
+    targets = labels[:, 1:]  # (B, T-1)
+    keep = _keeps_logits(model)
+    with _autocast(input_ids.device):
+        if not keep:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
+            return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction="sum")
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,) positions t < T-1
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       logits_to_keep=positions).logits  # (B, P, V)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets[:, positions].reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the (peft-wrapped) model's forward takes `logits_to_keep`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
