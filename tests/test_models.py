@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import threading
 
 import pytest
 import torch
@@ -78,13 +80,45 @@ def test_gguf_cache_folder_follows_the_file_and_can_be_turned_off(tmp_path, monk
     assert cache_root() == tmp_path / "xdg" / "testtime"
 
 
+def test_two_converters_racing_leave_one_whole_conversion_and_no_warning(tmp_path, tokenizer, caplog, monkeypatch):
+    """Two Ray workers converting the same GGUF at once: both write their copy before either renames it."""
+    models_ = [make_tiny_model(vocab_size=len(tokenizer), seed=s) for s in (0, 1)]
+    folder = tmp_path / "cache" / "tiny-0123-v1"
+    both_writing = threading.Barrier(2, timeout=60)
+    real_save = models.safetensors.torch.save_model
+
+    def save_when_both_are_writing(*args, **kwargs):
+        both_writing.wait()  # each converter is inside its temporary folder; neither has renamed it yet
+        real_save(*args, **kwargs)
+    monkeypatch.setattr(models.safetensors.torch, "save_model", save_when_both_are_writing)
+    errors = []
+
+    def convert(model):
+        try:
+            save_converted(model, tokenizer, folder)
+        except Exception as err:  # reported below, in the test's thread
+            errors.append(err)
+    with caplog.at_level(logging.WARNING, logger="testtime.models"):
+        threads = [threading.Thread(target=convert, args=(m,)) for m in models_]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # one folder, no temporary left beside it
+    assert not caplog.text  # the loser drops its copy quietly
+    loaded = load_model(str(folder)).model.state_dict()
+    winners = [m for m in models_ if all(torch.equal(a, loaded[n]) for n, a in m.state_dict().items())]
+    assert len(winners) == 1  # the whole of one converter's weights, not a mix of the two
+
+
 def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_path, tokenizer, caplog,
                                                                               monkeypatch):
     model = make_tiny_model(vocab_size=len(tokenizer))
     folder = tmp_path / "cache" / "tiny-0123-v1"
     save_converted(model, tokenizer, folder)
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # the temporary folder was renamed
-    with caplog.at_level(logging.WARNING, logger="testtime.models"):  # a second converter (another Ray worker)
+    with caplog.at_level(logging.WARNING, logger="testtime.models"):  # a later converter finds it there
         save_converted(make_tiny_model(vocab_size=len(tokenizer), seed=1), tokenizer, folder)  # loses quietly
     assert [p.name for p in folder.parent.iterdir()] == [folder.name] and not caplog.text
     loaded = load_model(str(folder))
@@ -137,7 +171,8 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 def test_corrupt_gguf_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 100)
-    with pytest.raises(ModelLoadError, match="broken.gguf|could not load"):
+    where = f"{re.escape(repr(str(bad)))} from {re.escape(str(tmp_path))}: "
+    with pytest.raises(ModelLoadError, match=f"^could not load model {where}.*broken.gguf is GGUF v0"):
         load_model(str(bad))
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match=f"^could not load the tokenizer of {where}.*broken.gguf is GGUF v0"):
         load_tokenizer(str(bad))

@@ -98,15 +98,57 @@ def _resolve(model: str | None) -> tuple[str, dict[str, Any]]:
         return str(path), {}
     if path.suffix == ".gguf" or model.startswith((".", "/", "~")):
         raise ModelLoadError(f"model path {path} does not exist")
-    return model, {"local_files_only": True}  # a Hugging Face hub id: the local cache only, never the network
+    return _cached_snapshot(model), {}  # a Hugging Face hub id: the local cache only, never the network
+
+
+def _cached_snapshot(model: str) -> str:
+    """The folder of hub id `model` in the local Hugging Face cache, read like any local directory.
+
+    Not `from_pretrained(id, local_files_only=True)`: transformers still asks the hub for an
+    adapter config then (a request that waits out its timeout, with retries, when offline).
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(model, "config.json")
+    except ValueError as err:  # HFValidationError: not a repo id at all
+        raise ModelLoadError(f"model {model!r} is neither a local path nor a Hugging Face id: {err}") from None
+    if not isinstance(config, str):
+        raise ModelLoadError(f"model {model!r} is not a local path, nor a Hugging Face id in the local cache "
+                             f"({constants.HF_HUB_CACHE}), and there is no download at run time: fetch it first "
+                             f"(`hf download {model}`), or give a local directory with config.json and *.safetensors")
+    return str(Path(config).parent)
 
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+DTYPES = ("auto", "bfloat16", "float32")
+"""What `--dtype` takes; `auto` is bfloat16 on CUDA and on CPUs with bf16 units, float32 elsewhere."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX-512 BF16), as torch reports it."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def resolve_dtype(name: str | torch.dtype | None = "auto", device: torch.device | None = None) -> str:
+    """`auto` (or None) made concrete for `device` (default: the device models load on): a DTYPES name."""
+    if isinstance(name, torch.dtype):
+        return str(name).removeprefix("torch.")
+    if name not in (None, *DTYPES):
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    if name not in (None, "auto"):
+        return name
+    dev = device or default_device()
+    return "bfloat16" if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_bf16()) else "float32"
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """float32 on CPU (bf16 matmuls are slow there), bf16 on CUDA."""
+    """What `load_model` uses without a dtype: float32 on CPU, bf16 on CUDA (`auto` also picks bf16 on
+    CPUs with bf16 units; it becomes the CPU default once its quality is measured on the embedded model)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
@@ -132,14 +174,17 @@ def load_model(
     model: str | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load model + tokenizer once. CPU float32 by default, CUDA bf16 when a GPU is present."""
+    """Load model + tokenizer once; `dtype` None: `default_dtype`; "auto": bf16 on CUDA and bf16-capable CPUs."""
     from transformers import AutoModelForCausalLM  # heavy import
 
     dev = torch.device(device) if device is not None else default_device()
-    dt = dtype or default_dtype(dev)
+    if dtype is None:
+        dt = default_dtype(dev)
+    else:
+        dt = getattr(torch, resolve_dtype(dtype, dev)) if isinstance(dtype, str) else dtype
     target, kwargs = _resolve(model)
     converted = converted_dir(target, kwargs)
     convert = converted is not None and not (converted / "config.json").is_file()

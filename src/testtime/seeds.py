@@ -16,8 +16,9 @@ SEED_MULTIPLIER = 1_000_003
 
 
 def name_key(name: str) -> int:
-    """A stable 32-bit integer for `name`: the CRC-32 of its UTF-8 bytes."""
-    return zlib.crc32(name.encode())
+    """A stable 32-bit integer for `name`: the CRC-32 of its UTF-8 bytes (a lone surrogate, which JSON
+    can spell as an escape, passes through rather than failing the item)."""
+    return zlib.crc32(name.encode("utf-8", "surrogatepass"))
 
 
 def derive_seed(seed: int, name: str) -> int:

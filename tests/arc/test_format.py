@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -99,15 +101,19 @@ def test_max_size():
 
 
 def test_grid_to_text_rejects_non_grids():
-    for bad in [np.zeros((0, 3), np.int8), np.zeros(3, np.int8), np.array([[10]]), np.array([[-1]])]:
-        with pytest.raises(ValueError):
+    for bad, message in [(np.zeros((0, 3), np.int8), r"non-empty 2-D grid, got shape \(0, 3\)"),
+                         (np.zeros(3, np.int8), r"non-empty 2-D grid, got shape \(3,\)"),
+                         (np.array([[10]]), r"values must be 0-9, got 10\.\.10"),
+                         (np.array([[-1]]), r"values must be 0-9, got -1\.\.-1")]:
+        with pytest.raises(ValueError, match=message):
             grid_to_text(bad)
 
 
 def test_text_format_rejects_markers_that_break_the_layout():
     for kwargs in [{"end_marker": ""}, {"input_marker": "in\nput"}, {"output_marker": "out1"},
                    {"end_marker": " ."}]:
-        with pytest.raises(ValueError):
+        ((name, value),) = kwargs.items()
+        with pytest.raises(ValueError, match=re.escape(f"TextFormat.{name}={value!r}: must be non-empty, one line")):
             TextFormat(**kwargs)
 
 

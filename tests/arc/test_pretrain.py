@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -176,14 +177,40 @@ def test_the_adapter_loads_back_changes_predictions_and_has_a_card(tmp_path, tok
     assert not torch.allclose(before, after, atol=1e-4)
 
 
+def _checkpointing_probe(loaded: LoadedModel) -> tuple[dict, Callable[[object], None]]:
+    """Count the MLP forwards of layer 0 in training (a checkpointed layer runs twice: forward and the
+    recompute in backward), and record at every step whether the model's layers say checkpointing is on."""
+    seen: dict = {"forwards": 0, "on_during": []}
+
+    def count(module, args):  # a pre-hook: the recompute stops early, once it has what backward needs
+        if module.training and torch.is_grad_enabled():
+            seen["forwards"] += 1
+    loaded.model.model.layers[0].mlp.register_forward_pre_hook(count)
+
+    def on_progress(_step) -> None:
+        seen["on_during"].append([bool(layer.gradient_checkpointing) for layer in loaded.model.model.layers])
+    return seen, on_progress
+
+
 def test_gradient_checkpointing_trains_the_same_adapter(tmp_path, tokenizer):
     tasks = random_tasks()
-    plain = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=2), tmp_path / "plain")
+    plain_model = loaded_tiny(tokenizer)
+    plain_seen, plain_probe = _checkpointing_probe(plain_model)
+    plain = pretrain(plain_model, tasks, small_config(steps=2), tmp_path / "plain", on_progress=plain_probe)
     config = small_config(steps=2)
     config.train.gradient_checkpointing = True
-    checkpointed = pretrain(loaded_tiny(tokenizer), tasks, config, tmp_path / "gc")
+    gc_model = loaded_tiny(tokenizer)
+    gc_seen, gc_probe = _checkpointing_probe(gc_model)
+    checkpointed = pretrain(gc_model, tasks, config, tmp_path / "gc", on_progress=gc_probe)
     assert [v for _, v in checkpointed["val_history"]] == pytest.approx([v for _, v in plain["val_history"]], rel=1e-5)
     assert checkpointed["train_loss_final"] == pytest.approx(plain["train_loss_final"], rel=1e-5)
+    # it really was on: every layer checkpointed at every step, each training forward recomputed in backward ...
+    assert plain_seen["on_during"] == [[False, False]] * 2 and gc_seen["on_during"] == [[True, True]] * 2
+    micro_batches = 2 * config.train.grad_accum  # 2 steps x grad_accum micro-batches, one forward each
+    assert plain_seen["forwards"] == micro_batches and gc_seen["forwards"] == 2 * micro_batches
+    # ... and off again afterwards
+    assert not gc_model.model.is_activation_checkpointing
+    assert not any(layer.gradient_checkpointing for layer in gc_model.model.model.layers)
 
 
 def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch):

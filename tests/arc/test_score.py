@@ -79,7 +79,7 @@ def test_write_and_load_round_trip(tmp_path):
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     path = tmp_path / "submission.json"
     write_submission(path, {"a": [entry(G1)]})
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
         write_submission(path, {"a": [{"attempt_1": object()}]})
     assert load_submission(path) == {"a": [entry(G1)]}
     assert [p.name for p in tmp_path.iterdir()] == ["submission.json"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -181,9 +182,9 @@ def test_demo_order_wrong_length_raises():
     task = Task("t", (Example(PROBE, PROBE), Example(PROBE, PROBE)), (Example(PROBE),))
     with pytest.raises(ValueError, match="2 train examples"):
         DemoOrder((0, 1, 2)).task(task)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"order must be a permutation of 0..n-1, got \(0, 0\)"):
         DemoOrder((0, 0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"order must be a permutation of 0..n-1, got \(1, 2\)"):
         DemoOrder((1, 2))
 
 
@@ -219,7 +220,7 @@ def test_keep_zero_keeps_zero_and_off_moves_it():
 
 @pytest.mark.parametrize("perm", [tuple(range(9)), (0,) * 10, tuple(range(1, 11)), (1, 0, *range(2, 9), 2)])
 def test_bad_color_permutation_raises(perm):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(f"colour permutation must be a permutation of 0..9, got {perm!r}")):
         ColorPermutation(perm)
 
 

@@ -132,7 +132,7 @@ def test_changed_settings_are_refused_naming_each_and_restart_clears(tmp_path):
     assert "--power: 2 -> 3" in message and "mod.base: (unset) -> 7" in message
     assert "--out NEW_DIR" in message and "--restart" in message
     assert sorted(c[0] for c in err.value.changes) == ["--power", "mod.base"]
-    with pytest.raises(SettingsChanged):  # another command's run directory is not reused either
+    with pytest.raises(SettingsChanged, match=r"extra: \(unset\) -> 1"):  # a setting the run lacked is a change too
         RunDir(tmp_path / "run", records="items").open("toy", {"power": 2, "extra": 1})
     run_dir.open("toy", {"power": 3}, restart=True)
     assert list(run_dir.records_dir.iterdir()) == []

@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
+import torch
 from test_ttft import CONTINUATION, MEMORY, LetterEmbedder
 from typer.testing import CliRunner
 
 from testtime.cli import app
+from testtime.lm.bpb import continuation_bits
 from testtime.lm.memory import Corpus, build_index
+from testtime.models import load_model
 
 
 def invoke(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
+
+
+def table_row(output: str, domain: str) -> list[str]:
+    """The cells after the domain in the bits-per-byte table's row for `domain`: prompts, bits/byte, ..."""
+    line = next(ln for ln in output.splitlines() if ln.startswith(f"│ {domain} "))
+    return [c.strip() for c in line.strip().strip("│").split("│")][1:]
+
+
+def bpb_of(run_dir) -> float:
+    """Total bits over total bytes of a run directory's result files."""
+    results = [json.loads(p.read_text()) for p in (run_dir / "results").iterdir()]
+    return sum(r["bits"] for r in results) / sum(r["bytes"] for r in results)
+
+
+def by_hand(loaded, prompt: str, continuation: str) -> float:
+    """-sum log2 p(continuation token | everything before it), straight from the model's logits."""
+    p_ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = loaded.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([p_ids + c_ids])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return -sum(logp[len(p_ids) - 1 + i, c].item() for i, c in enumerate(c_ids)) / math.log(2)
 
 
 def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tiny_model_dir, monkeypatch):
@@ -52,8 +79,19 @@ def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tin
     assert limited.exit_code == 0, limited.output
     assert [p.name for p in (tmp_path / "limited" / "sift" / "results").iterdir()] == ["a.json"]
 
-    none = invoke("lm", "eval", "--prompts", str(prompts), "--select", "none", "--model", str(tiny_model_dir))
+    assert table_row(result.output, "all")[1] == f"{bpb_of(run_dir):.4f}"  # total bits over total bytes
+
+    none = invoke("lm", "eval", "--prompts", str(prompts), "--select", "none", "--model", str(tiny_model_dir),
+                  "--out", str(tmp_path / "run"))
     assert none.exit_code == 0, none.output
+    assert table_row(none.output, "all")[:2] == ["2", f"{bpb_of(tmp_path / 'run' / 'none'):.4f}"]
+    loaded = load_model(str(tiny_model_dir))  # `none` is the untouched model: its bits, computed independently
+    for row in rows:
+        saved = json.loads((tmp_path / "run" / "none" / "results" / f"{row['id']}.json").read_text())
+        bits, n_bytes = continuation_bits(loaded.model, loaded.tokenizer, row["prompt"], row["continuation"])
+        assert saved["steps"] == 0 and saved["picks"] == [] and saved["bytes"] == n_bytes
+        assert saved["bits"] == pytest.approx(bits, rel=1e-5)
+        assert saved["bits"] == pytest.approx(by_hand(loaded, row["prompt"], row["continuation"]), rel=1e-4)
     # every prompt over a 2-token context: each one fails, and a run where all failed exits 1
     failing = invoke("lm", "eval", "--prompts", str(prompts), "--select", "none", "--model", str(tiny_model_dir),
                      "--context", "2")

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,6 +57,8 @@ class PretrainConfig:
 
     model: str = "embedded"
     """Base model: `embedded`, a Hugging Face id or a local directory."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "float32"
+    """Base model weights while training (the LoRA and Adam state stay float32); the CLI records the resolved one."""
     sources: list[str] = field(default_factory=list)
     """Where the training examples came from (recorded; `load_examples` reads them)."""
     lora: LoraArgs = field(default_factory=lambda: LoraArgs(r=16, alpha=32))

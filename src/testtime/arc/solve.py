@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter
 from testtime.arc.predict import InferArgs, predict_task
@@ -43,6 +43,8 @@ class SolveConfig:
     """Train ONE LoRA on all tasks' TTT data instead of one per task (the paper's Shared-TTT)."""
     seed: int = 0
     """Run seed; each task's seed is derived from it and the task id, so order and resume don't matter."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "float32"
+    """Base model weights (the LoRA and its optimizer state stay float32); `arc solve` records the resolved one."""
     lora: LoraArgs = field(default_factory=LoraArgs)
     """The LoRA trained at test time."""
     train: TrainArgs = field(default_factory=TrainArgs)
@@ -208,7 +210,7 @@ class ArcJob:
         if self.solver is None:
             from testtime.models import load_model  # heavy import, in the process that runs
 
-            loaded = load_model(self.config.model)
+            loaded = load_model(self.config.model, dtype=self.config.dtype)
             host = AdapterHost(loaded.model, self.config.lora, start_adapter=self.config.adapter)
             self.solver = Solver(host, loaded.tokenizer, self.config)
             total = host.trainable_parameters()[1]

@@ -246,8 +246,7 @@ def load_solutions(path: str | Path) -> dict[str, list[Grid]]:
 TaskList = tuple[list[Task], list[TaskError]]
 
 
-MAX_FILE_BYTES = 256 * 2**20
-"""A task file larger than this is refused unread (the largest ARC data file is ~10 MB)."""
+MAX_FILE_BYTES = 256 * 2**20  # refused unread above this (the largest ARC data file is ~10 MB)
 
 
 def _read_json(path: Path) -> Any:
@@ -327,11 +326,8 @@ class UnscoredTask(TaskError):
 
 
 def _attach_solutions(tasks: list[Task], challenges: Path) -> TaskList:
-    """Fill test outputs from the sibling solutions file; without one, tasks stay as they are.
-
-    A challenge is always kept (it must be solved and submitted); a bad or missing solutions entry
-    only leaves it unscored, reported as an UnscoredTask.
-    """
+    """Fill test outputs from the sibling solutions file; every challenge is kept (it must be solved and
+    submitted), a bad or missing entry only leaves it unscored (an UnscoredTask)."""
     path = _solutions_path(challenges)
     if not path.is_file():
         log.info("%s: no %s beside it; test outputs stay unknown", challenges, path.name)

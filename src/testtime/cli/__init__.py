@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import typer
 
@@ -48,6 +49,9 @@ def main(
     for noisy in ("transformers", "httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for stream in (sys.stdout, sys.stderr):  # an id or path no encoding can print (a lone surrogate) is escaped,
+        if hasattr(stream, "reconfigure"):   # never a crash in the middle of a run
+            stream.reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":

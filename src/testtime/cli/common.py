@@ -89,6 +89,8 @@ def _load_config(ctx: typer.Context, _param: typer.CallbackParam, value: Path | 
     return value
 
 
+DTYPE = typer.Option("float32", "--dtype", help="Base model weights: float32, bfloat16, or auto (bfloat16 on CUDA "
+                     "and on CPUs with bf16 units, else float32). LoRA weights and optimizer state stay float32.")
 CONFIG = typer.Option(None, "--config", is_eager=True, callback=_load_config, dir_okay=False,
                       help="TOML (or a run's config.json) whose keys are long option names; flags override it.")
 LIMIT = typer.Option(None, "--limit", "-n", help="Only the first N items (tasks or prompts).")
@@ -172,6 +174,13 @@ def build(config: Any, params: Mapping[str, Any], fields: Fields,
             except (ValueError, TypeError) as err:  # a dataclass that checks itself on construction
                 return config, [Problem(path, str(err)).named(flags)]
     return config, [p.named(flags) for p in problems(config)]
+
+
+def concrete_dtype(value: str) -> str:
+    """`auto` resolved for this machine, so the run directory records what really ran."""
+    from testtime.models import DTYPES, resolve_dtype
+
+    return resolve_dtype(value) if value in DTYPES else value  # a bad value is left for the config check
 
 
 def comma_list(value: str) -> tuple[str, ...]:

@@ -152,7 +152,7 @@ def _print_summary(report) -> None:
 
 
 FIELDS: common.Fields = {
-    "model": "model", "index": "index", "prompts": "prompts", "lora-rank": "lora.r",
+    "model": "model", "dtype": "dtype", "index": "index", "prompts": "prompts", "lora-rank": "lora.r",
     "select": "ttft.select", "steps": "ttft.n", "k": "ttft.k", "lam": "ttft.lam", "stop-below": "ttft.stop_below",
     "min-gain": "ttft.min_gain", "lr": "ttft.lr", "chunk-tokens": "ttft.chunk_tokens", "context": "ttft.context",
     "seed": "ttft.seed",
@@ -187,6 +187,7 @@ def evaluate(
     threads_per_worker: int = common.THREADS_PER_WORKER,
     ray_address: str = common.RAY_ADDRESS,
     max_retries: int = common.MAX_RETRIES,
+    dtype: str = common.DTYPE,
     config: Path = common.CONFIG,
 ) -> None:
     """Bits per byte of held-out continuations, after test-time fine-tuning on selected chunks.
@@ -203,7 +204,7 @@ def evaluate(
     params = common.options_of(ctx)
     eval_config, problems = common.build(EvalConfig(), params, FIELDS,
                                          parse={"index": lambda v: None if v is None else str(v),
-                                                "prompts": str})
+                                                "prompts": str, "dtype": common.concrete_dtype})
     eval_config.lora.alpha = 2 * eval_config.lora.r
     scale, scale_problems = common.scale_of(params)
     problems += scale_problems

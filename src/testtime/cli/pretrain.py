@@ -10,7 +10,7 @@ from testtime.cli import common
 from testtime.cli.common import console, fail, safe
 
 FIELDS: common.Fields = {
-    "model": "model", "train-token-rows": "train_token_rows",
+    "model": "model", "dtype": "dtype", "train-token-rows": "train_token_rows",
     "lora-rank": "lora.r", "lora-alpha": "lora.alpha", "lora-targets": "lora.target_modules",
     "steps": "train.max_steps", "lr": "train.lr", "warmup": "train.warmup_steps", "batch-size": "train.batch_size",
     "grad-accum": "train.grad_accum", "seed": ("train.seed", "data.seed"),
@@ -51,6 +51,7 @@ def pretrain(
     allow_evaluation: bool = typer.Option(False, help="Allow ARC evaluation-set tasks in the training data."),
     seed: int = typer.Option(0, help="Seed of the data stream, validation split and adapter init."),
     restart: bool = typer.Option(False, "--restart", help="Delete OUT's checkpoints and config and start over."),
+    dtype: str = common.DTYPE,
     config: Path = common.CONFIG,
 ) -> None:
     """Fine-tune the base model on in-context ARC tasks before test-time training.
@@ -69,7 +70,7 @@ def pretrain(
 
     params = common.options_of(ctx)
     settings, problems = common.build(PretrainConfig(model=model, sources=list(sources)), params, FIELDS,
-                                      parse={"lora-targets": common.comma_list})
+                                      parse={"lora-targets": common.comma_list, "dtype": common.concrete_dtype})
     if problems:
         fail("; ".join(problems))
     if out.exists() and not out.is_dir():
@@ -87,7 +88,7 @@ def pretrain(
                   f"{sum(len(v) for v in examples.values()):,} examples; {steps} steps x {batch_size} seq x "
                   f"{grad_accum} accum (<= {max_len} tokens each) -> out {safe(out)}")
     try:
-        loaded = load_model(model)
+        loaded = load_model(model, dtype=settings.dtype)
     except ModelLoadError as err:
         fail(str(err))
     try:

@@ -10,7 +10,7 @@ from testtime.cli import common
 from testtime.cli.common import console, fail, safe
 
 FIELDS: common.Fields = {
-    "model": "model", "adapter": "adapter", "ttt": "ttt", "shared": "shared",
+    "model": "model", "dtype": "dtype", "adapter": "adapter", "ttt": "ttt", "shared": "shared",
     "seed": ("seed", "train.seed", "data.seed", "infer.seed"),
     "lora-rank": "lora.r", "lora-alpha": "lora.alpha", "lora-dropout": "lora.dropout",
     "lora-targets": "lora.target_modules",
@@ -63,6 +63,7 @@ def solve(
     threads_per_worker: int = common.THREADS_PER_WORKER,
     ray_address: str = common.RAY_ADDRESS,
     max_retries: int = common.MAX_RETRIES,
+    dtype: str = common.DTYPE,
     config: Path = common.CONFIG,
 ) -> None:
     """Solve ARC tasks with per-task test-time training, augmented inference and voting.
@@ -79,7 +80,8 @@ def solve(
 
     params = common.options_of(ctx)
     solve_config, problems = common.build(SolveConfig(), params, FIELDS,
-                                          parse={"lora-targets": common.comma_list, "adapter": _resolve_adapter})
+                                          parse={"lora-targets": common.comma_list, "adapter": _resolve_adapter,
+                                                 "dtype": common.concrete_dtype})
     scale, scale_problems = common.scale_of(params)
     problems += scale_problems
     if adapter and no_adapter:

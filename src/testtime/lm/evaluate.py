@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from testtime.config import as_json
 from testtime.finetune import LoraArgs
@@ -86,6 +86,8 @@ class EvalConfig:
     """Memory directory from `testtime lm index` (None for `select none`)."""
     prompts: str = ""
     """The prompts file."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "float32"
+    """Base model weights (the LoRA and its optimizer state stay float32); `lm eval` records the resolved one."""
     lora: LoraArgs = field(default_factory=lambda: LoraArgs(r=16, alpha=32))
     """The per-prompt LoRA (alpha = 2 x rank)."""
     ttft: TTFTArgs = field(default_factory=TTFTArgs)
@@ -127,7 +129,7 @@ class LmJob:
         from testtime.lora import AdapterHost  # heavy imports
         from testtime.models import load_model
 
-        loaded = load_model(self.config.model)
+        loaded = load_model(self.config.model, dtype=self.config.dtype)
         memory, embedder = load_memory(self.config.index, self.config.ttft.select, loaded)
         self.parts = (AdapterHost(loaded.model, self.config.lora), loaded.tokenizer, memory, embedder)
         size = f", memory of {len(memory):,} chunks" if memory is not None else ""
