@@ -8,6 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from helpers import save_random_adapter  # tests/ is on sys.path under pytest
 from testtime.cli import app
 
 runner = CliRunner()
@@ -260,24 +261,6 @@ def test_solve_adapter_flags_are_checked(tmp_path):
     assert missing.exit_code == 2 and "adapter_config.json" in " ".join(missing.output.split())
 
 
-def _random_adapter(model_dir, out):
-    """A LoRA with random (non-zero) B matrices: merging it changes every prediction of the tiny model."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from testtime.finetune import LoraArgs
-    from testtime.lora import AdapterHost
-
-    host = AdapterHost(AutoModelForCausalLM.from_pretrained(model_dir), LoraArgs(r=4, alpha=8))
-    host.fresh(seed=0)
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(1)
-        for name, param in host.model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5, generator=generator)
-    return host.save(out)
-
-
 def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch, tiny_model_dir):
     import testtime.arc.pretrain as pretrain
 
@@ -290,7 +273,7 @@ def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch,
 
     # end to end: an adapter shipped for the tiny model is what `arc solve` merges unless told not to
     shipped = tmp_path / "shipped"
-    adapter = _random_adapter(tiny_model_dir, shipped / "tiny-arc")
+    adapter = save_random_adapter(tiny_model_dir, shipped / "tiny-arc")
     monkeypatch.setattr(pretrain, "SHIPPED_ADAPTERS", shipped)
     monkeypatch.setattr(pretrain, "DEFAULT_ADAPTER", {str(tiny_model_dir): "tiny-arc"})
     tasks = _write_tasks(tmp_path / "tasks", n=2)

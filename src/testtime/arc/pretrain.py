@@ -59,6 +59,8 @@ class PretrainConfig:
     """Base model: `embedded`, a Hugging Face id or a local directory."""
     dtype: Literal["auto", "bfloat16", "float32"] = "float32"
     """Base model weights while training (the LoRA and Adam state stay float32); the CLI records the resolved one."""
+    allow_evaluation: bool = False
+    """ARC evaluation-set tasks may be in the training data (`--allow-evaluation`; they change the data)."""
     sources: list[str] = field(default_factory=list)
     """Where the training examples came from (recorded; `load_examples` reads them)."""
     lora: LoraArgs = field(default_factory=lambda: LoraArgs(r=16, alpha=32))

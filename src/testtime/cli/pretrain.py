@@ -10,7 +10,7 @@ from testtime.cli import common
 from testtime.cli.common import console, fail, safe
 
 FIELDS: common.Fields = {
-    "model": "model", "dtype": "dtype", "train-token-rows": "train_token_rows",
+    "model": "model", "dtype": "dtype", "train-token-rows": "train_token_rows", "allow-evaluation": "allow_evaluation",
     "lora-rank": "lora.r", "lora-alpha": "lora.alpha", "lora-targets": "lora.target_modules",
     "steps": "train.max_steps", "lr": "train.lr", "warmup": "train.warmup_steps", "batch-size": "train.batch_size",
     "grad-accum": "train.grad_accum", "seed": ("train.seed", "data.seed"),

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ def ray_session(args: ScaleArgs) -> Iterator[str]:
         yield "the Ray instance already connected"
         return
     address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -98,6 +101,19 @@ def ray_session(args: ScaleArgs) -> Iterator[str]:
         yield where
     finally:
         ray.shutdown()  # a local instance: stops its processes; a cluster: disconnects this driver
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on a HOST:PORT nobody listens on (ray.init retries such an address for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # `auto`, `ray://...`: left to ray.init
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise ScaleError(f"--ray-address {address}: cannot connect ({err.strerror or err}); start one with "
+                         "`ray start --head` or leave --ray-address and RAY_ADDRESS unset for a local "
+                         "instance") from None
 
 
 class Worker:
