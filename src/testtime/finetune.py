@@ -14,6 +14,7 @@ optimizer state: the learning rate and the dropout seed are functions of the ste
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -326,9 +327,14 @@ def labelled_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 def _keeps_logits(model: Any) -> bool:
-    """Whether the (peft-wrapped) model's forward takes `logits_to_keep`."""
+    """Whether the (peft-wrapped) model's forward takes `logits_to_keep` (asked once per model class)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:

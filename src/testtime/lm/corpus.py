@@ -86,7 +86,8 @@ class Corpus:
                 yield root
                 continue
             skip = [e.resolve() for e in self.exclude]
-            found = (p for p in root.rglob("*") if p.is_file() and not any(p.resolve().is_relative_to(e) for e in skip))
+            found = (p for p in root.rglob("*") if p.is_file()
+                     and not (skip and any(p.resolve().is_relative_to(e) for e in skip)))
             visible = (p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))
             yield from sorted(visible, key=lambda p: p.relative_to(root).as_posix())
 
