@@ -39,6 +39,7 @@ demo: install
 	$(BIN)/testtime arc solve arc-agi-1/evaluation --tasks $(DEMO_TASKS) --out runs/demo \
 		--ttt-sequences 24 --ttt-epochs 2 --ttt-max-len 1024
 	$(BIN)/testtime arc score runs/demo/submission.json arc-agi-1/evaluation --tasks $(DEMO_TASKS)
+	$(BIN)/testtime arc report runs/demo   # prints the path of runs/demo/report.html: open it in a browser
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,22 +1,28 @@
-"""Benchmark: bits per byte after test-time fine-tuning with none / NN / SIFT selection, per domain.
+"""Benchmark: bits per byte after test-time fine-tuning, per domain, as % of the untouched model.
 
-Needs the offline corpus and an index of its memory:
+The paper's comparison (Hübotter et al., ICLR 2025): none, US, NN, NN-F (NN with repeats), SIFT and
+adaptive SIFT, N = 50 steps, K = 200. Needs the offline corpus and an index of its memory (the
+full memory: all documents, not the --max-memory-docs-per-domain cut):
 
     .venv/bin/python -m testtime.tools.corpus --out runs/corpus
     .venv/bin/testtime lm index runs/corpus/memory.jsonl --out runs/corpus-index
-    .venv/bin/python bench/sift.py --corpus runs/corpus --index runs/corpus-index --out runs/sift-bench
+    .venv/bin/python bench/sift.py --corpus runs/corpus --index runs/corpus-index --out runs/sift-bench \
+        --n 50 --k 200 --lr LR --methods none,us,nn,nn-f,sift,sift-adaptive --alpha ALPHA
 
 For each held-out prompt (the first --prompts-per-domain of each domain, by id) it measures the
 continuation's bits per byte with the untouched embedded model ("none"), and after one Adam step
-per selected chunk on a fresh LoRA, for nearest-neighbour and SIFT selection. Selection time is
-measured separately at K=--k, N=--select-n for both selectors on the same candidates (median of
---repeats runs), so the speed figure uses the paper's N=50 even when fewer training steps are
-taken on a CPU. Results are resumable (one file per prompt and method under --out).
+per selected chunk on a fresh LoRA (--lora-rank 0: full fine-tuning, the weights restored after
+each prompt) for each selector. The table is `testtime lm compare`'s: per domain, each method as
+% of none (standard error across prompts), the mean steps, and Spearman's rank correlation between
+the uncertainty reduction sigma_0^2 - sigma_n^2 and the realised gain. Selection time is measured
+separately at K=--k, N=--select-n for NN and SIFT on the same candidates (median of --repeats runs).
+Results are resumable: OUT/METHOD/results/ID.json, one file per prompt, exactly as `lm eval` writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -27,15 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from testtime.finetune import LoraArgs
 from testtime.jobs import Finished
+from testtime.lm import compare
 from testtime.lm.embed import load_embedder
-from testtime.lm.evaluate import EvalConfig, read_prompts, run_eval
+from testtime.lm.evaluate import EvalConfig, PromptLora, make_host, read_prompts, run_eval
 from testtime.lm.memory import Memory
 from testtime.lm.select import select_nn, select_sift
-from testtime.lm.ttft import TTFTArgs, summarize
-from testtime.lora import AdapterHost
+from testtime.lm.ttft import TTFTArgs
 from testtime.models import load_model
+
+ALIASES = {"nn-f": "nn-repeats", "adaptive": "sift-adaptive", "adaptive-sift": "sift-adaptive"}
+"""The paper's names for methods -> the run directory names `lm eval` uses."""
 
 
 def pick_prompts(path: Path, per_domain: int) -> list:
@@ -62,72 +70,92 @@ def selection_speed(prompts, memory, embedder, k: int, n: int, lam: float, repea
             "search_ms": statistics.median(search_ms), "prompts": len(queries), "k": k, "n": n}
 
 
-def main() -> None:
+def method_args(method: str, args: argparse.Namespace) -> TTFTArgs:
+    """The TTFT settings of one method name (`sift-adaptive`: SIFT with --alpha)."""
+    select, adaptive = ("sift", args.alpha) if method == "sift-adaptive" else (method, None)
+    return TTFTArgs(select=select, n=args.n, k=args.k, lam=args.lam, lr=args.lr, chunk_tokens=args.chunk_tokens,
+                    adaptive=adaptive)
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, required=True,
                     help="Directory written by python -m testtime.tools.corpus.")
     ap.add_argument("--index", type=Path, required=True, help="Index of the corpus memory (testtime lm index).")
     ap.add_argument("--out", type=Path, default=Path("runs/sift-bench"))
     ap.add_argument("--prompts-per-domain", type=int, default=20)
-    ap.add_argument("--methods", default="none,nn,sift")
+    ap.add_argument("--methods", default="none,us,nn,nn-f,sift,sift-adaptive",
+                    help="Comma-separated: none, us, nn, nn-f (= nn-repeats), sift, sift-adaptive, random.")
     ap.add_argument("--n", type=int, default=50, help="Chunks selected = training steps per prompt.")
     ap.add_argument("--k", type=int, default=200)
+    ap.add_argument("--alpha", type=float, default=1.0, help="Adaptive SIFT's alpha (for sift-adaptive).")
     ap.add_argument("--select-n", type=int, default=50, help="N for the selection-speed measurement.")
     ap.add_argument("--lam", type=float, default=0.01)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--lora-rank", type=int, default=16, help="0 = full fine-tuning per prompt.")
     ap.add_argument("--chunk-tokens", type=int, default=256, help="Training tokens per selected chunk.")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
     args = ap.parse_args()
+    args.methods = [ALIASES.get(m.strip(), m.strip()) for m in args.methods.split(",") if m.strip()]
+    if "none" not in args.methods:
+        ap.error("--methods must include none: every method is measured as % of it")
+    return args
+
+
+def run_method(method: str, args: argparse.Namespace, parts: tuple, prompts: list) -> float:
+    """Run (or resume) one method into OUT/METHOD/; returns the wall seconds."""
+    host, tokenizer, memory, embedder = parts
+    ttft = method_args(method, args)
+    done = {"n": 0}
+
+    def progress(event):
+        if not isinstance(event, Finished):
+            return
+        done["n"] += 1
+        tag = "resumed" if event.resumed else f"{event.record.get('bpb', float('nan')):.3f} bpb"
+        print(f"  {method:>13} {done['n']:3d}/{len(prompts)} {event.item_id}: {tag}", flush=True)
+
+    config = EvalConfig(index=str(args.index), prompts=str(args.corpus / "prompts.jsonl"),
+                        lora=PromptLora(r=args.lora_rank, alpha=2 * args.lora_rank))
+    t0 = time.perf_counter()
+    _, failures = run_eval(host, tokenizer, memory, embedder, prompts, ttft, args.out, config=config, emit=progress)
+    if failures:
+        print(f"  {method}: {len(failures)} prompts failed: {failures[0].get('error')}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-
     prompts = pick_prompts(args.corpus / "prompts.jsonl", args.prompts_per_domain)
     memory = Memory.load(args.index)
     loaded = load_model("embedded")
     embedder = load_embedder(memory.meta.get("embedder", "minilm"), lm=loaded.model, tokenizer=loaded.tokenizer) \
         if memory.meta.get("embedder") == "lm" else load_embedder("minilm")
     print(f"{len(prompts)} prompts, memory of {len(memory):,} chunks (d={memory.dim}), "
-          f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
-
+          f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+          f"N={args.n} K={args.k} lr={args.lr} " + ("full fine-tuning" if args.lora_rank == 0
+                                                     else f"LoRA rank {args.lora_rank}"))
     speed = selection_speed(prompts, memory, embedder, args.k, args.select_n, args.lam, args.repeats)
     print(f"selection at K={args.k}, N={args.select_n}: NN {speed['nn_ms']:.2f} ms, SIFT {speed['sift_ms']:.2f} ms "
           f"(+{speed['sift_ms'] - speed['nn_ms']:.2f} ms); faiss search {speed['search_ms']:.2f} ms")
 
-    host = AdapterHost(loaded.model, LoraArgs(r=args.lora_rank, alpha=2 * args.lora_rank))
-    tables, seconds = {}, {}
-    for method in args.methods.split(","):
-        ttft = TTFTArgs(select=method, n=args.n, k=args.k, lam=args.lam, lr=args.lr, chunk_tokens=args.chunk_tokens)
-        t0 = time.perf_counter()
-        done = {"n": 0}
-
-        def progress(event, method=method, done=done):
-            if not isinstance(event, Finished):
-                return
-            done["n"] += 1
-            tag = "resumed" if event.resumed else f"{event.record.get('bpb', float('nan')):.3f} bpb"
-            print(f"  {method:>5} {done['n']:3d}/{len(prompts)} {event.item_id}: {tag}", flush=True)
-
-        config = EvalConfig(index=str(args.index), prompts=str(args.corpus / "prompts.jsonl"),
-                            lora=LoraArgs(r=args.lora_rank, alpha=2 * args.lora_rank))
-        results, failures = run_eval(host, loaded.tokenizer, memory, embedder, prompts, ttft, args.out,
-                                     config=config, emit=progress)
-        seconds[method] = time.perf_counter() - t0
-        tables[method] = summarize(results)
-        if failures:
-            print(f"  {method}: {len(failures)} prompts failed: {failures[0]['error']}")
-
-    domains = sorted({d for t in tables.values() for d in t if d != "all"}) + ["all"]
-    methods = list(tables)
-    print("\n| domain | prompts | " + " | ".join(f"{m} bpb" for m in methods) + " |")
-    print("|---|---|" + "---|" * len(methods))
-    for d in domains:
-        n = next(t[d]["prompts"] for t in tables.values() if d in t)
-        print(f"| {d} | {n} | " + " | ".join(f"{tables[m][d]['bpb']:.4f}" if d in tables[m] else "-"
-                                            for m in methods) + " |")
-    summary = {"speed": speed, "bpb": tables, "seconds": seconds, "args": {k: str(v) for k, v in vars(args).items()}}
+    parts = (make_host(loaded.model, PromptLora(r=args.lora_rank, alpha=2 * args.lora_rank)), loaded.tokenizer,
+             memory, embedder)
+    seconds = {m: run_method(m, args, parts, prompts) for m in args.methods}
+    runs = [r for r in compare.find_runs([args.out]) if r.label in args.methods]
+    runs.sort(key=lambda r: args.methods.index(r.label))
+    wanted = {p.id for p in prompts}
+    for r in runs:  # only this invocation's prompts (OUT may hold more from a larger earlier run)
+        r.results = {pid: rec for pid, rec in r.results.items() if pid in wanted}
+    table = compare.compare(runs)
+    print("\n" + "\n".join(compare.markdown(table)))
+    summary = {"speed": speed, "seconds": seconds, "args": {k: str(v) for k, v in vars(args).items()},
+               "comparison": {"base": table.base, "steps": table.steps, "rho": table.rho, "missing": table.missing,
+                              "cells": {f"{d}|{m}": dataclasses.asdict(c) for (d, m), c in table.cells.items()}}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nseconds per method: {', '.join(f'{m} {s:.0f}' for m, s in seconds.items())}; "

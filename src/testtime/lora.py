@@ -4,6 +4,9 @@
     host.fresh(seed=0)                               # a new task adapter; only it trains
     ...train(host.model, ...), generate with host.model...
     host.drop()                                      # outputs are exactly the base model's again
+
+`FullHost` has the same interface for full fine-tuning (LoRA rank 0): every base weight trains
+during a task and is copied back from one saved copy afterwards, bit for bit.
 """
 
 from __future__ import annotations
@@ -107,6 +110,64 @@ class AdapterHost:
 
     def trainable_parameters(self) -> tuple[int, int]:
         """(trainable, total) parameter counts of `model`, adapter included."""
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+class FullHost:
+    """Full fine-tuning per task with AdapterHost's interface: `fresh` makes every weight trainable,
+    `drop` copies the saved base weights back (bit-identical) and freezes them again.
+
+    Memory beyond the model: one copy of its parameters, taken at the first `fresh` and reused for
+    every task, plus what `train` holds while it runs (gradients, the optimizer state) and frees
+    when it returns. Buffers are never trained, so they are not copied.
+    """
+
+    def __init__(self, base_model: Any) -> None:
+        self.model = base_model
+        """The transformers model trained in place; the same object for every task."""
+        self.model.requires_grad_(False)
+        self.model.eval()
+        self._saved: list[torch.Tensor] | None = None  # one copy of the weights, (param order)
+        self._live = False
+        log.info("full fine-tuning per task: %s parameters", si_format(self.trainable_parameters()[1]))
+
+    @property
+    def has_adapter(self) -> bool:
+        """Whether a task's weights are live (trainable, not yet restored)."""
+        return self._live
+
+    def fresh(self, seed: int) -> None:
+        """Restore the base weights if a task is live, then make every parameter trainable.
+
+        `seed` is accepted for AdapterHost's interface: there is no new weight to initialise."""
+        self.drop()
+        params = list(self.model.parameters())  # shared (tied) weights appear once
+        if self._saved is None:
+            with torch.no_grad():
+                self._saved = [p.detach().clone() for p in params]
+        for p in params:
+            p.requires_grad_(p.is_floating_point())
+        self._live = True
+
+    def drop(self) -> None:
+        """Copy the saved weights back and freeze them: outputs are exactly the base model's again."""
+        if not self._live:
+            return
+        with torch.no_grad():
+            for p, saved in zip(self.model.parameters(), self._saved):  # type: ignore[arg-type]
+                p.copy_(saved)
+                p.grad = None
+                p.requires_grad_(False)
+        self.model.eval()
+        self._live = False
+
+    def saved_numel(self) -> int:
+        """Elements held in the saved copy (0 before the first task): the model's parameter count."""
+        return sum(t.numel() for t in self._saved or [])
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of `model`."""
         params = list(self.model.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 

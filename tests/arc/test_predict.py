@@ -15,12 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_tiny_model
+from testtime.arc.decoding import AnswerShape, generate
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, format_answer
 from testtime.arc.predict import (
-    AnswerShape,
     InferArgs,
     end_token_id,
-    generate,
     inference_transforms,
     predict_task,
     predict_test,
@@ -258,3 +257,40 @@ def test_a_prompt_that_cannot_fit_is_counted_not_decoded(random_model, tokenizer
     outcome = predict_test(random_model, tokenizer, TASK, 1, transforms, roomy, counter=counter)
     assert (outcome.n_prompts, outcome.n_unfit) == (8, 0)
     assert outcome.n_unparsed == 8 - len(outcome.candidates)
+
+
+def test_several_demo_orders_and_leave_one_out_prompts_each_give_a_kept_prediction(fixed_model, tokenizer, counter):
+    args = InferArgs(orders=3, leave_one_out=True, batch_size=8)
+    outcomes = predict_task(fixed_model, tokenizer, TASK, args, counter=counter)
+    n = len(TASK.train)
+    for outcome in outcomes:
+        assert outcome.n_prompts == 8 * (3 + n) and outcome.n_unfit == 0
+        assert len(outcome.experts) == 8 * 3  # PoE views: the prompts with every demonstration
+        kinds = {(c.prompt, c.order) for c in outcome.candidates}
+        assert kinds <= {("all", k) for k in range(3)} | {(f"loo:{j}", 0) for j in range(n)}
+        assert {p for p, _ in kinds} == {"all", "loo:0", "loo:1"}
+        for c in outcome.candidates:
+            t = parse_transform(c.transform)
+            assert grids_equal(t.grid(c.grid), ANSWER), c.transform
+            assert c.group == geometric_part(t).name and c.tokens == 4  # "1", "2", "\n", "."
+    names = [t.name for t, _ in outcomes[0].experts]
+    assert len(set(names)) > 8  # the orders differ (2 demos: both orders of each symmetry)
+
+
+def test_a_leave_one_out_prompt_holds_the_other_demonstrations(tokenizer, counter):
+    from testtime.arc.predict import _prompts
+    from testtime.arc.transforms import Geometric
+
+    three = Task("t3", train=(*TASK.train, Example(g([[9]]), g([[9]]))), test=TASK.test[:1])
+    plan = [(Geometric("identity"), 0, None)] + [(DemoOrder((1, 0)), 0, j) for j in range(3)]
+    prompts, unfit = _prompts(tokenizer, three, [0], plan, InferArgs(), counter, DEFAULT_FORMAT)
+    assert unfit == {0: 0} and [p.label for p in prompts] == ["all", "loo:0", "loo:1", "loo:2"]
+    from testtime.arc.format import format_prompt
+    assert tokenizer.decode(prompts[0].token_ids) == format_prompt(three.train, three.test[0].input)
+    for j, p in enumerate(prompts[1:]):
+        others = [ex for k, ex in enumerate(three.train) if k != j]
+        assert tokenizer.decode(p.token_ids) == format_prompt(others[::-1], three.test[0].input)
+
+
+def test_infer_args_check_orders():
+    assert {p.field for p in problems(InferArgs(orders=0, select="best"))} == {"orders", "select"}  # type: ignore[arg-type]

@@ -220,3 +220,122 @@ def test_the_shipped_adapter_is_the_default_for_its_model(tmp_path, monkeypatch)
     (tmp_path / "smollm2-135m-arc" / "adapter_config.json").write_text("{}")
     assert default_adapter("embedded") == tmp_path / "smollm2-135m-arc"
     assert default_adapter("HuggingFaceTB/SmolLM2-360M") is None
+
+
+# --- --max-minutes and --init-adapter ------------------------------------------------------------
+
+class FakeClock:
+    """Seconds that pass only when a test says so (here: a fixed time per optimizer step)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_max_minutes_stops_cleanly_and_the_same_command_continues_the_same_run(tmp_path, tokenizer):
+    tasks = random_tasks()
+    whole = pretrain(loaded_tiny(tokenizer), tasks, small_config(), tmp_path / "whole")
+    clock, seen = FakeClock(), []
+
+    def thirty_seconds_a_step(p):
+        seen.append(p)
+        clock.now += 30.0
+    # steps end at 0, 30, 60 s: after step 3 (60 s) a fourth would end at 90 s > 80 s, so it stops there,
+    # validating and checkpointing at step 3 although val_every = checkpoint_every = 2
+    card = pretrain(loaded_tiny(tokenizer), tasks, small_config(max_minutes=80 / 60), tmp_path / "cut",
+                    on_progress=thirty_seconds_a_step, clock=clock)
+    assert [p.step for p in seen] == [1, 2, 3]
+    assert card["stopped_by"] == "max-minutes" and card["steps"] == 3 and card["steps_planned"] == 6
+    assert seen[-1].val_loss is not None and seen[-1].checkpoint.name == "step-000003"
+    assert (tmp_path / "cut" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "cut" / "card.json").read_text())["stopped_by"] == "max-minutes"
+    assert card["seconds"] == 60.0  # timed by the given clock
+    # not a result-affecting setting: a rerun without it resumes and ends where the uninterrupted run ends
+    settings = json.loads((tmp_path / "cut" / "config.json").read_text())["settings"]
+    assert "max_minutes" not in settings and "init_adapter" not in settings
+    steps = []
+    resumed = pretrain(loaded_tiny(tokenizer), tasks, small_config(), tmp_path / "cut",
+                       on_progress=lambda p: steps.append(p.step))
+    assert steps == [4, 5, 6] and resumed["stopped_by"] == "steps"
+    assert resumed["val_history"][-1] == whole["val_history"][-1]
+    assert resumed["train_loss_final"] == whole["train_loss_final"]
+    with pytest.raises(ValueError, match="max_minutes must be a positive number"):
+        pretrain(loaded_tiny(tokenizer), tasks, small_config(max_minutes=0), tmp_path / "bad")
+
+
+def test_a_time_limit_longer_than_the_run_changes_nothing(tmp_path, tokenizer):
+    tasks = random_tasks()
+    plain = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=3), tmp_path / "plain")
+    clock = FakeClock()
+    timed = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=3, max_minutes=10), tmp_path / "timed",
+                     on_progress=lambda p: setattr(clock, "now", clock.now + 30.0), clock=clock)
+    assert timed["stopped_by"] == "steps" and timed["steps"] == 3
+    assert timed["val_history"] == plain["val_history"]
+
+
+def test_init_adapter_starts_from_its_weights_with_a_fresh_schedule_and_keeps_the_lineage(tmp_path, tokenizer):
+    import hashlib
+
+    tasks = random_tasks()
+    parent = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=4), tmp_path / "parent")
+    steps = []
+    child = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=2, init_adapter=str(tmp_path / "parent")),
+                     tmp_path / "child", on_progress=lambda p: steps.append(p.step))
+    assert steps == [1, 2]  # a schedule of its own, from step 1
+    # the child starts where the parent ended: the same validation loss on the same held-out sequences
+    assert child["val_loss_initial"] == pytest.approx(parent["val_loss_final"], rel=1e-5)
+    fresh = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=2), tmp_path / "fresh")
+    assert fresh["val_loss_initial"] == pytest.approx(parent["val_loss_initial"], rel=1e-6)
+    assert child["val_loss_initial"] < fresh["val_loss_initial"]
+    digest = hashlib.sha256((tmp_path / "parent" / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert [(a["sha256"], a["steps"], a["base_model"]) for a in child["lineage"]] == [(digest, 4, "embedded")]
+    assert child["steps_with_lineage"] == 6
+    grandchild = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=1, init_adapter=str(tmp_path / "child")),
+                          tmp_path / "grandchild")
+    assert [a["steps"] for a in grandchild["lineage"]] == [4, 2] and grandchild["steps_with_lineage"] == 7
+    # result-affecting: the same OUT with another start (or a changed start adapter) is refused
+    settings = json.loads((tmp_path / "child" / "config.json").read_text())["settings"]
+    assert settings["init_adapter"] == str(tmp_path / "parent") and settings["init_adapter_sha256"] == digest
+    with pytest.raises(ValueError, match=r"other settings \(init_adapter: .*fresh"):
+        pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=2, init_adapter=str(tmp_path / "fresh")),
+                 tmp_path / "child")
+
+
+def test_init_adapter_of_another_shape_or_missing_is_named(tmp_path, tokenizer):
+    tasks = random_tasks()
+    pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=1), tmp_path / "r4")
+    with pytest.raises(ValueError, match=r"another LoRA shape \(rank \(--lora-rank\): 4 there, 8 here"):
+        pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=1, lora=LoraArgs(r=8, alpha=8),
+                                                             init_adapter=str(tmp_path / "r4")), tmp_path / "r8")
+    with pytest.raises(ValueError, match="init_adapter .*no adapter_config.json there"):
+        pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=1, init_adapter=str(tmp_path / "nowhere")),
+                 tmp_path / "x")
+
+
+def test_the_cli_maps_the_new_flags_and_names_them(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from testtime.cli import app
+    from testtime.cli.pretrain import FIELDS
+
+    assert FIELDS["init-adapter"] == "init_adapter" and FIELDS["max-minutes"] == "max_minutes"
+    data = tmp_path / "tasks.json.gz"
+    with gzip.open(data, "wt") as f:
+        json.dump({tid: [{"input": ex.input.tolist(), "output": ex.output.tolist()} for ex in exs]
+                   for tid, exs in random_tasks().items()}, f)
+    common = ["arc", "pretrain", str(data), "--model", str(tiny_model_dir), "--steps", "2", "--warmup", "0",
+              "--grad-accum", "1", "--val-tasks", "2", "--val-sequences", "2", "--lora-rank", "2", "--max-len", "200"]
+    runner = CliRunner()
+    bad = runner.invoke(app, [*common, "--out", str(tmp_path / "a"), "--max-minutes", "-1", "--init-adapter",
+                              str(tmp_path)], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2
+    assert "--max-minutes must be a positive number" in " ".join(bad.output.split())
+    assert "--init-adapter" in bad.output and "no adapter_config.json" in " ".join(bad.output.split())
+    first = runner.invoke(app, [*common, "--out", str(tmp_path / "a"), "--max-minutes", "30"], env={"COLUMNS": "200"})
+    assert first.exit_code == 0, first.output
+    child = runner.invoke(app, [*common, "--out", str(tmp_path / "b"), "--init-adapter", str(tmp_path / "a")],
+                          env={"COLUMNS": "200"})
+    assert child.exit_code == 0, child.output
+    assert "started from" in child.output and "4 steps in all" in " ".join(child.output.split())

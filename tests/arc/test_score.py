@@ -191,7 +191,8 @@ def test_submitting_the_solutions_scores_one(test_counts, seed):
 
 
 def test_vote_to_submission_to_score():
-    cands = [Candidate(arr(G2), f"rot90+c{i}", "rot90", -1.0) for i in range(3)]
+    # G2 is kept by two groups, WRONG by one (the identity's): groups decide first
+    cands = [Candidate(arr(G2), f"{g}+c{i}", g, -1.0) for i, g in enumerate(("rot90", "flip_h", "rot90"))]
     cands += [Candidate(arr(WRONG), "identity", "identity", -0.5)]
     attempts = pick_attempts(vote(cands))
     sub = build_submission({"b": [attempts]}, {"b": 2})

@@ -291,3 +291,47 @@ def test_transforms_are_hashable_values():
 def test_random_transform_covers_all_symmetries():
     names = {geometric_part(random_transform(np.random.default_rng(s), 2)).name for s in range(200)}
     assert names == set(GEOMETRIC_NAMES)
+
+
+# --- size changes (TTT's extra augmentations) ------------------------------------------------------
+
+def test_upscale_and_tile_by_hand():
+    from testtime.arc.transforms import Resize
+
+    g = as_grid([[1, 2], [3, 4]])
+    assert Resize("upscale", 2, 1).grid(g).tolist() == [[1, 2], [1, 2], [3, 4], [3, 4]]
+    assert Resize("upscale", 1, 2).grid(g).tolist() == [[1, 1, 2, 2], [3, 3, 4, 4]]
+    assert Resize("tile", 1, 2).grid(g).tolist() == [[1, 2, 1, 2], [3, 4, 3, 4]]
+    assert Resize("tile", 2, 1).grid(g).tolist() == [[1, 2], [3, 4], [1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="3x2"):
+        Resize("downscale", 2, 2).grid(as_grid([[1, 2], [3, 4], [5, 6]]))
+    with pytest.raises(ValueError, match="bad size change"):
+        Resize("stretch", 2, 2)
+    assert Resize("upscale", 1, 1).is_identity and not Resize("tile", 1, 2).is_identity
+
+
+@FAST
+@given(grids(max_side=15), st.sampled_from(["upscale", "tile"]), st.integers(1, 2), st.integers(1, 2),
+       st.sampled_from(GEOMETRIC_NAMES))
+def test_size_changes_round_trip_alone_and_composed(g, kind, rows, cols, geo):
+    from testtime.arc.transforms import Resize
+
+    r = Resize(kind, rows, cols)
+    out = r.grid(g)
+    assert out.shape == (g.shape[0] * rows, g.shape[1] * cols)
+    assert np.array_equal(r.inverse().grid(out), g)
+    t = compose(Geometric(geo), r)
+    assert np.array_equal(t.inverse().grid(t.grid(g)), g)
+    assert parse_transform(t.name).name == t.name
+    assert np.array_equal(parse_transform(t.name).grid(g), t.grid(g))
+
+
+def test_fits_side_checks_every_grid_of_the_task():
+    from testtime.arc.transforms import Resize, fits_side
+
+    small, wide = as_grid([[1] * 15]), as_grid([[1] * 16])
+    task = Task("s", train=(Example(small, small),), test=(Example(small),))
+    assert fits_side(Resize("upscale", 1, 2).task(task))  # 15 -> 30 columns: fits
+    big = Task("b", train=(Example(small, wide),), test=(Example(small),))
+    assert not fits_side(Resize("upscale", 1, 2).task(big))  # the 16-column output would be 32
+    assert fits_side(Resize("upscale", 2, 1).task(big))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from testtime.arc.format import TokenCounter, format_answer, format_prompt, grid_to_text, parse_answer, text_to_grid
 from testtime.arc.task import Example, Task, as_grid, grids_equal
 from testtime.arc.transforms import parse_transform
-from testtime.arc.ttt_data import TTTArgs, build_ttt_data, end_to_end, fit_demos, leave_one_out
+from testtime.arc.ttt_data import TTTArgs, build_ttt_data, end_to_end, fit_demos, leave_one_out, leave_two_out
 from testtime.batching import IGNORE_INDEX
 
 
@@ -99,15 +99,18 @@ def test_every_sequence_inverts_to_a_train_demo(tokenizer, n, seed, rows, cols):
         assert grids_equal(parse_transform(name).inverse().grid(answer), data.items[origin.item][1].output)
 
 
-def test_loss_on_outputs_labels_the_demo_outputs_too(tokenizer):
+def test_loss_on_outputs_labels_the_demo_outputs_after_the_first(tokenizer):
     task = _task(n=3)
     answer_only = build_ttt_data(task, tokenizer, TTTArgs(n_sequences=3))
     outputs = build_ttt_data(task, tokenizer, TTTArgs(n_sequences=3, loss_on="outputs"))
-    for a, b in zip(answer_only.sequences, outputs.sequences):
+    for a, b, origin in zip(answer_only.sequences, outputs.sequences, outputs.origins, strict=True):
         assert a.input_ids == b.input_ids
         n_a = sum(lab != IGNORE_INDEX for lab in a.labels)
         n_b = sum(lab != IGNORE_INDEX for lab in b.labels)
-        assert n_b == n_a * 3  # 3x3 grids: the query answer and the two context outputs
+        assert n_b == n_a * 2  # 3x3 grids: the query answer and the second context output, not the first
+        context, query = outputs.items[origin.item]
+        assert _answer_text(tokenizer, b.input_ids, b.labels) == format_answer(context[1].output) + format_answer(
+            query.output)
 
 
 # --- the test split is never read -------------------------------------------------------------
@@ -247,3 +250,73 @@ def test_same_seed_same_data_other_seed_other_data(tokenizer):
 def test_bad_args_are_named():
     with pytest.raises(ValueError, match="n_sequences.*max_len"):
         build_ttt_data(_task(n=2), None, TTTArgs(n_sequences=-1, max_len=0), counter=object())
+
+
+# --- leave-two-out top-up and size augmentations -------------------------------------------------
+
+def test_leave_two_out_items_drop_the_query_and_one_other_demo():
+    task = _task(n=4)
+    items = leave_two_out(task)
+    assert len(items) == 12
+    for context, query in items:
+        assert len(context) == 2 and all(ex is not query for ex in context)
+        order = [next(k for k, d in enumerate(task.train) if d is ex) for ex in context]
+        assert order == sorted(order)
+    assert {(q is task.train[0], len({id(ex) for ex in c})) for c, q in items} == {(True, 2), (False, 2)}
+    assert leave_two_out(_task(n=2)) == []
+
+
+def _inverts(tokenizer, data) -> bool:
+    for seq, name, origin in zip(data.sequences, data.transforms, data.origins, strict=True):
+        answer = parse_answer(_answer_text(tokenizer, seq.input_ids, seq.labels))
+        if not grids_equal(parse_transform(name).inverse().grid(answer), data.items[origin.item][1].output):
+            return False
+    return True
+
+
+def test_leave_two_out_tops_up_only_what_leave_one_out_cannot_fill(tokenizer):
+    task = _task(n=3)  # 3 leave-one-out items x 8 symmetries = 24 < 40
+    data = build_ttt_data(task, tokenizer, TTTArgs(n_sequences=40, leave_two_out=True))
+    assert (len(data.sequences), data.n_leave_one_out, data.n_leave_two_out) == (40, 3, 6)
+    from_loo = [o for o in data.origins if o.item < 3]
+    assert len(from_loo) == 24 and all(o.n_demos == 2 for o in from_loo)
+    assert all(o.n_demos == 1 for o in data.origins if o.item >= 3)
+    assert data.origins[24].item == 3 and data.transforms[24] == "identity"  # each new item first as it is
+    assert _inverts(tokenizer, data)
+    # no top-up when leave-one-out fills the budget, or when it is off
+    enough = build_ttt_data(task, tokenizer, TTTArgs(n_sequences=24, leave_two_out=True))
+    assert enough.n_leave_two_out == 0 and all(o.item < 3 for o in enough.origins)
+    off = build_ttt_data(task, tokenizer, TTTArgs(n_sequences=40))
+    assert off.n_leave_two_out == 0 and len(off.items) == 3
+    # size changes multiply the augmentations: 3 x 8 x (1 + 3) = 96 >= 40, no top-up
+    grown = build_ttt_data(task, tokenizer, TTTArgs(n_sequences=40, leave_two_out=True, augmentations=("upscale",)))
+    assert grown.n_leave_two_out == 0
+    assert TTTArgs(augmentations=("upscale", "tile")).n_augmentations() == 56
+
+
+def _grids_of(tokenizer, seq) -> list[np.ndarray]:
+    text = tokenizer.decode(seq.input_ids)
+    blocks = [b.split("\n.")[0] for part in text.split("input\n")[1:] for b in part.split("\noutput\n")]
+    return [text_to_grid(b) for b in blocks]
+
+
+def test_size_augmentations_are_used_inverted_and_bounded(tokenizer):
+    data = build_ttt_data(_task(n=3, side=3), tokenizer, TTTArgs(n_sequences=40, augmentations=("upscale", "tile")))
+    names = "|".join(data.transforms)
+    assert "upscale:" in names and "tile:" in names
+    assert _inverts(tokenizer, data)
+    upscaled = next(i for i, n in enumerate(data.transforms) if "upscale:2x2" in n)
+    assert all(g.shape in ((6, 6),) for g in _grids_of(tokenizer, data.sequences[upscaled]))
+    # 15x15 grids may double (30 fits); 16x16 ones may not, so no size change is ever drawn for them
+    edge = build_ttt_data(_task(n=3, side=15), tokenizer, TTTArgs(n_sequences=12, augmentations=("upscale",)))
+    assert any("upscale" in n for n in edge.transforms)
+    too_big = build_ttt_data(_task(n=3, side=16), tokenizer, TTTArgs(n_sequences=12, augmentations=("upscale", "tile")))
+    assert len(too_big.sequences) == 12 and not any("upscale" in n or "tile" in n for n in too_big.transforms)
+    for data in (edge, too_big):
+        assert all(max(g.shape) <= 30 for s in data.sequences for g in _grids_of(tokenizer, s))
+
+
+def test_unknown_augmentations_are_named():
+    from testtime.config import problems
+
+    assert [p.field for p in problems(TTTArgs(augmentations=("upscale", "warp")))] == ["augmentations"]

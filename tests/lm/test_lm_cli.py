@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from test_ttft import CONTINUATION, MEMORY, LetterEmbedder
@@ -110,3 +111,68 @@ def test_eval_flags_are_checked_together(tmp_path):
     assert needs_index.exit_code == 2 and "--index is needed by --select nn" in " ".join(needs_index.output.split())
     no_prompts = invoke("lm", "eval", "--prompts", str(prompts), "--select", "none", "--limit", "0")
     assert no_prompts.exit_code == 2 and "--limit must be at least 1" in " ".join(no_prompts.output.split())
+
+
+def lm_setup(tmp_path, tokenizer, monkeypatch):
+    """A memory index of MEMORY (letter-count embeddings) and a prompts file of three prompts, two domains."""
+    import testtime.lm.embed as embed
+
+    monkeypatch.setattr(embed, "load_embedder", lambda *a, **k: LetterEmbedder())
+    memory_file = tmp_path / "memory.jsonl"
+    memory_file.write_text("\n".join(json.dumps({"text": t, "domain": "prose"}) for t in MEMORY))
+    build_index(Corpus([memory_file]), tmp_path / "index", LetterEmbedder(), tokenizer, chunk_tokens=32)
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": "a", "domain": "prose", "prompt": "the quick brown fox", "continuation": CONTINUATION},
+            {"id": "b", "domain": "noise", "prompt": "zzz", "continuation": " yyy xxx"},
+            {"id": "c", "domain": "prose", "prompt": "a lazy dog", "continuation": " jumps over the fox"}]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows))
+    return tmp_path / "index", prompts
+
+
+def records(run_dir) -> dict[str, dict]:
+    return {r["prompt_id"]: r for r in (json.loads(p.read_text()) for p in (run_dir / "results").iterdir())}
+
+
+def test_us_adaptive_full_fine_tuning_and_the_comparison_table(tmp_path, tokenizer, tiny_model_dir, monkeypatch):
+    index, prompts = lm_setup(tmp_path, tokenizer, monkeypatch)
+    common = ["lm", "eval", "--prompts", str(prompts), "--index", str(index), "--model", str(tiny_model_dir),
+              "--steps", "2", "--k", "5", "--lr", "1e-2"]
+    out, full = tmp_path / "run", tmp_path / "full"
+    for extra in (["--select", "none"], ["--select", "nn"], ["--select", "us"],
+                  ["--select", "sift", "--adaptive", "2.5"], ["--select", "sift", "--lora-rank", "0"]):
+        result = invoke(*common, *extra, "--out", str(full if "--lora-rank" in extra else out))
+        assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "full fine-tuning" in flat and "3 scored, 0 failed" in flat
+    assert sorted(p.name for p in out.iterdir()) == ["nn", "none", "sift-adaptive", "us"]  # one dir per method
+    assert json.loads((full / "sift" / "config.json").read_text())["settings"]["config.lora.r"] == 0
+    adaptive = records(out / "sift-adaptive")
+    assert json.loads((out / "sift-adaptive" / "config.json").read_text())["settings"]["config.ttft.adaptive"] == 2.5
+    for r in adaptive.values():  # 2.5 x sigma_1 > 1 or 2.5 x 2 x sigma_2 > 1: never both steps
+        assert r["method"] == "sift-adaptive" and r["stopped"] == "adaptive" and r["stopped_at"] == r["steps"] < 2
+        assert len(r["sigma_before"]) == len(r["sigma_after"]) == r["steps"]
+    us = records(out / "us")
+    assert all(r["select"] == "us" and r["steps"] == 2 and r["var_after"] < r["var_before"] for r in us.values())
+
+    table = invoke("lm", "compare", str(out), str(full / "sift"))
+    assert table.exit_code == 0, table.output
+    header = next(ln for ln in table.output.splitlines() if "domain" in ln)
+    assert [c.strip() for c in header.strip().strip("┃").split("┃")] == \
+        ["domain", "prompts", "none bpb", "nn", "sift-adaptive", "us", "sift"]
+    none = records(out / "none")
+    ratios = [100 * us[p]["bpb"] / none[p]["bpb"] for p in ("a", "c")]  # by hand: the prose prompts under US
+    mean, se = np.mean(ratios), np.std(ratios, ddof=1) / np.sqrt(2)
+    assert table_row(table.output, "prose")[:1] + table_row(table.output, "prose")[4:5] == \
+        ["2", f"{mean:.1f} ({se:.1f})"]
+    assert table_row(table.output, "noise")[4].endswith("(-)")  # one prompt: no standard error
+    assert table_row(table.output, "All")[0] == "3"
+    steps = table_row(table.output, "mean steps")
+    assert steps[2:] == ["2.0", f"{np.mean([r['steps'] for r in adaptive.values()]):.1f}", "2.0", "2.0"]
+    assert "Spearman" in table.output and "(n=3)" in table.output
+
+    md = invoke("lm", "compare", str(out), "--markdown")
+    assert md.exit_code == 0 and "| domain | prompts | none bpb | nn | sift-adaptive | us |" in md.output
+    no_base = invoke("lm", "compare", str(out / "nn"))
+    assert no_base.exit_code == 2 and "need exactly one `none` run" in " ".join(no_base.output.split())
+    not_a_run = invoke("lm", "compare", str(tmp_path / "index"))
+    assert not_a_run.exit_code == 2 and "not a run directory" in " ".join(not_a_run.output.split())

@@ -14,6 +14,7 @@ from testtime.lm.select import (
     select_nn_repeats,
     select_random,
     select_sift,
+    select_us,
 )
 
 
@@ -81,7 +82,7 @@ def test_sift_sigma_is_non_increasing(problem, lam, n):
 def test_baseline_sigmas_agree_with_closed_form(problem, lam, seed):
     q, x = random_problem(*problem)
     n = min(len(x), 5)
-    for sel in (select_nn(q, x, n, lam=lam), select_nn_repeats(q, x, n, lam=lam),
+    for sel in (select_nn(q, x, n, lam=lam), select_nn_repeats(q, x, n, lam=lam), select_us(q, x, n, lam=lam),
                 select_random(q, x, n, np.random.default_rng(seed), lam=lam)):
         for m in range(n):
             assert sel.sigmas[m] == pytest.approx(posterior_sigma(q, x, sel.indices[: m + 1], lam), abs=1e-9)
@@ -166,6 +167,86 @@ def test_no_stopping_rule_makes_all_picks_even_beyond_the_candidates():
     assert len(sel.indices) == 9 and sel.stopped is None
 
 
+# --- uncertainty sampling against NN and SIFT on planted embeddings ---------------------------
+
+
+def planted() -> tuple[np.ndarray, np.ndarray]:
+    """x* = e0; 0: its nearest neighbour a; 1: a near-copy of a; 2: b, less similar but what a leaves
+    unexplained of x*; 3: e2, orthogonal to x* and to everything else."""
+    q = np.eye(4)[0]
+    x = normalised(np.array([[1.0, 0.1, 0, 0], [1.0, 0.12, 0, 0], [0.8, -0.6, 0, 0], [0, 0, 1.0, 0]]))
+    return q, x
+
+
+def test_us_nn_and_sift_take_different_known_second_points():
+    q, x = planted()
+    assert select_nn(q, x, 2).indices == [0, 1]  # NN: the two most similar, the copy included
+    assert select_sift(q, x, 2).indices == [0, 2]  # SIFT: what explains the rest of x*
+    assert select_us(q, x, 2).indices == [0, 3]  # US: what the pick so far explains least, relevant or not
+    # US's pick 2 teaches nothing about x*; SIFT's the most
+    us, sift = select_us(q, x, 2), select_sift(q, x, 2)
+    assert us.sigmas[1] == pytest.approx(us.sigmas[0]) and sift.sigmas[1] < select_nn(q, x, 2).sigmas[1]
+
+
+def own_variance(x: np.ndarray, picked: list[int], lam: float) -> np.ndarray:
+    """(K,) k(x_i, x_i) - k_X(x_i)^T (K_X + lam I)^-1 k_X(x_i) in closed form, X = x[picked]."""
+    prior = np.einsum("kd,kd->k", x, x)
+    if not picked:
+        return prior
+    xs = x[picked]  # (m, d)
+    k_x = x @ xs.T  # (K, m)
+    return prior - np.einsum("km,mk->k", k_x, np.linalg.solve(xs @ xs.T + lam * np.eye(len(xs)), k_x.T))
+
+
+def test_us_picks_the_largest_own_posterior_variance_whatever_the_prompt():
+    q, x = planted()
+    lam = 0.01
+    sel = select_us(q, x, 4, lam=lam)
+    assert sel.indices == [0, 3, 2, 1]
+    for m, j in enumerate(sel.indices):
+        assert j == int(np.argmax(own_variance(x, sel.indices[:m], lam)))
+    other = normalised(np.array([0.0, 0.3, 0.2, 1.0]))
+    assert select_us(other, x, 4).indices == sel.indices  # the prompt plays no part in the choice
+    assert select_us(q, np.array([[0.5, 0, 0, 0], [0, 2.0, 0, 0]]), 1).indices == [1]  # largest norm first
+
+
+# --- adaptive SIFT (the paper's rule) ------------------------------------------------------------
+
+
+def test_adaptive_stops_where_alpha_n_sigma_n_first_exceeds_one(reference):
+    q, x = reference
+    full = select_sift(q, x, 10)  # n sigma_n: 0.82, 1.44, 1.89, 2.17, 2.35, 2.53, 2.67, 2.61, 2.43, 2.33
+    sel = select_sift(q, x, 10, alpha=0.5)  # stop once n sigma_n > 2: before pick 4
+    assert (sel.indices, sel.stopped, sel.sigma0) == (full.indices[:3], "adaptive", 1.0)
+    assert select_sift(q, x, 10, alpha=1 / 2.7).stopped is None  # n sigma_n stays below 2.7
+    assert select_sift(q, x, 10, alpha=1.3).indices == []  # 1.3 x 0.82 > 1: not even one step
+
+
+def test_adaptive_spends_steps_where_the_memory_explains_the_prompt():
+    # prompt A has an exact copy in the memory (sigma_n ~ 0.1 / sqrt(n)): it takes every step;
+    # prompt B is nearly orthogonal to all of it (sigma_1 ~ 0.95): one step, then 2 x sigma_2 > 1
+    d = 6
+    memory = np.vstack([np.eye(d)[0], normalised(np.array([[0.3, 0, 1.0, 0, 0, 0], [0, 0.3, 0, 1.0, 0, 0]]))])
+    a = select_sift(np.eye(d)[0], memory, 10, alpha=1.0)
+    b = select_sift(normalised(np.array([0, 1.0, 0, 0, 0, 0.5])), memory, 10, alpha=1.0)
+    assert len(a.indices) == 10 and a.stopped is None
+    assert len(b.indices) == 1 and b.stopped == "adaptive"
+    assert b.sigmas[0] <= 1.0 < 2 * select_sift(normalised(np.array([0, 1.0, 0, 0, 0, 0.5])), memory, 2).sigmas[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(problem=problems, lam=noises, alpha=st.floats(0.05, 3.0))
+def test_adaptive_takes_a_prefix_of_the_plain_run_up_to_its_first_violation(problem, lam, alpha):
+    q, x = random_problem(*problem)
+    full = select_sift(q, x, 12, lam=lam)
+    sel = select_sift(q, x, 12, lam=lam, alpha=alpha)
+    m = len(sel.indices)
+    assert sel.indices == full.indices[:m]
+    assert all(alpha * (i + 1) * s <= 1 + 1e-12 for i, s in enumerate(sel.sigmas))
+    if m < 12:
+        assert sel.stopped == "adaptive" and alpha * (m + 1) * full.sigmas[m] > 1 - 1e-12
+
+
 # --- baselines and preselection ---------------------------------------------------------------
 
 
@@ -216,6 +297,7 @@ def test_preselect_ties_go_to_the_smaller_position():
         (np.ones(4), np.ones((3, 4)), {"lam": 0.0}, "lam .* must be a positive finite number"),
         (np.ones(4), np.ones((3, 4)), {"min_gain": 1.0}, "min_gain"),
         (np.ones(4), np.ones((3, 4)), {"stop_below": -1.0}, "stop_below"),
+        (np.ones(4), np.ones((3, 4)), {"alpha": 0.0}, "alpha .* positive"),
     ],
 )
 def test_sift_rejects_bad_inputs(query, candidates, kwargs, message):

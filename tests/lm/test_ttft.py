@@ -16,7 +16,7 @@ from testtime.jobs import Finished, record_name
 from testtime.lm.bpb import continuation_bits, encode_pair
 from testtime.lm.evaluate import Prompt, read_prompts, run_eval
 from testtime.lm.select import preselect
-from testtime.lm.ttft import TTFTArgs, summarize, ttft_prompt
+from testtime.lm.ttft import TTFTArgs, select_chunks, summarize, ttft_prompt
 from testtime.lora import AdapterHost
 
 
@@ -168,3 +168,52 @@ def test_eval_writes_one_file_per_prompt_resumes_and_counts_failures(tmp_path, t
     # every prompt is read back, the failed one included (a rerun skips it), none is run again
     assert finished == [("p1", True), ("p/2", True), ("p3", True)] and again == results
     assert failed_again == failures
+
+
+def test_records_carry_sigma_before_and_after_each_step_and_where_adaptive_stopped(tokenizer):
+    host = host_for(tokenizer)
+    embedder = LetterEmbedder()
+    memory = ListMemory(MEMORY, embedder)
+    args = TTFTArgs(select="sift", n=3, k=7, lam=1e-2)
+    full = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION, args)
+    assert full.sigma_before == pytest.approx([1.0, *full.sigmas[:-1]]) and full.sigma_after == full.sigmas
+    assert full.sigma_before[1:] == full.sigmas[:-1]
+    assert full.var_before == pytest.approx(1.0) and full.var_after == pytest.approx(full.sigmas[-1] ** 2)
+    assert (full.stopped, full.stopped_at, full.method) == (None, None, "sift")
+    # alpha between the first two n * sigma_n: exactly one step, recorded as where it stopped
+    lo, hi = full.sigmas[0], 2 * full.sigmas[1]
+    assert lo < hi
+    alpha = 2 / (lo + hi)
+    stopped = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                          TTFTArgs(select="sift", n=3, k=7, lam=1e-2, adaptive=alpha))
+    assert (stopped.stopped, stopped.stopped_at, stopped.steps) == ("adaptive", 1, 1)
+    assert stopped.picks == full.picks[:1] and stopped.method == "sift-adaptive"
+    assert stopped.sigma_before == pytest.approx([1.0]) and stopped.sigma_after == full.sigmas[:1]
+    record = stopped.to_json()
+    for key in ("sigma_before", "sigma_after", "var_before", "var_after", "stopped_at", "method"):
+        assert key in record
+    none = ttft_prompt(host, tokenizer, memory, embedder, "p1", "x", CONTINUATION, TTFTArgs(select="none"))
+    assert (none.var_before, none.var_after, none.sigma_before, none.method) == (None, None, [], "none")
+
+
+def test_uncertainty_sampling_ignores_the_prompt():
+    embedder = LetterEmbedder()
+    memory = ListMemory(MEMORY, embedder)
+    query = embedder.embed(["the quick brown fox"])[0]
+    us = select_chunks(query, memory.embeddings, TTFTArgs(select="us", n=3, k=7), seed=0)
+    nn = select_chunks(query, memory.embeddings, TTFTArgs(select="nn", n=3, k=7), seed=0)
+    # NN takes the three copies of the continuation; US, blind to the prompt, takes three different chunks
+    # (each unlike the picks before it), so at most one copy, and the same ones for any other prompt
+    assert nn.indices == [0, 1, 2]
+    assert len(set(us.indices)) == 3 and len(set(us.indices) & {0, 1, 2}) <= 1
+    other = embedder.embed(["kkk jjj"])[0]
+    assert select_chunks(other, memory.embeddings, TTFTArgs(select="us", n=3, k=7), seed=0).indices == us.indices
+
+
+def test_stopping_rules_apply_to_sift_only():
+    from testtime.config import problems
+
+    found = {p.field: p.message for p in problems(TTFTArgs(select="nn", adaptive=1.0, min_gain=0.1))}
+    assert "applies to --select sift only" in found["adaptive"] and "min_gain" in found
+    assert "positive" in {p.field: p.message for p in problems(TTFTArgs(adaptive=-1.0))}["adaptive"]
+    assert problems(TTFTArgs(select="sift", adaptive=0.5)) == []

@@ -228,11 +228,14 @@ def encode(
     fmt: TextFormat = DEFAULT_FORMAT,
     *,
     loss_on: Literal["answer", "outputs"] = "answer",
+    first_output: bool = True,
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels of `format_prompt(demos, query) + format_answer(answer)`.
 
     Labels are the ids on the answer's tokens (grid, "\\n", end marker) and -100 elsewhere; with
-    `loss_on="outputs"` the demonstrations' output grids and end markers are labelled too.
+    `loss_on="outputs"` the demonstrations' output grids and end markers are labelled too (with
+    `first_output=False` not the first demonstration's: nothing before it shows the rule, as in
+    the paper's TTT).
     `answer=None` gives the prompt alone, all -100. No special tokens are added. The pieces are
     tokenised separately (one batched call) and concatenated: in this layout nothing merges
     across them, which the tests check against tokenising the whole text.
@@ -240,9 +243,10 @@ def encode(
     if loss_on not in ("answer", "outputs"):
         raise ValueError(f"loss_on must be 'answer' or 'outputs', got {loss_on!r}")
     pieces: list[tuple[str, bool]] = []  # (text, carries loss)
-    for ex in demos:
+    for k, ex in enumerate(demos):
+        labelled = loss_on == "outputs" and (k > 0 or first_output)
         pieces.append((_query_text(ex.input, fmt), False))
-        pieces.append((format_answer(_demo_output(ex), fmt), loss_on == "outputs"))
+        pieces.append((format_answer(_demo_output(ex), fmt), labelled))
         pieces.append(("\n", False))
     pieces.append((_query_text(query, fmt), False))
     if answer is not None:

@@ -10,11 +10,19 @@ plus `card.json` (base model, data, steps, tokens seen, losses), which `testtime
 validation loss, measured before the first step and every `val_every` steps. Checkpoints go to
 `OUT/checkpoints/step-N` every `checkpoint_every` steps; running again with the same OUT and
 settings resumes from the newest one.
+
+`init_adapter` starts the LoRA from another run's adapter (same rank and targets) with a fresh
+optimizer and schedule; the card then holds the lineage (every ancestor's weights hash, steps and
+tokens). `max_minutes` ends training early, after the last step that fits in the time, and still
+validates, checkpoints and writes the adapter and card; it is not a result-affecting setting (the
+schedule and the data stream are those of `train.max_steps`), so the same command run again
+resumes from that checkpoint and continues the same run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -31,7 +39,7 @@ from testtime import __version__
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, encode
 from testtime.arc.pretrain_data import ExampleSources, InContextSampler, SamplerArgs, TaskExamples, split_validation
 from testtime.arc.task import Example
-from testtime.atomic import write_json_atomic
+from testtime.atomic import read_json, write_json_atomic
 from testtime.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
 from testtime.config import as_json, at_least, validate
 from testtime.finetune import LoraArgs, StepInfo, TrainArgs, evaluate_loss, train
@@ -45,6 +53,10 @@ SHIPPED_ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
 
 DEFAULT_ADAPTER = {"embedded": "smollm2-135m-arc"}
 """Model name -> the shipped adapter `arc solve` merges by default (when its directory exists)."""
+
+RUNTIME_FIELDS = ("max_minutes",)
+"""PretrainConfig fields that decide when a run pauses, not what it computes: left out of OUT/config.json's
+settings, so a rerun with another value resumes instead of being refused."""
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0,
                "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
@@ -82,10 +94,19 @@ class PretrainConfig:
     """Checkpoint every this many steps (and at the last step)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept on disk."""
+    init_adapter: str | None = None
+    """Start the LoRA from this adapter directory (same rank, alpha and targets); fresh optimizer and schedule."""
+    max_minutes: float | None = None
+    """Stop after the last step that ends within this many minutes of the start; adapter and card still written."""
 
     def check(self) -> Iterator[tuple[str, str]]:
         if self.train.max_steps is None:
             yield "train.max_steps", "must be set (the length of the run)"
+        if self.init_adapter is not None and not (Path(self.init_adapter) / "adapter_config.json").is_file():
+            yield "init_adapter", f"{self.init_adapter}: no adapter_config.json there; give a directory written by " \
+                                  "`testtime arc pretrain`"
+        if self.max_minutes is not None and not (self.max_minutes > 0 and self.max_minutes < float("inf")):
+            yield "max_minutes", f"must be a positive number of minutes, not {self.max_minutes}"
         for name in ("val_every", "checkpoint_every", "val_tasks", "val_sequences"):
             yield from at_least(name, getattr(self, name), 1)
         yield from at_least("data.min_demos", self.data.min_demos, 1)
@@ -152,16 +173,21 @@ def wrap_model(model: Any, tokenizer: Any, config: PretrainConfig) -> Any:
 
 def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: str | Path, *,
              info: ExampleSources | None = None, on_progress: Callable[[PretrainStep], None] | None = None,
-             flags: Mapping[str, str] | None = None, options: Mapping[str, Any] | None = None) -> dict:
+             flags: Mapping[str, str] | None = None, options: Mapping[str, Any] | None = None,
+             clock: Callable[[], float] = time.monotonic) -> dict:
     """Fine-tune `loaded.model` on in-context tasks drawn from `examples`; write the adapter and card to `out`.
 
     Resumes from the newest checkpoint under `out` when `out/config.json` holds the same
     settings; raises SettingsChanged (naming each setting, by `flags` where given) when it holds
-    another run's, and ConfigError for settings that cannot run.
+    another run's, and ConfigError for settings that cannot run. `clock` (seconds) times the run
+    and its `max_minutes`.
     """
+    t_called = clock()
     validate(config, flags)
     out = Path(out)
-    RunDir(out, records="checkpoints").open("arc pretrain", as_json(config), options, flags=flags)
+    lineage = adapter_lineage(config.init_adapter) if config.init_adapter else []
+    RunDir(out, records="checkpoints").open("arc pretrain", run_settings(config, lineage), options,
+                                             flags={**(flags or {}), **LINEAGE_FLAGS})
 
     train_examples, val_examples = split_validation(examples, config.val_tasks, config.train.seed)
     tokenizer = loaded.tokenizer
@@ -169,6 +195,8 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
     val_args = dataclasses.replace(config.data, seed=config.data.seed + 1)
     val_seqs = InContextSampler(val_examples, tokenizer, val_args).sequences(0, config.val_sequences)
     model = wrap_model(loaded.model, tokenizer, config)
+    if config.init_adapter:
+        load_init_adapter(model, config.init_adapter)
     n_params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("pretraining %s: %.1fM parameters, %.2fM trainable; %d training tasks, %d validation tasks",
@@ -184,34 +212,149 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
         log.info("resuming from %s (step %d)", ckpt_path, start_step)
     if not history["val"]:
         history["val"].append([0, evaluate_loss(model, val_seqs)])
-    peak = peak_flops(next(model.parameters()).device)
-    total = config.train.max_steps
-    t_start = time.perf_counter() - history["seconds"]
-
-    def on_step(step: StepInfo) -> None:
-        history["losses"].append(step.loss)
-        history["tokens"] += step.tokens
-        history["seconds"] = time.perf_counter() - t_start
-        val = ckpt_written = None
-        if step.step % config.val_every == 0 or step.step == total:
-            val = evaluate_loss(model, val_seqs)
-            history["val"].append([step.step, val])
-        if step.step % config.checkpoint_every == 0 or step.step == total:
-            ckpt_written = save_checkpoint(out / "checkpoints", step.step, model, step.optimizer, history,
-                                           keep=config.keep_checkpoints)
-        mfu = 6 * n_params * step.tokens_per_s / peak if peak else None
-        if on_progress is not None:
-            on_progress(PretrainStep(step.step, total, step.loss, step.tokens_per_s, mfu, val, ckpt_written))
-
+    deadline = t_called + 60 * config.max_minutes if config.max_minutes else None
+    handler = _StepHandler(model, config, out, val_seqs, history, n_params, peak_flops(next(model.parameters()).device),
+                           on_progress, clock, clock() - history["seconds"], deadline)
     batches = sampler.batches(config.train.batch_size, start_batch=start_step * config.train.grad_accum)
-    train(model, batches, config.train, on_step=on_step, start_step=start_step, optimizer_state=optimizer_state)
+    stopped_by = "steps"
+    try:
+        train(model, batches, config.train, on_step=handler, start_step=start_step, optimizer_state=optimizer_state)
+    except _TimeUp:
+        stopped_by = "max-minutes"
+        log.info("stopped by --max-minutes %g after step %d of %d", config.max_minutes, len(history["losses"]),
+                 config.train.max_steps)
 
     with quiet_peft():
         model.save_pretrained(str(out), safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)  # peft's template card; ours is card.json
     card = _card(config, info, history, sorted(val_examples), sampler, loaded)
+    card.update(stopped_by=stopped_by, steps_planned=config.train.max_steps, lineage=lineage,
+                steps_with_lineage=card["steps"] + sum(a.get("steps") or 0 for a in lineage))
     write_json_atomic(out / "card.json", card)
     return card
+
+
+class _TimeUp(Exception):
+    """Raised by the step handler after the last step that fits in `max_minutes` (caught in `pretrain`)."""
+
+
+@dataclass
+class _StepHandler:
+    """What runs after every optimizer step: history, validation, checkpoints, progress, the time limit."""
+
+    model: Any
+    config: PretrainConfig
+    out: Path
+    val_seqs: list
+    history: dict
+    n_params: int
+    peak: float | None
+    on_progress: Callable[[PretrainStep], None] | None
+    clock: Callable[[], float]
+    t_start: float
+    """The clock reading that `history["seconds"]` counts from (earlier for a resumed run)."""
+    deadline: float | None
+    """Clock reading by which training should end (`max_minutes`), else None."""
+    last_end: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last_end = self.clock()
+
+    def __call__(self, step: StepInfo) -> None:
+        now = self.clock()
+        took, self.last_end = now - self.last_end, now
+        total = self.config.train.max_steps
+        # stop now if another step like this one would end past the deadline
+        time_up = self.deadline is not None and step.step < total and now + took > self.deadline
+        self.history["losses"].append(step.loss)
+        self.history["tokens"] += step.tokens
+        self.history["seconds"] = now - self.t_start
+        last = step.step == total or time_up
+        val = ckpt_written = None
+        if step.step % self.config.val_every == 0 or last:
+            val = evaluate_loss(self.model, self.val_seqs)
+            self.history["val"].append([step.step, val])
+        if step.step % self.config.checkpoint_every == 0 or last:
+            ckpt_written = save_checkpoint(self.out / "checkpoints", step.step, self.model, step.optimizer,
+                                           self.history, keep=self.config.keep_checkpoints)
+        mfu = 6 * self.n_params * step.tokens_per_s / self.peak if self.peak else None
+        if self.on_progress is not None:
+            self.on_progress(PretrainStep(step.step, total, step.loss, step.tokens_per_s, mfu, val, ckpt_written))
+        if time_up:
+            raise _TimeUp
+
+
+# ---------------------------------------------------------------- starting from an adapter
+
+LINEAGE_FLAGS = {"init_adapter_sha256": "--init-adapter (its weights)"}
+"""The run-directory setting that `run_settings` adds for an init adapter, named for a refused rerun."""
+
+
+def run_settings(config: PretrainConfig, lineage: list[dict]) -> dict[str, Any]:
+    """The result-affecting settings of a run, for OUT/config.json.
+
+    The config without its runtime fields, and without `init_adapter` when unset (so run
+    directories made before it existed still resume); with an init adapter, the hash of its
+    weights too, so a rerun after that adapter has changed is refused rather than mixed.
+    """
+    settings = {k: v for k, v in as_json(config).items() if k not in RUNTIME_FIELDS}
+    if config.init_adapter is None:
+        del settings["init_adapter"]
+    else:
+        settings["init_adapter_sha256"] = lineage[-1]["sha256"]
+    return settings
+
+
+def adapter_lineage(path: str | Path) -> list[dict]:
+    """The ancestry of adapter directory `path`: its card's own lineage, then `path` itself.
+
+    Each entry: the directory, the SHA-256 of its weights, and from its card.json (when it has
+    one) the base model, steps, tokens seen, final validation loss and creation time.
+    """
+    path = Path(path)
+    weights = path / "adapter_model.safetensors"
+    try:
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    except OSError as err:
+        raise ValueError(f"--init-adapter {path}: cannot read {weights.name} ({err.strerror or err})") from None
+    card = read_json(path / "card.json")
+    card = card if isinstance(card, dict) else {}
+    entry = {"adapter": str(path), "sha256": digest, "base_model": card.get("base_model"),
+             "steps": card.get("steps"), "tokens_seen": card.get("tokens_seen"),
+             "val_loss_final": card.get("val_loss_final"), "created": card.get("created")}
+    earlier = card.get("lineage") if isinstance(card.get("lineage"), list) else []
+    return [*earlier, entry]
+
+
+def load_init_adapter(model: Any, path: str | Path) -> None:
+    """Copy the weights of the adapter in `path` into `model`'s LoRA, which must have the same shape.
+
+    Raises ValueError naming the flags to change when rank, alpha, targets or trained token rows
+    differ, or when the weights do not cover every trainable parameter.
+    """
+    from peft.utils import set_peft_model_state_dict  # heavy import
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    theirs = read_json(path / "adapter_config.json") or {}
+    ours = model.peft_config["default"]
+    mine = {"rank (--lora-rank)": ours.r, "alpha (--lora-alpha)": ours.lora_alpha,
+            "targets (--lora-targets)": sorted(ours.target_modules),
+            "token rows (--train-token-rows)": bool(getattr(ours, "trainable_token_indices", None))}
+    given = {"rank (--lora-rank)": theirs.get("r"), "alpha (--lora-alpha)": theirs.get("lora_alpha"),
+             "targets (--lora-targets)": sorted(theirs.get("target_modules") or []),
+             "token rows (--train-token-rows)": bool(theirs.get("trainable_token_indices"))}
+    differ = [f"{name}: {given[name]} there, {mine[name]} here" for name in mine if mine[name] != given[name]]
+    if differ:
+        raise ValueError(f"--init-adapter {path} has another LoRA shape ({'; '.join(differ)}); give the same "
+                         "settings as the run that wrote it")
+    result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trainable & set(result.missing_keys))
+    if missing or result.unexpected_keys:
+        raise ValueError(f"--init-adapter {path}: its weights do not match this model (missing {missing[:2]}, "
+                         f"unexpected {list(result.unexpected_keys)[:2]}); was it trained on another base model?")
+    log.info("LoRA initialised from %s", path)
 
 
 def _card(config: PretrainConfig, info: ExampleSources | None, history: dict, val_ids: list[str],

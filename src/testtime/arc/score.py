@@ -182,3 +182,38 @@ def _maybe_grid(g: Any) -> Grid | None:
         return as_grid(g)
     except TaskError:
         return None
+
+
+# ---- the true answers' likelihood, from a run's task records ---------------------------------
+
+TRUTH_KEYS = ("bits_per_token_before", "bits_per_cell_before", "bits_per_token_after", "bits_per_cell_after",
+              "rank")
+"""What a task record's `tests[i]["truth"]` holds (written by `arc solve` when the outputs are known)."""
+
+
+def truth_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Means over test outputs of each `TRUTH_KEYS` value that was measured (None where none was);
+    `found` is the share of measured outputs that are among the candidates (a rank)."""
+    truths = [t["truth"] for r in records for t in r.get("tests") or () if isinstance(t.get("truth"), dict)]
+    out: dict[str, float | None] = {}
+    for key in TRUTH_KEYS:
+        values = [t[key] for t in truths if isinstance(t.get(key), (int, float))]
+        out[key] = sum(values) / len(values) if values else None
+    out["found"] = sum(isinstance(t.get("rank"), int) for t in truths) / len(truths) if truths else None
+    return out
+
+
+def run_records(submission: str | Path, task_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The task records beside a run's submission (`RUN/tasks/*.json`), those of `task_ids` only when
+    given; unreadable ones are skipped. [] when the submission is not in a run directory."""
+    folder = Path(submission).parent / "tasks"
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("skipping unreadable task record %s", path)
+            continue
+        if isinstance(record, dict) and (task_ids is None or record.get("task_id") in task_ids):
+            records.append(record)
+    return records

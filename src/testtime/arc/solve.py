@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter
-from testtime.arc.predict import InferArgs, predict_task
-from testtime.arc.score import build_submission, write_submission
+from testtime.arc.likelihood import poe_scores, truth_bits, truth_rows
+from testtime.arc.predict import InferArgs, PredictOutcome, predict_task
+from testtime.arc.score import build_submission, truth_means, write_submission
 from testtime.arc.task import Task, as_grid, grids_equal
 from testtime.arc.ttt_data import TTTArgs, build_ttt_data
-from testtime.arc.vote import pick_attempts, vote
+from testtime.arc.vote import grid_key, selection, vote
 from testtime.config import as_json
 from testtime.finetune import LoraArgs, StepInfo, TrainArgs, train
 from testtime.jobs import Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
@@ -72,9 +73,19 @@ class Solver:
     config: SolveConfig
     fmt: TextFormat = DEFAULT_FORMAT
     counter: TokenCounter = field(init=False)
+    _before: dict[str, list[dict | None]] = field(init=False, default_factory=dict)
+    """Shared-TTT only: each task's truth bits under the base model, measured before the shared training."""
 
     def __post_init__(self) -> None:
         self.counter = TokenCounter(self.tokenizer, self.fmt)
+
+    def _truth(self, task: Task) -> list[dict | None] | None:
+        """The true outputs' bits under the model as it is now (None when no output is known)."""
+        if not task.has_solutions:
+            return None
+        rows = truth_rows(self.tokenizer, task, counter=self.counter, max_len=self.config.infer.max_len,
+                          seed=task_seed(self.config.seed, task.id), fmt=self.fmt)
+        return truth_bits(self.host.model, task, rows, batch_size=self.config.infer.batch_size)
 
     def _ttt_args(self, seed: int) -> tuple[TTTArgs, TrainArgs]:
         return dataclasses.replace(self.config.data, seed=seed), dataclasses.replace(self.config.train, seed=seed)
@@ -84,6 +95,9 @@ class Solver:
         seed = task_seed(self.config.seed, "__shared__")
         sequences = []
         for task in tasks:
+            before = self._truth(task)
+            if before is not None:
+                self._before[task.id] = before
             data_args, _ = self._ttt_args(task_seed(self.config.seed, task.id))
             sequences += build_ttt_data(task, self.tokenizer, data_args, self.fmt, self.counter).sequences
         self.host.fresh(seed)
@@ -105,6 +119,7 @@ class Solver:
     def _solve(self, task: Task, on_step: Callable[[StepInfo], None] | None) -> dict[str, Any]:
         seed = task_seed(self.config.seed, task.id)
         ttt: dict[str, Any] = {"enabled": self.config.ttt, "shared": self.config.shared}
+        before = self._before.get(task.id) if self.config.ttt and self.config.shared else self._truth(task)
         if self.config.ttt and not self.config.shared:
             data_args, train_args = self._ttt_args(seed)
             t0 = time.perf_counter()
@@ -117,22 +132,56 @@ class Solver:
                 ttt.update(steps=stats.steps, tokens=stats.tokens, seconds=stats.seconds,
                            tokens_per_s=stats.tokens_per_s,
                            first_loss=stats.losses[0] if stats.losses else None,
-                           final_loss=stats.losses[-1] if stats.losses else None)
+                           final_loss=stats.losses[-1] if stats.losses else None,
+                           losses=[float(x) for x in stats.losses])
         infer_args = dataclasses.replace(self.config.infer, seed=seed)
         outcomes = predict_task(self.host.model, self.tokenizer, task, infer_args, counter=self.counter, fmt=self.fmt)
-        tests = []
-        for outcome in outcomes:
-            ranked = vote(outcome.candidates)
-            tests.append({
-                "attempts": [g.tolist() for g in pick_attempts(ranked, 2)],
-                "candidates": [{"grid": r.grid.tolist(), "votes": r.votes, "groups": r.groups,
-                                "logprob": r.logprob, "transforms": r.transforms} for r in ranked],
-                "prompts": outcome.n_prompts, "unparsed": outcome.n_unparsed, "unfit": outcome.n_unfit,
-            })
+        tests = [self._test_record(outcome) for outcome in outcomes]
+        trained = self.config.ttt and (self.config.shared or bool(ttt.get("steps")))
+        after = self._truth(task) if trained else before
+        if before is not None or after is not None:
+            _add_truth(tests, task, before, after)
         predict = {"seconds": sum(o.seconds for o in outcomes), "prompts": sum(o.n_prompts for o in outcomes),
                    "unparsed": sum(o.n_unparsed for o in outcomes), "unfit": sum(o.n_unfit for o in outcomes)}
         fits = ttt.get("fits", True) and predict["unfit"] < max(predict["prompts"], 1)
         return {"status": "ok", "error": None, "fits": fits, "ttt": ttt, "predict": predict, "tests": tests}
+
+    def _test_record(self, outcome: PredictOutcome) -> dict[str, Any]:
+        """Vote, score by PoE when the selection uses it, pick the attempts; every score is kept."""
+        ranked = vote(outcome.candidates)
+        how = self.config.infer.select
+        poe = None if how == "vote" else poe_scores(self.host.model, self.tokenizer, [r.grid for r in ranked],
+                                                    outcome.experts, batch_size=self.config.infer.batch_size,
+                                                    fmt=self.fmt)
+        order = selection(ranked, how, poe)
+        index = {grid_key(r.grid): k for k, r in enumerate(ranked)}
+        return {
+            "attempts": [ranked[k].grid.tolist() for k in order[:2]],
+            "selection": order,
+            "candidates": [{"grid": r.grid.tolist(), "votes": r.votes, "groups": r.groups, "identity": r.identity,
+                            "logprob": r.logprob, "token_logprob": r.token_logprob, "transforms": r.transforms,
+                            "poe": None if poe is None else poe[k]} for k, r in enumerate(ranked)],
+            "predictions": [{"candidate": index[grid_key(c.grid)], "transform": c.transform,
+                             "order": c.order, "prompt": c.prompt, "logprob": c.logprob, "tokens": c.tokens}
+                            for c in outcome.candidates],
+            "prompts": outcome.n_prompts, "unparsed": outcome.n_unparsed, "unfit": outcome.n_unfit,
+        }
+
+
+def _add_truth(tests: list[dict[str, Any]], task: Task, before: list | None, after: list | None) -> None:
+    """tests[i]["truth"]: the true output's bits before and after TTT and its rank in the selection."""
+    for i, ex in enumerate(task.test):
+        if ex.output is None or i >= len(tests):
+            continue
+        test = tests[i]
+        grids = [as_grid(test["candidates"][k]["grid"]) for k in test["selection"]]
+        truth: dict[str, Any] = {}
+        for when, bits in (("before", before), ("after", after)):
+            measured = (bits[i] if bits else None) or {}
+            for unit in ("token", "cell"):
+                truth[f"bits_per_{unit}_{when}"] = measured.get(f"bits_per_{unit}")
+        truth["rank"] = next((n + 1 for n, g in enumerate(grids) if grids_equal(g, ex.output)), None)
+        test["truth"] = truth
 
 
 def _add_correctness(record: dict[str, Any], task: Task) -> None:
@@ -261,7 +310,8 @@ def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = Non
 
 
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Score, pass@1 and oracle (when outputs are known), failures, fits and timings over a run."""
+    """Score, pass@1 and oracle (when outputs are known), failures, fits and timings over a run; `truth`:
+    the true outputs' mean bits before/after TTT and mean rank (`score.truth_means`)."""
     def task_mean(key: str) -> float | None:
         scored = [r for r in records if r["tests"] and all("correct" in t for t in r["tests"])]
         if not scored:
@@ -283,4 +333,5 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "ttt_seconds_per_task": sum(ttt_s) / len(ok) if ok else 0.0,
         "infer_seconds_per_task": sum(r["predict"]["seconds"] for r in ok) / len(ok) if ok else 0.0,
         "train_tokens_per_s": tokens / train_s if train_s else None,
+        "truth": truth_means(ok),
     }

@@ -1,5 +1,6 @@
 """Invertible augmentations of ARC tasks: the 8 symmetries of the square, colour permutations,
-reorderings of the train demonstrations, and compositions of them.
+reorderings of the train demonstrations, size changes (upscaling cells into blocks, tiling the
+grid; the paper's extra TTT augmentations) and compositions of them.
 
 Every transform has a readable `name` ("rot90", "colors:0918273645", "order:2-0-1",
 "rot90|colors:0918273645|order:2-0-1") and `parse_transform(name)` rebuilds it, so results on
@@ -16,7 +17,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from testtime.arc.task import Example, Grid, Task
+from testtime.arc.task import MAX_SIDE, Example, Grid, Task
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ _BY_ELEMENT = {element: name for name, element in _DIHEDRAL.items()}
 _COLORS = 10
 _COLORS_PREFIX = "colors:"
 _ORDER_PREFIX = "order:"
+_SIZE_KINDS = ("upscale", "downscale", "tile", "untile")
 
 
 def _fresh(g: Grid) -> Grid:
@@ -224,6 +226,66 @@ class Compose(Transform):
         return all(p.is_identity for p in self.parts)
 
 
+@dataclass(frozen=True)
+class Resize(Transform):
+    """A size change by whole factors (`rows` x `cols`), undone by its inverse kind.
+
+    upscale: every cell becomes a rows x cols block (the paper's IncreaseResolution/Height/Width);
+    tile: the grid repeated rows x cols times (its Repeat); downscale and untile undo them and
+    raise ValueError on a grid whose sides are not multiples of the factors. The result may
+    exceed 30x30: check `fits_side` before using a task made with it.
+    """
+
+    kind: str
+    """One of upscale, downscale, tile, untile."""
+    rows: int
+    """Factor along the rows."""
+    cols: int
+    """Factor along the columns."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in _SIZE_KINDS or self.rows < 1 or self.cols < 1:
+            raise ValueError(f"bad size change {self.kind}:{self.rows}x{self.cols}; kinds: {', '.join(_SIZE_KINDS)}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.rows}x{self.cols}"
+
+    def grid(self, g: Grid) -> Grid:
+        a = np.asarray(g)
+        if self.kind == "upscale":
+            return _fresh(np.repeat(np.repeat(a, self.rows, axis=0), self.cols, axis=1))
+        if self.kind == "tile":
+            return _fresh(np.tile(a, (self.rows, self.cols)))
+        h, w = a.shape
+        if h % self.rows or w % self.cols:
+            raise ValueError(f"{self.name}: a {h}x{w} grid is not made of {self.rows}x{self.cols} parts")
+        if self.kind == "downscale":
+            return _fresh(a[::self.rows, ::self.cols])
+        return _fresh(a[:h // self.rows, :w // self.cols])
+
+    def inverse(self) -> Resize:
+        pairs = {"upscale": "downscale", "downscale": "upscale", "tile": "untile", "untile": "tile"}
+        return Resize(pairs[self.kind], self.rows, self.cols)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.rows == self.cols == 1
+
+
+EXTRA_AUGMENTATIONS: dict[str, tuple[Resize, ...]] = {
+    "upscale": (Resize("upscale", 2, 2), Resize("upscale", 2, 1), Resize("upscale", 1, 2)),
+    "tile": (Resize("tile", 2, 2), Resize("tile", 2, 1), Resize("tile", 1, 2)),
+}
+"""The size augmentations TTT can add, by family name (the paper's size and repeat augmenters)."""
+
+
+def fits_side(t: Task, limit: int = MAX_SIDE) -> bool:
+    """Whether every grid of the task (absent outputs aside) has at most `limit` rows and columns."""
+    grids = [g for ex in (*t.train, *t.test) for g in (ex.input, ex.output) if g is not None]
+    return all(max(g.shape) <= limit for g in grids)
+
+
 def geometric_transforms() -> list[Geometric]:
     """The 8 symmetries of the square, identity first, in GEOMETRIC_NAMES order."""
     return [Geometric(name) for name in GEOMETRIC_NAMES]
@@ -282,6 +344,10 @@ def _parse_one(piece: str, whole: str) -> Transform:
         if piece.startswith(_ORDER_PREFIX):
             body = piece[len(_ORDER_PREFIX):]
             return DemoOrder(tuple(int(i) for i in body.split("-")) if body else ())
+        kind, _, factors = piece.partition(":")
+        if kind in _SIZE_KINDS:
+            rows, _, cols = factors.partition("x")
+            return Resize(kind, int(rows), int(cols))
         return Geometric(piece)
     except ValueError as err:
         raise ValueError(f"cannot parse transform {whole!r}: part {piece!r}: {err}") from None

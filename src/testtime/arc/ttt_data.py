@@ -4,8 +4,12 @@ For a task with n train demonstrations, the leave-one-out items make each demons
 the query, with the other n-1 (in their order) as context (the paper's in-context format,
 "icl"); the end-to-end items are each demonstration alone ("e2e"). Every item is first used
 as it is, then under random invertible transforms (geometric x colour permutation x demo
-order), each fitted to `max_len` tokens by dropping random context demos (Barbadillo's
-recipe), encoded, and deduplicated by token ids until the budget is met.
+order, optionally followed by a size change from `augmentations`, skipped when a grid would
+exceed 30x30), each fitted to `max_len` tokens by dropping random context demos (Barbadillo's
+recipe), encoded, and deduplicated by token ids until the budget is met. With `leave_two_out`,
+when the leave-one-out items times the augmentations (8 symmetries x (1 + size changes)) are
+fewer than the budget, they get that many sequences and leave-two-out items (n-2 context
+demos) fill the rest, as in the paper.
 
 Only `task.train` is ever read: test inputs and outputs never reach the training data.
 """
@@ -21,7 +25,15 @@ import numpy as np
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode
 from testtime.arc.task import Example, Grid, Task
-from testtime.arc.transforms import Transform, geometric_transforms, random_transform
+from testtime.arc.transforms import (
+    EXTRA_AUGMENTATIONS,
+    Compose,
+    Resize,
+    Transform,
+    fits_side,
+    geometric_transforms,
+    random_transform,
+)
 from testtime.batching import TrainingSequence
 from testtime.config import at_least
 from testtime.seeds import name_key
@@ -52,7 +64,11 @@ class TTTArgs:
     demo_order: bool = True
     """Augment by shuffling the order of the context demos."""
     loss_on: Literal["answer", "outputs"] = "answer"
-    """Train on the query's output only, or on every demo output too."""
+    """Train on the query's output only, or also on every demo output after the first."""
+    leave_two_out: bool = False
+    """Top leave-one-out up with leave-two-out items when it falls short of the budget."""
+    augmentations: tuple[str, ...] = ()
+    """Size changes drawn besides the symmetries: names of `transforms.EXTRA_AUGMENTATIONS` (upscale, tile)."""
     max_len: int = 2048
     """Maximum tokens per sequence; context demos are dropped to fit."""
     seed: int = 0
@@ -61,6 +77,17 @@ class TTTArgs:
     def check(self) -> Iterator[tuple[str, str]]:
         yield from at_least("n_sequences", self.n_sequences, 1)
         yield from at_least("max_len", self.max_len, 1)
+        unknown = [a for a in self.augmentations if a not in EXTRA_AUGMENTATIONS]
+        if unknown:
+            yield "augmentations", f"has no {', '.join(unknown)}; choose from {', '.join(EXTRA_AUGMENTATIONS)}"
+
+    def extras(self) -> list[Resize]:
+        """Every size change the `augmentations` families hold, in a fixed order."""
+        return [r for name in self.augmentations for r in EXTRA_AUGMENTATIONS[name]]
+
+    def n_augmentations(self) -> int:
+        """What leave-one-out is multiplied by before a leave-two-out top-up: symmetries x (1 + size changes)."""
+        return (8 if self.geometric else 1) * (1 + len(self.extras()))
 
 
 @dataclass(frozen=True)
@@ -88,7 +115,7 @@ class TTTData:
     items: list[Item]
     """The untransformed items the sequences were drawn from (after any fallback)."""
     n_leave_one_out: int
-    """Number of items used (leave-one-out items, or e2e pieces after a fallback)."""
+    """Number of items used (leave-one-out items, or e2e pieces after a fallback), leave-two-out ones aside."""
     n_dropped_demos: int
     """Total context demos dropped by fitting, over all sequences."""
     fits: bool
@@ -99,6 +126,8 @@ class TTTData:
     """Total tokens over all sequences."""
     format_counts: dict[str, int] = field(default_factory=dict)
     """Sequences per item format ("icl", "e2e")."""
+    n_leave_two_out: int = 0
+    """Leave-two-out items added by the top-up (after the others in `items`)."""
 
 
 def leave_one_out(task: Task) -> list[Item]:
@@ -109,6 +138,15 @@ def leave_one_out(task: Task) -> list[Item]:
     if len(train) < 2:
         return []
     return [(train[:i] + train[i + 1:], train[i]) for i in range(len(train))]
+
+
+def leave_two_out(task: Task) -> list[Item]:
+    """n(n-1) items for n >= 3 demos: demo i as query, every demo but i and j (in order) as context."""
+    train = task.train
+    if len(train) < 3:
+        return []
+    return [(tuple(ex for k, ex in enumerate(train) if k not in (i, j)), train[i])
+            for i in range(len(train)) for j in range(len(train)) if j != i]
 
 
 def end_to_end(task: Task) -> list[Item]:
@@ -172,10 +210,17 @@ def build_ttt_data(task: Task, tokenizer, args: TTTArgs, fmt: TextFormat = DEFAU
         fallback = "e2e"
     if not viable:
         fallback = "skip-ttt"
-    data = TTTData(sequences=[], transforms=[], origins=[], items=viable, n_leave_one_out=len(viable),
-                   n_dropped_demos=0, fits=fits, fallback=fallback, tokens=0)
+    topup = []
+    budget = args.n_sequences
+    if args.leave_two_out and fallback != "e2e" and len(viable) * args.n_augmentations() < budget:
+        topup = [it for it in leave_two_out(task) if _fits_untransformed(it, counter, args.max_len)]
+        budget = len(viable) * args.n_augmentations() if topup else budget
+    data = TTTData(sequences=[], transforms=[], origins=[], items=viable + topup, n_leave_one_out=len(viable),
+                   n_dropped_demos=0, fits=fits, fallback=fallback, tokens=0, n_leave_two_out=len(topup))
     if viable:
-        _draw(data, tokenizer, args, fmt, counter, rng)
+        _draw(data, range(len(viable)), budget, tokenizer, args, fmt, counter, rng)
+    if topup:
+        _draw(data, range(len(viable), len(data.items)), args.n_sequences, tokenizer, args, fmt, counter, rng)
     if fallback is not None:
         log.info("task %s: not everything fits max_len=%d; fallback %s", task.id, args.max_len, fallback)
     log.debug("task %s: %d sequences from %d items, %d tokens, %d demos dropped, fallback %s",
@@ -219,29 +264,33 @@ def _fits_untransformed(item: Item, counter: TokenCounter, max_len: int) -> bool
                      min_demos=1 if context else 0) is not None
 
 
-def _draw(data: TTTData, tokenizer, args: TTTArgs, fmt: TextFormat, counter: TokenCounter,
-          rng: np.random.Generator) -> None:
-    """Fill `data` round-robin over its items until the budget or the draw limit."""
+def _draw(data: TTTData, indices: range, budget: int, tokenizer, args: TTTArgs, fmt: TextFormat,
+          counter: TokenCounter, rng: np.random.Generator) -> None:
+    """Fill `data` round-robin over its items `indices` until it holds `budget` sequences or the draw limit."""
     identity = geometric_transforms()[0]
-    seen: set[tuple[int, ...]] = set()
-    items = data.items
-    for draw in range(DRAWS_PER_SEQUENCE * args.n_sequences):
-        if len(data.sequences) >= args.n_sequences:
+    seen = {tuple(s.input_ids) for s in data.sequences}
+    extras = args.extras()
+    for draw in range(DRAWS_PER_SEQUENCE * max(budget - len(data.sequences), 0)):
+        if len(data.sequences) >= budget:
             break
-        index = draw % len(items)
-        context, query = items[index]
-        if draw < len(items):
+        index = indices[draw % len(indices)]
+        context, query = data.items[index]
+        item = Task(id="ttt", train=context, test=(query,))
+        if draw < len(indices):
             transform: Transform = identity
         else:
             transform = random_transform(rng, len(context), geometric=args.geometric, colors=args.colors,
                                          keep_zero=args.keep_zero, demo_order=args.demo_order)
-        small = transform.task(Task(id="ttt", train=context, test=(query,)))
+            if extras:
+                transform = _with_size_change(transform, extras, item, rng)
+        small = transform.task(item)
         moved = small.test[0]
         kept = fit_demos(small.train, moved.input, moved.output, counter, args.max_len, rng,
                          min_demos=1 if context else 0)
         if kept is None:
             continue  # a rotation can add rows; this draw does not fit
-        input_ids, labels = encode(tokenizer, kept, moved.input, moved.output, fmt, loss_on=args.loss_on)
+        input_ids, labels = encode(tokenizer, kept, moved.input, moved.output, fmt, loss_on=args.loss_on,
+                                   first_output=False)
         key = tuple(input_ids)
         if key in seen:
             continue
@@ -251,5 +300,15 @@ def _draw(data: TTTData, tokenizer, args: TTTArgs, fmt: TextFormat, counter: Tok
         data.origins.append(Origin(item=index, transform=transform, n_demos=len(kept)))
         data.n_dropped_demos += len(context) - len(kept)
         data.tokens += len(input_ids)
-        kind = item_format(items[index])
+        kind = item_format(data.items[index])
         data.format_counts[kind] = data.format_counts.get(kind, 0) + 1
+
+
+def _with_size_change(transform: Compose, extras: list[Resize], item: Task, rng: np.random.Generator) -> Transform:
+    """`transform`, followed by a random size change or none (each equally likely); none when the
+    change would make any grid of the item exceed 30x30."""
+    k = int(rng.integers(len(extras) + 1))
+    if k == len(extras):
+        return transform
+    grown = Compose((*transform.parts, extras[k]))
+    return grown if fits_side(grown.task(item)) else transform

@@ -3,6 +3,7 @@
     cli/common.py    console, errors, Ctrl-C, shared options (--config, Ray), progress, summaries
     cli/arc.py       testtime arc datasets | show | stats | score   (+ solve.py, pretrain.py)
     cli/lm.py        testtime lm index | eval
+    cli/report.py    testtime arc report | lm report   (HTML reports of run directories)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 from testtime import __version__
 from testtime.cli.arc import app as arc_app
 from testtime.cli.lm import app as lm_app
+from testtime.cli.report import register as register_reports
 
 app = typer.Typer(
     help="Test-time training of language models: ARC by per-task LoRA, and SIFT-selected fine-tuning.",
@@ -25,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(arc_app, name="arc")
 app.add_typer(lm_app, name="lm")
+register_reports(arc_app, lm_app)
 
 
 def _version(value: bool) -> None:

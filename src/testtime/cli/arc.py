@@ -161,11 +161,14 @@ def score(
     """Score a submission with the official ARC Prize rule (either attempt exactly right).
 
     Every task of the solutions counts; a task the submission leaves out scores 0 and is listed.
+    When the submission lies in an `arc solve` run directory, the true outputs' mean bits per
+    cell and per token before and after TTT, and their rank among the candidates, are shown too.
 
     Example: testtime arc score runs/eval5/submission.json arc-agi-1/evaluation
     """
-    from testtime.arc.score import load_submission, score_submission
+    from testtime.arc.score import load_submission, run_records, score_submission, truth_means
     from testtime.arc.task import load_solutions
+    from testtime.cli.solve import truth_rows
 
     try:
         sub = load_submission(submission)
@@ -191,6 +194,7 @@ def score(
         ("score", f"{result.score:.1%}"),
         ("tasks missing from submission (scored 0)", str(len(result.missing))),
         ("submission tasks not in the solutions (ignored)", str(result.extra)),
+        *truth_rows(truth_means(run_records(submission, list(sol)))),  # when it lies in a run directory
     ])
     if result.missing:
         shown = ", ".join(result.missing[:10]) + (f" and {len(result.missing) - 10} more"

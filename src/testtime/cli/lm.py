@@ -154,7 +154,8 @@ def _print_summary(report) -> None:
 FIELDS: common.Fields = {
     "model": "model", "dtype": "dtype", "index": "index", "prompts": "prompts", "lora-rank": "lora.r",
     "select": "ttft.select", "steps": "ttft.n", "k": "ttft.k", "lam": "ttft.lam", "stop-below": "ttft.stop_below",
-    "min-gain": "ttft.min_gain", "lr": "ttft.lr", "chunk-tokens": "ttft.chunk_tokens", "context": "ttft.context",
+    "min-gain": "ttft.min_gain", "adaptive": "ttft.adaptive", "lr": "ttft.lr", "chunk-tokens": "ttft.chunk_tokens",
+    "context": "ttft.context",
     "seed": "ttft.seed",
 }
 """Each option of `lm eval` that goes into EvalConfig, and the field it sets."""
@@ -165,16 +166,22 @@ def evaluate(
     ctx: typer.Context,
     prompts: Path = typer.Option(..., "--prompts", "-p", help="JSONL: id, domain, prompt, continuation per line."),
     index: Path = typer.Option(None, "--index", "-i", help="Memory built by `testtime lm index` (not for none)."),
-    select: str = typer.Option("sift", "--select", "-s", help="none, nn, sift, nn-repeats or random."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory: OUT/SELECT/ holds one result per prompt."),
+    select: str = typer.Option("sift", "--select", "-s",
+                               help="none, nn, sift, nn-repeats (NN-F), us (uncertainty sampling) or random."),
+    out: Path = typer.Option(None, "--out", "-o",
+                             help="Run directory: OUT/METHOD/ (METHOD: the selector, sift-adaptive) holds one "
+                                  "result per prompt."),
     model: str = typer.Option("embedded", "--model", "-m", help="Base model: `embedded`, HF id or local dir."),
     steps: int = typer.Option(50, "--steps", help="Chunks selected = optimizer steps per prompt."),
     k: int = typer.Option(200, "--k", help="Candidates faiss hands to the selector."),
     lam: float = typer.Option(0.01, "--lam", help="SIFT's lambda (large: NN with repeats; small: no duplicates)."),
     stop_below: float = typer.Option(None, "--stop-below", help="Adaptive: stop once sigma_n < this."),
     min_gain: float = typer.Option(None, "--min-gain", help="Adaptive: stop once a pick cuts sigma by < this share."),
+    adaptive: float = typer.Option(None, "--adaptive", help="Adaptive SIFT's alpha (the paper's rule): take step n "
+                                   "only while sigma_n <= 1/(alpha n)."),
     lr: float = typer.Option(5e-4, "--lr", help="Learning rate of the per-prompt Adam steps."),
-    lora_rank: int = typer.Option(16, "--lora-rank", help="Rank of the per-prompt LoRA (alpha = 2 x rank)."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="Rank of the per-prompt LoRA (alpha = 2 x rank); "
+                                  "0 = full fine-tuning, the base weights restored after each prompt."),
     chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="A selected chunk is cut to this many tokens."),
     context: int = typer.Option(2048, "--context", help="Most tokens of prompt + continuation when scoring."),
     limit: int = common.LIMIT,
@@ -192,9 +199,10 @@ def evaluate(
 ) -> None:
     """Bits per byte of held-out continuations, after test-time fine-tuning on selected chunks.
 
-    For each prompt: select chunks from the memory (SIFT, NN, ...), one step per chunk on a fresh
-    LoRA, score the continuation, drop the LoRA. Prints bits per byte per domain and overall.
-    Each selector gets its own run directory OUT/SELECT/ (resumable; other settings are refused).
+    For each prompt: select chunks from the memory (SIFT, US, NN, ...), one step per chunk on a
+    fresh LoRA (--lora-rank 0: on every weight), score the continuation, drop the LoRA (restore the
+    weights). Prints bits per byte per domain and overall. Each method gets its own run directory
+    OUT/METHOD/ (resumable; other settings are refused); `testtime lm compare OUT` sets them side by side.
     With --ray, prompts run on a pool of Ray actors and land in the same run directory.
 
     Example: testtime lm eval --index runs/memory --prompts prompts.jsonl --select sift --out runs/lm
@@ -212,6 +220,9 @@ def evaluate(
         problems.append(f"--limit must be at least 1, not {limit}")
     if problems:
         fail("; ".join(problems))
+    if eval_config.lora.r == 0 and eval_config.dtype == "bfloat16":
+        common.warn("--lora-rank 0 trains the bfloat16 weights themselves (and Adam's state) in bfloat16, where "
+                    "small steps round away; --dtype float32 keeps them exact")
     try:
         pf = read_prompts(prompts)
     except ValueError as err:
@@ -225,22 +236,24 @@ def evaluate(
     t = eval_config.ttft
     console.print(f"[bold]testtime lm eval[/]: {len(todo)} prompts, select {safe(select)}"
                   + (f" from {safe(index)} (K={t.k}, N={t.n}, lambda={t.lam})" if index and select != "none" else "")
-                  + f", out {safe(out / select if out else '(none)')}")
+                  + (f", adaptive alpha={t.adaptive}" if t.adaptive is not None else "")
+                  + (", full fine-tuning" if eval_config.lora.r == 0 else f", LoRA rank {eval_config.lora.r}")
+                  + f", out {safe(out / t.method if out else '(none)')}")
     results, failures = _run(eval_config, todo, out, params, scale, restart=restart, retry_failed=retry_failed)
-    _print_eval_summary(select, results, failures, pf.errors)
+    _print_eval_summary(t.method, results, failures, pf.errors)
 
 
 def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_failed: bool):
     from testtime.lm.evaluate import LmJob, evaluate, select_dir
 
-    run_dir = select_dir(out, eval_config.ttft.select) if out else None
+    run_dir = select_dir(out, eval_config.ttft.method) if out else None
     results, failures, counts = common.run_job(
         "lm eval", "prompt", _prompt_line, scale, out, run_dir, {"config": as_json(eval_config)}, params, FIELDS,
         restart=restart,
         work=lambda executor, emit: evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
                                              retry_failed=retry_failed, emit=emit))
     if counts.failed and counts.failed == counts.total:
-        _print_eval_summary(eval_config.ttft.select, results, failures, [])
+        _print_eval_summary(eval_config.ttft.method, results, failures, [])
         fail(f"every prompt failed (first: {failures[0].get('error')})", code=1)
     return results, failures
 
@@ -267,3 +280,45 @@ def _print_eval_summary(select: str, results: list[dict], failures: list[dict], 
                       f"{row['nn_select_ms']:.2f}", f"{row['steps']:.1f}")
     console.print(table)
     console.print(f"{len(results)} scored, {len(failures)} failed, {len(bad_lines)} bad lines")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run directories of `lm eval`: OUT (every OUT/METHOD/ in it) or "
+                                                "OUT/METHOD; one of them the `none` run."),
+    baseline: str = typer.Option("none", "--baseline", help="The run the others are measured against."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a markdown table (for BENCHMARKS.md)."),
+) -> None:
+    """Methods side by side: bits per byte as % of the untouched model per domain, with standard errors.
+
+    Each cell is the mean over the domain's prompts of 100 x bpb(method) / bpb(none) on the same
+    prompt, with the standard error across prompts; "All" pools every prompt. Below: the mean steps
+    taken, and Spearman's rank correlation between the uncertainty reduction (sigma_0^2 - sigma_n^2)
+    and the realised gain bpb(none) - bpb(method).
+
+    Example: testtime lm compare runs/lm            # runs/lm/none, runs/lm/nn, runs/lm/sift, ...
+    """
+    from testtime.lm import compare as comparison  # heavy imports (numpy)
+
+    try:
+        found = comparison.find_runs(runs)
+        table = comparison.compare(found, baseline)
+    except ValueError as err:
+        fail(str(err))
+    for run in found:
+        if run.unusable:
+            common.warn(f"{run.path}: {run.unusable} failed or unreadable records left out")
+    if markdown:
+        console.print("\n".join(comparison.markdown(table)), markup=False, highlight=False, soft_wrap=True)
+    else:
+        cells = comparison.rows(table)
+        shown = Table(title=f"testtime lm compare: bits per byte as % of {safe(baseline)} (standard error)")
+        for i, col in enumerate(cells[0]):
+            shown.add_column(Text(col), justify="left" if i == 0 else "right")
+        for row in cells[1:]:
+            shown.add_row(*map(Text, row))
+        console.print(shown)
+    for method, n in table.missing.items():
+        if n:
+            console.print(f"[yellow]{safe(method)}:[/] {n} of the {table.base['All'][0]} {safe(baseline)} prompts "
+                          "have no result there (left out of its cells)")

@@ -17,7 +17,7 @@ FIELDS: common.Fields = {
     "gradient-checkpointing": "train.gradient_checkpointing",
     "min-demos": "data.min_demos", "max-demos": "data.max_demos", "max-len": "data.max_len", "colors": "data.colors",
     "loss-on": "data.loss_on", "val-tasks": "val_tasks", "val-sequences": "val_sequences", "val-every": "val_every",
-    "checkpoint-every": "checkpoint_every",
+    "checkpoint-every": "checkpoint_every", "init-adapter": "init_adapter", "max-minutes": "max_minutes",
 }
 """Each option of `arc pretrain` that goes into PretrainConfig, and the field(s) it sets."""
 
@@ -50,6 +50,10 @@ def pretrain(
     checkpoint_every: int = typer.Option(100, help="Checkpoint every N steps."),
     allow_evaluation: bool = typer.Option(False, help="Allow ARC evaluation-set tasks in the training data."),
     seed: int = typer.Option(0, help="Seed of the data stream, validation split and adapter init."),
+    init_adapter: Path = typer.Option(None, "--init-adapter", help="Start the LoRA from this adapter (same rank, "
+                                      "alpha, targets); fresh optimizer and schedule; its lineage goes in card.json."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop after the last step that ends within M "
+                                      "minutes; the adapter and card are still written (run again to continue)."),
     restart: bool = typer.Option(False, "--restart", help="Delete OUT's checkpoints and config and start over."),
     dtype: str = common.DTYPE,
     config: Path = common.CONFIG,
@@ -70,7 +74,8 @@ def pretrain(
 
     params = common.options_of(ctx)
     settings, problems = common.build(PretrainConfig(model=model, sources=list(sources)), params, FIELDS,
-                                      parse={"lora-targets": common.comma_list, "dtype": common.concrete_dtype})
+                                      parse={"lora-targets": common.comma_list, "dtype": common.concrete_dtype,
+                                             "init-adapter": lambda v: str(v) if v else None})
     if problems:
         fail("; ".join(problems))
     if out.exists() and not out.is_dir():
@@ -86,7 +91,9 @@ def pretrain(
     # the arithmetic of one step, as recipes show it
     console.print(f"[bold]testtime arc pretrain[/]: {len(examples)} tasks, "
                   f"{sum(len(v) for v in examples.values()):,} examples; {steps} steps x {batch_size} seq x "
-                  f"{grad_accum} accum (<= {max_len} tokens each) -> out {safe(out)}")
+                  f"{grad_accum} accum (<= {max_len} tokens each) -> out {safe(out)}"
+                  + (f"; LoRA from {safe(init_adapter)}" if init_adapter else "")
+                  + (f"; at most {max_minutes:g} minutes" if max_minutes else ""))
     try:
         loaded = load_model(model, dtype=settings.dtype)
     except ModelLoadError as err:
@@ -100,6 +107,8 @@ def pretrain(
                       "run the same command again to resume")
         raise typer.Exit(code=130) from None
     _summary(card, out)
+    from testtime.cli.report import after_run
+    after_run("pretrain", out)  # OUT/report.html: loss curves, tokens/s, the card
 
 
 def _run(run_pretrain, loaded, examples, config, out, info, params) -> dict:
@@ -135,5 +144,9 @@ def _summary(card: dict, out: Path) -> None:
         ("train loss first -> last 10", f"{card['train_loss_first']:.4f} -> {card['train_loss_final']:.4f}"
          if card["train_loss_first"] is not None else "n/a"),
         ("validation loss before -> after", f"{card['val_loss_initial']:.4f} -> {card['val_loss_final']:.4f}"),
+        *([("stopped by --max-minutes", f"after step {card['steps']} of {card['steps_planned']}; run again to go on")]
+          if card.get("stopped_by") == "max-minutes" else []),
+        *([("started from", f"{safe(card['lineage'][-1]['adapter'])} ({card['steps_with_lineage']} steps in all)")]
+          if card.get("lineage") else []),
     ])
     console.print(f"adapter: {safe(out)} (use it with: testtime arc solve ... --adapter {safe(out)})")

@@ -19,6 +19,9 @@ FIELDS: common.Fields = {
     "ttt-batch-size": "train.batch_size", "grad-accum": "train.grad_accum", "ttt-schedule": "train.schedule",
     "ttt-warmup": "train.warmup_steps", "transforms": "infer.transforms", "infer-batch-size": "infer.batch_size",
     "max-new-tokens": "infer.max_new_tokens", "max-len": "infer.max_len",
+    "orders": "infer.orders", "infer-leave-one-out": "infer.leave_one_out", "select": "infer.select",
+    "ttt-leave-two-out": "data.leave_two_out", "ttt-augment": "data.augmentations",
+    "ttt-weight-decay": "train.weight_decay",
 }
 """Each option of `arc solve` that goes into SolveConfig, and the field(s) it sets."""
 
@@ -55,6 +58,15 @@ def solve(
     infer_batch_size: int = typer.Option(8, help="Inference: prompts decoded together."),
     max_new_tokens: int = typer.Option(931, help="Inference: decoding bound (931 = a 30x30 answer)."),
     max_len: int = typer.Option(8192, help="Inference: maximum prompt+answer tokens (demos dropped to fit)."),
+    orders: int = typer.Option(1, help="Inference: demonstration orders per transform (one prompt each)."),
+    infer_leave_one_out: bool = typer.Option(False, "--infer-leave-one-out/--no-infer-leave-one-out",
+                                             help="Inference: also prompts with each demo left out (TTT's format)."),
+    select: str = typer.Option("vote", help="Attempts by `vote` (hierarchical), `poe` (product of experts over "
+                               "the views) or `vote+poe` (groups first, then PoE)."),
+    ttt_leave_two_out: bool = typer.Option(False, "--ttt-leave-two-out/--no-ttt-leave-two-out",
+                                           help="TTT: top up with leave-two-out tasks when leave-one-out falls short."),
+    ttt_augment: str = typer.Option("", help="TTT: extra size augmentations, comma-separated: upscale, tile."),
+    ttt_weight_decay: float = typer.Option(0.0, help="TTT: AdamW weight decay."),
     restart: bool = common.RESTART,
     retry_failed: bool = common.RETRY_FAILED,
     ray: bool = common.RAY,
@@ -80,7 +92,8 @@ def solve(
 
     params = common.options_of(ctx)
     solve_config, problems = common.build(SolveConfig(), params, FIELDS,
-                                          parse={"lora-targets": common.comma_list, "adapter": _resolve_adapter,
+                                          parse={"lora-targets": common.comma_list, "ttt-augment": common.comma_list,
+                                                 "adapter": _resolve_adapter,
                                                  "dtype": common.concrete_dtype})
     scale, scale_problems = common.scale_of(params)
     problems += scale_problems
@@ -163,7 +176,38 @@ def _task_line(record: dict, resumed: bool) -> str:
     state = "resumed" if resumed else record.get("status", "?")
     if resumed and record.get("status") == "failed":
         state = "failed earlier (skipped; --retry-failed runs it again)"
-    return f"  {record['task_id']}: {state}{mark} ({record.get('seconds', 0):.1f}s)"
+    return f"  {record['task_id']}: {state}{mark} ({record.get('seconds', 0):.1f}s){_bits(tests)}"
+
+
+def _bits(tests: list) -> str:
+    """` | bits/cell 3.20 -> 1.05 | truth rank 2`: the true outputs' mean bits per answer cell before and
+    after TTT, and their best rank among the candidates; empty when the outputs are unknown."""
+    truths = [t["truth"] for t in tests if isinstance(t.get("truth"), dict)]
+
+    def mean(key: str) -> str:
+        values = [t[key] for t in truths if t.get(key) is not None]
+        return f"{sum(values) / len(values):.2f}" if values else "n/a"
+    if not truths:
+        return ""
+    ranks = [t["rank"] for t in truths if t.get("rank") is not None]
+    rank = f"truth rank {min(ranks)}" if ranks else "truth not a candidate"
+    return f" | bits/cell {mean('bits_per_cell_before')} -> {mean('bits_per_cell_after')} | {rank}"
+
+
+def truth_rows(truth: dict) -> list[tuple[str, str]]:
+    """Summary rows of `score.truth_means`: bits of the true outputs before -> after TTT, their rank."""
+    def num(x: float | None, fmt: str = ".3f") -> str:
+        return "n/a" if x is None else format(x, fmt)
+    if truth.get("found") is None:
+        return []
+    return [
+        ("truth bits / cell (before -> after TTT)",
+         f"{num(truth['bits_per_cell_before'])} -> {num(truth['bits_per_cell_after'])}"),
+        ("truth bits / token (before -> after TTT)",
+         f"{num(truth['bits_per_token_before'])} -> {num(truth['bits_per_token_after'])}"),
+        ("truth among candidates", common.pct(truth["found"])),
+        ("mean rank of the truth (when there)", num(truth["rank"], ".2f")),
+    ]
 
 
 def _print_summary(records: list[dict], out: Path | None) -> None:
@@ -181,6 +225,9 @@ def _print_summary(records: list[dict], out: Path | None) -> None:
         ("TTT seconds / task", f"{s['ttt_seconds_per_task']:.1f}"),
         ("inference seconds / task", f"{s['infer_seconds_per_task']:.1f}"),
         ("training tokens / s", tok_s),
+        *truth_rows(s["truth"]),
     ])
     if out:
         console.print(f"submission: {safe(out / 'submission.json')}")
+        from testtime.cli.report import after_run
+        after_run("arc", out)  # OUT/report.html

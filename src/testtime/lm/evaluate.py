@@ -2,8 +2,9 @@
 
 A prompts file is JSON Lines, one object per held-out document:
 `{"id": ..., "domain": ..., "prompt": ..., "continuation": ...}` (what python -m testtime.tools.corpus writes).
-A bad line is counted and reported with its line number; the others run. Each selector has its
-own run directory `OUT/<select>/` (several selectors share one OUT): `config.json` and
+A bad line is counted and reported with its line number; the others run. Each method has its
+own run directory `OUT/<method>/` (the selector, `sift-adaptive` with --adaptive; several methods
+share one OUT): `config.json` and
 `results/<id>.json`, each written atomically when its prompt is done, so a rerun skips finished
 prompts, refuses other settings, and an interrupted run loses at most one prompt.
 """
@@ -77,6 +78,24 @@ def read_prompts(path: str | Path) -> PromptFile:
 
 
 @dataclass
+class PromptLora(LoraArgs):
+    """The per-prompt fine-tuning: a LoRA of rank r, or with r = 0 every base weight (full fine-tuning)."""
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.r == 0:  # full fine-tuning: alpha, dropout and the target modules do not apply
+            return
+        for name, message in super().check():
+            yield name, (f"must be 0 (full fine-tuning) or at least 1, not {self.r}" if name == "r" else message)
+
+
+def make_host(model: Any, lora: LoraArgs) -> Any:
+    """The host that trains per prompt: `FullHost` for rank 0 (full fine-tuning), else an AdapterHost."""
+    from testtime.lora import AdapterHost, FullHost  # heavy imports
+
+    return FullHost(model) if lora.r == 0 else AdapterHost(model, lora)
+
+
+@dataclass
 class EvalConfig:
     """Everything that determines one selector's results (saved in its run directory)."""
 
@@ -88,8 +107,8 @@ class EvalConfig:
     """The prompts file."""
     dtype: Literal["auto", "bfloat16", "float32"] = "float32"
     """Base model weights (the LoRA and its optimizer state stay float32); `lm eval` records the resolved one."""
-    lora: LoraArgs = field(default_factory=lambda: LoraArgs(r=16, alpha=32))
-    """The per-prompt LoRA (alpha = 2 x rank)."""
+    lora: LoraArgs = field(default_factory=lambda: PromptLora(r=16, alpha=32))
+    """The per-prompt LoRA (alpha = 2 x rank); rank 0 = full fine-tuning (PromptLora)."""
     ttft: TTFTArgs = field(default_factory=TTFTArgs)
     """Selection and fine-tuning per prompt."""
 
@@ -126,12 +145,11 @@ class LmJob:
     def setup(self) -> str:
         if self.parts is not None:
             return ""
-        from testtime.lora import AdapterHost  # heavy imports
-        from testtime.models import load_model
+        from testtime.models import load_model  # heavy import
 
         loaded = load_model(self.config.model, dtype=self.config.dtype)
         memory, embedder = load_memory(self.config.index, self.config.ttft.select, loaded)
-        self.parts = (AdapterHost(loaded.model, self.config.lora), loaded.tokenizer, memory, embedder)
+        self.parts = (make_host(loaded.model, self.config.lora), loaded.tokenizer, memory, embedder)
         size = f", memory of {len(memory):,} chunks" if memory is not None else ""
         return f"model {self.config.model} on {loaded.device} ({loaded.dtype}){size}"
 
@@ -144,7 +162,8 @@ class LmJob:
         return {**res.to_json(), "status": OK, "seconds": time.perf_counter() - t0}
 
     def failed(self, prompt: Prompt, error: str, trace: str, seconds: float) -> dict[str, Any]:
-        return {"prompt_id": prompt.id, "domain": prompt.domain, "select": self.config.ttft.select}
+        return {"prompt_id": prompt.id, "domain": prompt.domain, "select": self.config.ttft.select,
+                "method": self.config.ttft.method}
 
     def accepts(self, prompt: Prompt, record: dict[str, Any]) -> bool:
         """A result needs its bits, bytes and steps (what the summary reads)."""
@@ -154,9 +173,10 @@ class LmJob:
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers) and record["bytes"] > 0
 
 
-def select_dir(out: str | Path, select: str) -> RunDir:
-    """One selector's run directory inside `out`: `out/SELECT/config.json`, `out/SELECT/results/`."""
-    return RunDir(Path(out) / select, records="results")
+def select_dir(out: str | Path, method: str) -> RunDir:
+    """One method's run directory inside `out`: `out/METHOD/config.json`, `out/METHOD/results/`
+    (METHOD: `TTFTArgs.method`, the selector or `sift-adaptive`)."""
+    return RunDir(Path(out) / method, records="results")
 
 
 def evaluate(job: LmJob, prompts: list[Prompt], run_dir: RunDir | None = None, *,
@@ -180,7 +200,7 @@ def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: lis
              emit: Emit = ignore) -> tuple[list[dict], list[dict]]:
     """`evaluate` with an already loaded model, memory and embedder; returns (results, failures)."""
     config = dataclasses.replace(config or EvalConfig(), ttft=args)
-    run_dir = select_dir(out, args.select) if out is not None else None
+    run_dir = select_dir(out, args.method) if out is not None else None
     results, failures, _ = evaluate(LmJob(config, parts=(host, tokenizer, memory, embedder)), prompts, run_dir,
                                     emit=emit)
     return results, failures

@@ -1,4 +1,4 @@
-"""Data selection for test-time fine-tuning: SIFT and nearest-neighbour baselines.
+"""Data selection for test-time fine-tuning: SIFT, uncertainty sampling and nearest-neighbour baselines.
 
 SIFT (Hübotter et al., ICLR 2025, "Efficiently Learning at Test-Time: Active Fine-Tuning of
 LLMs") treats the prompt embedding x* and the candidate embeddings as points of a Gaussian
@@ -19,6 +19,14 @@ inverted. `posterior_sigma` is the closed form, for tests and reporting.
 Inputs are the caller's embeddings, L2-normalised (the maths holds for any vectors, but the
 nearest-neighbour baselines then rank by cosine similarity). `preselect` narrows a large memory
 to the K candidates handed to the selectors.
+
+Uncertainty sampling (US), the paper's first baseline, uses the same posterior but ignores the
+prompt: it picks the candidate whose own variance k_n(x_i, x_i) is largest given the picks so far,
+so it spreads out over the candidates (diverse) without asking what is relevant to x*.
+
+Adaptive SIFT (the paper's rule, as activeft's `Retriever(alpha=...)` applies it): pick n
+(1-based), which leaves the prompt at sigma_n, is taken only while sigma_n <= 1 / (alpha n).
+Prompts the memory explains well (small sigma) get many steps, poorly covered ones few.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ __all__ = [
     "select_nn_repeats",
     "select_random",
     "select_sift",
+    "select_us",
 ]
 
 
@@ -53,7 +62,9 @@ class Selection:
     sigmas: list[float] = field(default_factory=list)
     """sigmas[n - 1] = sigma_n, the prompt's posterior std after the first n picks."""
     stopped: str | None = None
-    """Rule that ended selection before n picks ("stop_below" or "min_gain"); None if all n made."""
+    """Rule that ended selection before n picks ("stop_below", "min_gain" or "adaptive"); None if all n made."""
+    sigma0: float = 0.0
+    """sigma_0 = sqrt(k(x*, x*)), the prompt's prior std before any pick (1 for a unit-norm prompt)."""
     seconds: float = 0.0
     """Wall-clock seconds the selection took."""
 
@@ -133,9 +144,15 @@ class _Posterior:
 
 
 def _sigmas_of(q: np.ndarray, x: np.ndarray, indices: list[int], lam: float) -> list[float]:
-    """sigma_n after each of the given picks, by the same rank-one updates SIFT uses."""
-    post = _Posterior(q, x, lam, len(indices))
-    return [post.observe(j) for j in indices]
+    """sigma_n after each of the given picks, by the same rank-one updates SIFT uses.
+
+    The prompt's posterior depends on the picked points alone, so only they enter: O(n^2 d), not
+    O(K n d), whatever the number of candidates K."""
+    if not indices:
+        return []
+    picked, position = np.unique(np.asarray(indices), return_inverse=True)
+    post = _Posterior(q, x[picked], lam, len(indices))
+    return [post.observe(int(j)) for j in position]
 
 
 def _log(name: str, sel: Selection, k: int) -> Selection:
@@ -156,6 +173,7 @@ def select_sift(
     lam: float = 0.01,
     stop_below: float | None = None,
     min_gain: float | None = None,
+    alpha: float | None = None,
 ) -> Selection:
     """Greedily pick up to n candidates (repeats allowed) that minimise the prompt's uncertainty.
 
@@ -167,7 +185,11 @@ def select_sift(
       already below it gets no picks);
     - `min_gain`: stop once the best next pick would lower sigma by less than the fraction
       min_gain of what is left, i.e. (sigma_n - sigma_{n+1}) / sigma_n < min_gain, where
-      sigma_{n+1} is the exact value that pick would reach (also stops once sigma_n = 0).
+      sigma_{n+1} is the exact value that pick would reach (also stops once sigma_n = 0);
+    - `alpha` (adaptive SIFT): stop before pick m once the sigma_m it would reach exceeds
+      1 / (alpha m), i.e. once alpha * m * sigma_m > 1. activeft drops every such pick from its
+      list, also later ones below the line again; here selection, and so training, stops at the
+      first one, so the steps taken are always a prefix of the plain run's.
 
     `stopped` names the rule that fired; the picks made are those the plain run makes first.
     """
@@ -178,11 +200,13 @@ def select_sift(
         raise ValueError(f"stop_below must be a std >= 0, got {stop_below!r}")
     if min_gain is not None and not 0 <= min_gain < 1:
         raise ValueError(f"min_gain must be a relative decrease in [0, 1), got {min_gain!r}")
+    if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha (adaptive SIFT) must be a positive finite number, got {alpha!r}")
 
     post = _Posterior(q, x, lam, n)
-    sel = Selection()
+    sel = Selection(sigma0=post.sigma)
     sigma = post.sigma
-    for _ in range(n):
+    for m in range(1, n + 1):
         if stop_below is not None and sigma < stop_below:
             sel.stopped = "stop_below"
             break
@@ -193,6 +217,9 @@ def select_sift(
             if gain < min_gain:
                 sel.stopped = "min_gain"
                 break
+        if alpha is not None and alpha * m * math.sqrt(max(scores[j], 0.0)) > 1:
+            sel.stopped = "adaptive"
+            break
         sigma = post.observe(j)
         sel.indices.append(j)
         sel.sigmas.append(sigma)
@@ -210,7 +237,7 @@ def select_nn(query: np.ndarray, candidates: np.ndarray, n: int, *, lam: float =
     _check_n(n, limit=len(x))
     order = np.argsort(-(x @ q), kind="stable")[:n]
     indices = [int(i) for i in order]
-    sel = Selection(indices, _sigmas_of(q, x, indices, lam))
+    sel = Selection(indices, _sigmas_of(q, x, indices, lam), sigma0=math.sqrt(float(q @ q)))
     sel.seconds = time.perf_counter() - start
     return _log("nn", sel, len(x))
 
@@ -227,7 +254,7 @@ def select_nn_repeats(query: np.ndarray, candidates: np.ndarray, n: int, *, lam:
     q, x = _as_inputs(query, candidates, lam)
     _check_n(n)
     indices = [int(np.argmax(np.abs(x @ q)))] * n
-    sel = Selection(indices, _sigmas_of(q, x, indices, lam))
+    sel = Selection(indices, _sigmas_of(q, x, indices, lam), sigma0=math.sqrt(float(q @ q)))
     sel.seconds = time.perf_counter() - start
     return _log("nn_repeats", sel, len(x))
 
@@ -240,9 +267,31 @@ def select_random(
     q, x = _as_inputs(query, candidates, lam)
     _check_n(n, limit=len(x))
     indices = [int(i) for i in rng.choice(len(x), size=n, replace=False)]
-    sel = Selection(indices, _sigmas_of(q, x, indices, lam))
+    sel = Selection(indices, _sigmas_of(q, x, indices, lam), sigma0=math.sqrt(float(q @ q)))
     sel.seconds = time.perf_counter() - start
     return _log("random", sel, len(x))
+
+
+def select_us(query: np.ndarray, candidates: np.ndarray, n: int, *, lam: float = 0.01) -> Selection:
+    """Uncertainty sampling: each pick is the candidate of largest own posterior variance k_n(x_i, x_i).
+
+    The posterior is the one SIFT keeps (noise `lam`, conditioned on the picks so far), but the
+    prompt plays no part in the choice: the first pick is the candidate of largest norm (for
+    unit vectors a tie, so the smallest index: the nearest neighbour after `preselect`), each
+    later one what the picks so far explain least. Repeats are possible once everything is
+    explained. `sigmas` reports the prompt's posterior std after each pick.
+    """
+    start = time.perf_counter()
+    q, x = _as_inputs(query, candidates, lam)
+    _check_n(n)
+    post = _Posterior(q, x, lam, n)
+    sel = Selection(sigma0=post.sigma)
+    for _ in range(n):
+        j = int(np.argmax(post.v))  # first maximum: ties go to the smallest index
+        sel.indices.append(j)
+        sel.sigmas.append(post.observe(j))
+    sel.seconds = time.perf_counter() - start
+    return _log("us", sel, len(x))
 
 
 def posterior_sigma(query: np.ndarray, candidates: np.ndarray, picked: list[int], lam: float) -> float:

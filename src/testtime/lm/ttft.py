@@ -1,11 +1,12 @@
 """Test-time fine-tuning of an LM per prompt on data selected from a memory (Hubotter et al., 2025).
 
 For each prompt: embed it, let faiss narrow the memory to the K chunks of largest |<x, x*>|,
-select up to N of them (SIFT, nearest neighbours, ...), take one optimizer step per selected
-chunk in selection order on a fresh LoRA, measure the continuation's bits per byte, and drop the
-adapter, so every prompt starts from the same base model.
+select up to N of them (SIFT, uncertainty sampling, nearest neighbours, ...), take one optimizer
+step per selected chunk in selection order on a fresh LoRA (or on every base weight, with a
+`FullHost`), measure the continuation's bits per byte, and drop the adapter (restore the weights),
+so every prompt starts from the same base model.
 
-    host = AdapterHost(model, LoraArgs(r=64, alpha=64))
+    host = AdapterHost(model, LoraArgs(r=64, alpha=64))      # or FullHost(model): full fine-tuning
     result = ttft_prompt(host, tokenizer, memory, embedder, prompt, continuation, TTFTArgs(select="sift"))
 """
 
@@ -23,14 +24,14 @@ from testtime.batching import TrainingSequence
 from testtime.config import at_least, in_range, positive
 from testtime.finetune import StepInfo, TrainArgs, train
 from testtime.lm.bpb import encode_pair, sequence_bits
-from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift
-from testtime.lora import AdapterHost
+from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift, select_us
+from testtime.lora import AdapterHost, FullHost
 from testtime.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-Method = Literal["none", "nn", "sift", "nn-repeats", "random"]
-METHODS: tuple[str, ...] = ("none", "nn", "sift", "nn-repeats", "random")
+Method = Literal["none", "nn", "sift", "nn-repeats", "random", "us"]
+METHODS: tuple[str, ...] = ("none", "nn", "sift", "nn-repeats", "random", "us")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class TTFTArgs:
     """Adaptive stopping: no more picks (nor steps) once sigma_n < this."""
     min_gain: float | None = None
     """Adaptive stopping: no more picks once a pick would cut sigma by less than this fraction."""
+    adaptive: float | None = None
+    """Adaptive SIFT's alpha (the paper's rule): pick n is taken only while sigma_n <= 1 / (alpha n)."""
     lr: float = 5e-4
     """Learning rate of the per-prompt steps (constant)."""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -67,6 +70,15 @@ class TTFTArgs:
         yield from positive("lr", self.lr)
         yield from at_least("stop_below", self.stop_below, 0)
         yield from in_range("min_gain", 0.0 if self.min_gain is None else self.min_gain, 0.0, 1.0)
+        yield from positive("adaptive", self.adaptive)
+        for name in ("stop_below", "min_gain", "adaptive"):
+            if getattr(self, name) is not None and self.select != "sift":
+                yield name, f"applies to --select sift only, not {self.select}"
+
+    @property
+    def method(self) -> str:
+        """The method's name in tables and run directories: the selector, `sift-adaptive` with alpha."""
+        return f"{self.select}-adaptive" if self.adaptive is not None else self.select
 
 
 @dataclass
@@ -84,7 +96,20 @@ class PromptResult:
     """Memory positions selected, in order (repeats possible)."""
     sigmas: list[float]
     """sigma_n after each pick (the prompt's remaining uncertainty)."""
+    sigma_before: list[float]
+    """The prompt's sigma before each step: [sigma_0, sigma_1, ..., sigma_{n-1}]."""
+    sigma_after: list[float]
+    """The prompt's sigma after each step: [sigma_1, ..., sigma_n] (the same as `sigmas`)."""
+    var_before: float | None
+    """sigma_0^2, the prompt's posterior variance before selection (None for `none`)."""
+    var_after: float | None
+    """sigma_n^2 after the last pick (sigma_0^2 when nothing was picked; None for `none`)."""
     stopped: str | None
+    """Rule that ended selection early: stop_below, min_gain, adaptive; None if all N were taken."""
+    stopped_at: int | None
+    """Steps taken when a stopping rule fired (the step it stopped at); None if it did not."""
+    method: str
+    """`select`, or `sift-adaptive` with --adaptive (the column name in `lm compare`)."""
     select_ms: float
     """Selection time (the selector on the K candidates; search time excluded)."""
     nn_select_ms: float
@@ -107,7 +132,10 @@ def select_chunks(query: np.ndarray, candidates: np.ndarray, args: TTFTArgs, see
     """Run the selector of `args.select` on the candidate embeddings (indices into `candidates`)."""
     n = min(args.n, len(candidates)) if args.select in ("nn", "random") else args.n
     if args.select == "sift":
-        return select_sift(query, candidates, n, lam=args.lam, stop_below=args.stop_below, min_gain=args.min_gain)
+        return select_sift(query, candidates, n, lam=args.lam, stop_below=args.stop_below, min_gain=args.min_gain,
+                           alpha=args.adaptive)
+    if args.select == "us":
+        return select_us(query, candidates, n, lam=args.lam)
     if args.select == "nn":
         return select_nn(query, candidates, n, lam=args.lam)
     if args.select == "nn-repeats":
@@ -126,10 +154,10 @@ def chunk_sequence(tokenizer: Any, text: str, max_tokens: int) -> TrainingSequen
     return TrainingSequence(input_ids=ids, labels=list(ids))
 
 
-def ttft_prompt(host: AdapterHost, tokenizer: Any, memory: Any, embedder: Any, prompt_id: str, prompt: str,
-                continuation: str, args: TTFTArgs, *, domain: str = "",
+def ttft_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embedder: Any, prompt_id: str,
+                prompt: str, continuation: str, args: TTFTArgs, *, domain: str = "",
                 on_step: Callable[[StepInfo], None] | None = None) -> PromptResult:
-    """Select, fine-tune a fresh adapter, measure, drop the adapter. The base model is never changed."""
+    """Select, fine-tune a fresh adapter (or every weight), measure, drop it: the base model ends unchanged."""
     seed = derive_seed(args.seed, prompt_id)
     scored = encode_pair(tokenizer, prompt, continuation, args.context)  # too long: fails now, not after training
     picks: list[int] = []
@@ -159,8 +187,15 @@ def ttft_prompt(host: AdapterHost, tokenizer: Any, memory: Any, embedder: Any, p
         bits, n_bytes = sequence_bits(host.model, scored), len(continuation.encode("utf-8"))
     finally:
         host.drop()
+    sigmas = [float(s) for s in sel.sigmas]
+    before = [float(sel.sigma0), *sigmas[:-1]] if sigmas else []
+    var_before, var_after = None, None
+    if args.select != "none":
+        var_before, var_after = float(sel.sigma0) ** 2, (sigmas[-1] if sigmas else float(sel.sigma0)) ** 2
     return PromptResult(prompt_id=prompt_id, domain=domain, select=args.select, bits=bits, bytes=n_bytes,
-                        picks=picks, sigmas=[float(s) for s in sel.sigmas], stopped=sel.stopped,
+                        picks=picks, sigmas=sigmas, sigma_before=before, sigma_after=list(sigmas),
+                        var_before=var_before, var_after=var_after, stopped=sel.stopped,
+                        stopped_at=len(picks) if sel.stopped else None, method=args.method,
                         select_ms=1000 * sel.seconds, nn_select_ms=nn_ms, search_ms=search_ms, train_s=train_s,
                         steps=steps, tokens=tokens)
 

@@ -1,0 +1,137 @@
+"""The likelihood of given answers: the true output's bits, and product-of-experts scores.
+
+`score_answers` is one batched forward pass per batch of (prompt + answer) sequences, the output
+head run only where an answer token is predicted; it returns each answer's summed natural
+log-probability. On it rest:
+
+- `truth_bits`: the true test output's negative log-likelihood in bits, per answer token and per
+  cell, under the identity prompt (the task's demonstrations in their order, fitted to
+  `max_len`). The solver measures it before and after test-time training; it is read only after
+  the predictions are made and never reaches them.
+- `poe_scores` (Franzen, Disselhoff, Hartmann 2025, "Product of Experts with LLMs"): a candidate's
+  score is the sum of its log-likelihoods under every inference view, the prompt and the
+  candidate transformed together (a product of the views' probabilities).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, format_answer
+from testtime.arc.task import Grid, Task
+from testtime.arc.transforms import Transform
+from testtime.arc.ttt_data import fit_demos
+from testtime.batching import IGNORE_INDEX
+from testtime.seeds import name_key
+
+log = logging.getLogger(__name__)
+
+Row = tuple[list[int], int]
+"""(token ids of prompt + answer, how many of the last ids are the answer)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+@torch.inference_mode()
+def score_answers(model: Any, rows: Sequence[Row], *, batch_size: int = 8) -> list[float]:
+    """Summed log-probability (nats) of each row's answer tokens given the tokens before them.
+
+    Rows are sorted by length (longest first) and right-padded per batch; position t predicts
+    token t+1, so padding after a row is never attended to. Results are in the order given.
+    """
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    out = [0.0] * len(rows)
+    device = next(model.parameters()).device
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keep = _takes_logits_to_keep(type(base))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(rows[i][0]) for i in chunk)
+        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, T), right padded
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        targets = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)  # token predicted at t
+        for r, i in enumerate(chunk):
+            ids, n = rows[i]
+            if not 0 < n < len(ids):
+                raise ValueError(f"row {i}: {n} answer tokens in a sequence of {len(ids)}")
+            input_ids[r, :len(ids)] = torch.tensor(ids)
+            mask[r, :len(ids)] = 1
+            targets[r, len(ids) - n - 1:len(ids) - 1] = torch.tensor(ids[len(ids) - n:])
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1).to(device)  # (P,)
+        kwargs = {"logits_to_keep": positions} if keep else {}
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                       **kwargs).logits  # (B, P, V) or (B, T, V)
+        if not keep:
+            logits = logits[:, positions]
+        wanted = targets.to(device)[:, positions]  # (B, P)
+        logp = F.log_softmax(logits.float(), dim=-1).gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums = torch.where(wanted != IGNORE_INDEX, logp, 0.0).double().sum(dim=1).tolist()  # note: a sync point
+        for r, i in enumerate(chunk):
+            out[i] = float(sums[r])
+    return out
+
+
+def answer_ids(tokenizer: Any, grid: Grid, fmt: TextFormat = DEFAULT_FORMAT) -> list[int]:
+    """Token ids of `format_answer(grid)`, as `encode` tokenises an answer."""
+    return list(tokenizer(format_answer(grid, fmt), add_special_tokens=False)["input_ids"])
+
+
+def truth_rows(tokenizer: Any, task: Task, *, counter: TokenCounter, max_len: int, seed: int,
+               fmt: TextFormat = DEFAULT_FORMAT) -> list[Row | None]:
+    """Per test input: the identity prompt with its true output as the answer; None when the output is
+    unknown or even one demonstration and the answer do not fit `max_len`."""
+    rows: list[Row | None] = []
+    for i, ex in enumerate(task.test):
+        if ex.output is None:
+            rows.append(None)
+            continue
+        rng = np.random.default_rng([seed, name_key(task.id), i])
+        demos = fit_demos(task.train, ex.input, ex.output, counter, max_len, rng)
+        if demos is None:
+            rows.append(None)
+            continue
+        ids, labels = encode(tokenizer, demos, ex.input, ex.output, fmt)
+        rows.append((ids, sum(lab != IGNORE_INDEX for lab in labels)))
+    return rows
+
+
+def truth_bits(model: Any, task: Task, rows: Sequence[Row | None], *, batch_size: int = 8) -> list[dict | None]:
+    """Per test input: {"bits_per_token", "bits_per_cell"} of the true output, or None without a row."""
+    present = [r for r in rows if r is not None]
+    logprobs = iter(score_answers(model, present, batch_size=batch_size))
+    out: list[dict | None] = []
+    for ex, row in zip(task.test, rows, strict=True):
+        if row is None:
+            out.append(None)
+            continue
+        bits = -next(logprobs) / math.log(2)
+        out.append({"bits_per_token": bits / row[1], "bits_per_cell": bits / ex.output.size})
+    return out
+
+
+def poe_scores(model: Any, tokenizer: Any, grids: Sequence[Grid], experts: Sequence[tuple[Transform, list[int]]],
+               *, batch_size: int = 8, fmt: TextFormat = DEFAULT_FORMAT) -> list[float]:
+    """Per grid (in the task's frame): the sum over the views of log p(t(grid) | view t's prompt);
+    -inf for every grid when there is no view."""
+    if not experts:
+        return [-math.inf] * len(grids)
+    rows: list[Row] = []
+    for g in grids:
+        for t, prompt_ids in experts:
+            answer = answer_ids(tokenizer, t.grid(g), fmt)
+            rows.append((list(prompt_ids) + answer, len(answer)))
+    scores = score_answers(model, rows, batch_size=batch_size)
+    n = len(experts)
+    return [math.fsum(scores[k * n:(k + 1) * n]) for k in range(len(grids))]

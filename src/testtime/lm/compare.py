@@ -1,0 +1,205 @@
+"""Methods side by side: bits per byte as % of the untouched model, per domain, with standard errors.
+
+The paper's table shape (Hübotter et al., 2025): one row per domain, one column per method, each
+cell the mean over the domain's prompts of 100 x bpb(method) / bpb(none) for the same prompt, with
+the standard error of that mean across prompts; an "All" row over every prompt; the mean steps
+each method took. A prompt counts in a column only where both the method and `none` scored it.
+
+Beside it, the paper's second claim, that the surrogate's uncertainty predicts the gain: over the
+paired prompts, Spearman's rank correlation between the uncertainty reduction
+sigma_0^2 - sigma_n^2 (`var_before - var_after` in each record) and the realised gain
+bpb(none) - bpb(method).
+
+    runs = find_runs(["runs/lm"])              # OUT/<method>/ directories written by `lm eval`
+    table = compare(runs)                       # baseline: the run labelled `none`
+    print("\\n".join(markdown(table)))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Cell", "Comparison", "Run", "compare", "find_runs", "markdown", "rank", "spearman"]
+
+ALL = "All"
+
+
+@dataclass
+class Run:
+    """One method's finished prompts, read from its run directory."""
+
+    label: str
+    """Column name: the run directory's name (with its parent's when two runs share a name)."""
+    path: Path
+    results: dict[str, dict]
+    """prompt id -> its record (status ok only)."""
+    unusable: int = 0
+    """Records that failed or could not be read."""
+
+
+@dataclass
+class Cell:
+    """One method in one domain: % of none over the paired prompts."""
+
+    pct: float
+    """Mean of 100 x bpb(method) / bpb(none) over the paired prompts."""
+    se: float
+    """Standard error of that mean (NaN for a single prompt)."""
+    n: int
+    """Paired prompts."""
+
+
+@dataclass
+class Comparison:
+    baseline: str
+    methods: list[str]
+    domains: list[str]
+    """Domains in order, "All" last."""
+    base: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """domain -> (prompts, bpb of the baseline: total bits / total bytes)."""
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    """(domain, method) -> Cell; absent where no prompt pairs."""
+    steps: dict[str, float] = field(default_factory=dict)
+    """method -> mean steps per prompt."""
+    rho: dict[str, tuple[float | None, int]] = field(default_factory=dict)
+    """method -> (Spearman rho of uncertainty reduction vs gain, prompts with both), rho None if undefined."""
+    missing: dict[str, int] = field(default_factory=dict)
+    """method -> baseline prompts the method has no result for."""
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """The runs in `paths`: each a run directory (config.json, results/) or a directory of them (OUT)."""
+    dirs: list[Path] = []
+    for p in map(Path, paths):
+        if _is_run(p):
+            dirs.append(p)
+        elif p.is_dir() and (found := sorted(d for d in p.iterdir() if _is_run(d))):
+            dirs.extend(found)
+        else:
+            raise ValueError(f"{p}: not a run directory of `testtime lm eval` (no config.json and results/ in it "
+                             "or its subdirectories); give OUT or OUT/METHOD")
+    names = [d.name for d in dirs]
+    runs = []
+    for d in dirs:
+        label = d.name if names.count(d.name) == 1 else f"{d.parent.name}/{d.name}"
+        runs.append(_read_run(d, label))
+    return runs
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "results").is_dir()
+
+
+def _read_run(path: Path, label: str) -> Run:
+    run = Run(label, path, {})
+    for f in sorted((path / "results").glob("*.json")):
+        try:
+            record = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            run.unusable += 1
+            continue
+        ok = isinstance(record, dict) and record.get("status") == "ok" and _number(record.get("bpb"))
+        if ok:
+            run.results[str(record["prompt_id"])] = record
+        else:
+            run.unusable += 1
+    return run
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def rank(a: np.ndarray) -> np.ndarray:
+    """1-based ranks of `a`, ties sharing their average rank."""
+    a = np.asarray(a, dtype=np.float64)
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(1, len(a) + 1)
+    for value in np.unique(a):  # average the ranks of tied values
+        tied = a == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x: Iterable[float], y: Iterable[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's of the average ranks); None for < 3 pairs or a constant side."""
+    x, y = np.asarray(list(x), dtype=np.float64), np.asarray(list(y), dtype=np.float64)
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs pairs: {len(x)} x values but {len(y)} y values")
+    if len(x) < 3:
+        return None
+    rx, ry = rank(x) - (len(x) + 1) / 2, rank(y) - (len(y) + 1) / 2
+    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    return None if denom == 0 else float(rx @ ry) / denom
+
+
+def _cell(ratios: list[float]) -> Cell:
+    r = np.asarray(ratios)
+    se = float(r.std(ddof=1) / math.sqrt(len(r))) if len(r) > 1 else float("nan")
+    return Cell(float(r.mean()), se, len(r))
+
+
+def compare(runs: list[Run], baseline: str = "none") -> Comparison:
+    """Every run but the baseline against the baseline run (labelled `baseline`), prompt by prompt."""
+    base_runs = [r for r in runs if r.label.rsplit("/", 1)[-1] == baseline]
+    if len(base_runs) != 1:
+        raise ValueError(f"need exactly one `{baseline}` run to compare against, found {len(base_runs)} "
+                         f"(runs: {', '.join(r.label for r in runs)})")
+    base = base_runs[0].results
+    domain_of = {pid: r.get("domain") or "-" for pid, r in base.items()}
+    domains = sorted(set(domain_of.values())) + [ALL]
+    methods = [r for r in runs if r is not base_runs[0]]
+    out = Comparison(baseline, [r.label for r in methods], domains)
+    for d in domains:
+        ids = [pid for pid in base if d == ALL or domain_of[pid] == d]
+        out.base[d] = (len(ids), sum(base[i]["bits"] for i in ids) / sum(base[i]["bytes"] for i in ids))
+    for run in methods:
+        paired = [pid for pid in base if pid in run.results]
+        out.missing[run.label] = len(base) - len(paired)
+        for d in domains:
+            ratios = [100 * run.results[p]["bpb"] / base[p]["bpb"] for p in paired if d == ALL or domain_of[p] == d]
+            if ratios:
+                out.cells[(d, run.label)] = _cell(ratios)
+        out.steps[run.label] = float(np.mean([r.get("steps", 0) for r in run.results.values()])) \
+            if run.results else float("nan")
+        with_var = [p for p in paired if _number(run.results[p].get("var_before"))
+                    and _number(run.results[p].get("var_after"))]
+        reduction = [run.results[p]["var_before"] - run.results[p]["var_after"] for p in with_var]
+        gain = [base[p]["bpb"] - run.results[p]["bpb"] for p in with_var]
+        out.rho[run.label] = (spearman(reduction, gain), len(with_var))
+    return out
+
+
+def format_cell(cell: Cell | None) -> str:
+    """`96.7 (1.2)`: % of none and its standard error; `-` where no prompt pairs."""
+    if cell is None:
+        return "-"
+    return f"{cell.pct:.1f} ({cell.se:.1f})" if math.isfinite(cell.se) else f"{cell.pct:.1f} (-)"
+
+
+def rows(table: Comparison) -> list[list[str]]:
+    """The table as text cells: header, a row per domain, "All", mean steps, the correlation."""
+    out = [["domain", "prompts", f"{table.baseline} bpb", *table.methods]]
+    for d in table.domains:
+        n, bpb = table.base[d]
+        out.append([d, str(n), f"{bpb:.4f}", *(format_cell(table.cells.get((d, m))) for m in table.methods)])
+    out.append(["mean steps", "", "0", *(f"{table.steps[m]:.1f}" for m in table.methods)])
+    rho = [table.rho[m] for m in table.methods]
+    out.append(["Spearman ρ(Δσ², gain)", "", "",
+                *("-" if r is None else f"{r:+.3f} (n={n})" for r, n in rho)])
+    return out
+
+
+def markdown(table: Comparison) -> list[str]:
+    """The comparison as markdown table lines (BENCHMARKS.md)."""
+    cells = rows(table)
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+    return lines + ["| " + " | ".join(r) + " |" for r in cells[1:]]

@@ -1,0 +1,114 @@
+"""The LM and pretraining reports on synthetic run directories: numbers, plots, and missing fields tolerated."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from report_runs import write_lm_runs, write_pretrain_out  # tests/report/ is on sys.path
+from typer.testing import CliRunner
+
+from testtime.report import write_lm_report, write_pretrain_report
+from testtime.report.lm import domain_bpb, lm_context, load_lm_runs, paired_pct
+from testtime.report.svg import grouped_bars, line_chart, scatter
+
+
+def test_bits_per_byte_per_domain_are_total_bits_over_total_bytes():
+    results = [{"domain": "a", "bits": 10.0, "bytes": 10}, {"domain": "a", "bits": 30.0, "bytes": 10},
+               {"domain": "b", "bits": 5.0, "bytes": 20}]
+    assert domain_bpb(results) == {"a": 2.0, "b": 0.25, "all": 45.0 / 40}
+
+
+def test_each_run_is_compared_with_the_none_run_beside_it(tmp_path):
+    out = write_lm_runs(tmp_path)
+    ctx = lm_context(load_lm_runs([out]))
+    rows = {r["label"]: r for r in ctx["runs"]}
+    assert list(rows) == ["none", "nn", "sift"]  # the base first
+    assert rows["none"]["base"] is None and rows["sift"]["base"] == "none"
+    # synthetic bits: none 1.0x, nn 0.95x, sift 0.90x on every prompt
+    assert rows["nn"]["pct"]["all"] == (pytest.approx(95.0), pytest.approx(0.0), 12)
+    assert rows["sift"]["pct"]["code"][0] == pytest.approx(90.0)
+    assert rows["sift"]["steps"] == 10 and rows["sift"]["select_ms"] == pytest.approx(2.5)
+    html = write_lm_report([out]).read_text()
+    assert html.count("<rect x=") == 3 * 4  # 3 runs x (3 domains + all)
+    assert "95.0%" in html and "90.0%" in html and html.count("<circle") == 2 * 12
+    assert "uncertainty reduction sigma_0^2 - sigma_n^2" in html
+    assert not re.search(r"https?://", html)
+
+
+def test_percent_of_base_pairs_prompts_and_gives_a_standard_error(tmp_path):
+    out = write_lm_runs(tmp_path, selects=("none", "sift"), n_prompts=4)
+    base, sift = load_lm_runs([out])
+    record = sift.path / "results" / "p0.json"  # prompt p0 (code): 50% of base instead of 95%
+    data = json.loads(record.read_text())
+    data["bits"] = json.loads((base.path / "results" / "p0.json").read_text())["bits"] / 2
+    record.write_text(json.dumps(data))
+    base, sift = load_lm_runs([out])
+    pct = paired_pct(sift, base, ["code", "all"])
+    assert pct["code"][0] == pytest.approx((50 + 95) / 2) and pct["code"][2] == 2
+    assert pct["all"][0] == pytest.approx((50 + 95 * 3) / 4)
+    assert pct["all"][1] == pytest.approx(11.25)  # sd of (50, 95, 95, 95) is 22.5, over sqrt(4)
+
+
+def test_the_same_selector_from_two_outs_gets_two_names(tmp_path):
+    a = write_lm_runs(tmp_path / "seed0")
+    b = write_lm_runs(tmp_path / "seed1", selects=("none", "sift"))
+    ctx = lm_context(load_lm_runs([a, b / "sift", b / "none"]))
+    labels = [r["label"] for r in ctx["runs"]]
+    assert len(set(labels)) == len(labels) == 5
+    sift1 = next(r for r in ctx["runs"] if r["path"] == str(b / "sift"))
+    assert sift1["base"] == next(r["label"] for r in ctx["runs"] if r["path"] == str(b / "none"))
+
+
+def test_missing_keys_and_runs_leave_gaps_not_errors(tmp_path):
+    out = write_lm_runs(tmp_path, selects=("nn", "sift"), sigmas=False)
+    (out / "sift" / "results" / "bad.json").write_text("[1, 2")
+    (out / "sift" / "results" / "failed.json").write_text(json.dumps({"prompt_id": "x", "status": "failed"}))
+    for file in (out / "nn" / "results").glob("*.json"):
+        record = json.loads(file.read_text())
+        for key in ("select_ms", "nn_select_ms", "steps", "search_ms"):
+            record.pop(key)
+        file.write_text(json.dumps(record))
+    html = write_lm_report([out / "nn", out / "sift"]).read_text()
+    assert "no `select none` run among these" in html
+    assert re.search(r"<td>sift</td><td>12</td><td>2</td>", html)  # 2 unusable records counted as failed
+
+
+def test_the_lm_cli_reports_a_directory_of_runs(tmp_path):
+    from testtime.cli import app
+
+    out = write_lm_runs(tmp_path)
+    result = CliRunner().invoke(app, ["lm", "report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.html").is_file()
+    result = CliRunner().invoke(app, ["lm", "report", str(tmp_path / "empty")])
+    assert result.exit_code == 2
+
+
+def test_the_pretrain_report_draws_every_step_and_validation_point(tmp_path):
+    out = write_pretrain_out(tmp_path, steps=60)
+    html = write_pretrain_report(out).read_text()
+    lines = re.findall(r'<polyline[^>]*points="([^"]*)"', html)
+    assert [len(p.split()) for p in lines] == [60, 60, 3]  # train, its moving mean, validation
+    assert "2,001" in html  # tokens/s = 123456 / 61.7
+    assert "MFU" in html and "not recorded" in html and "testtime ARC pretraining adapter" in html
+
+
+def test_an_unfinished_pretraining_run_has_a_report_from_its_checkpoint(tmp_path):
+    out = write_pretrain_out(tmp_path, card=False, steps=10)
+    html = write_pretrain_report(out).read_text()
+    assert "unfinished" in html and "no card.json yet" in html
+    assert len(re.findall(r"<polyline", html)) == 2  # 10 steps: no moving mean
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(FileNotFoundError):
+        write_pretrain_report(out)
+
+
+def test_charts_skip_what_is_not_finite():
+    assert line_chart([("a", [(1, float("nan")), (2, None)])], xlabel="x", ylabel="y") == ""
+    assert grouped_bars(["a"], [("s", [None])], ylabel="y") == ""
+    assert scatter([("s", [])], xlabel="x", ylabel="y") == ""
+    svg = line_chart([("a", [(1, 1.0), (2, float("inf")), (3, 0.5)])], xlabel="x", ylabel="y")
+    assert len(re.search(r'points="([^"]*)"', svg).group(1).split()) == 2
