@@ -173,11 +173,16 @@ def _finite(values: Sequence[float | None]) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def _finite_series(series: Sequence[tuple[str, Sequence[tuple[float, float]]]]) -> list[tuple[str, list]]:
+    """Each named series' finite (x, y) points; series left without any are dropped."""
+    clean = [(name, [(float(x), float(y)) for x, y in pts if len(_finite([x, y])) == 2]) for name, pts in series]
+    return [(n, p) for n, p in clean if p]
+
+
 def line_chart(series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *, xlabel: str, ylabel: str,
                width: int = 480, height: int = 220) -> str:
     """Curves of (x, y) points, one colour each, with a legend; '' when no series has a finite point."""
-    clean = [(name, [(float(x), float(y)) for x, y in pts if len(_finite([x, y])) == 2]) for name, pts in series]
-    clean = [(n, p) for n, p in clean if p]
+    clean = _finite_series(series)
     if not clean:
         return ""
     frame = _Frame([x for _, p in clean for x, _ in p], [y for _, p in clean for _, y in p], width=width, height=height,
@@ -219,8 +224,7 @@ def grouped_bars(groups: Sequence[str], series: Sequence[tuple[str, Sequence[flo
 def scatter(series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *, xlabel: str, ylabel: str,
             width: int = 480, height: int = 260) -> str:
     """Points, one colour per series, with a dashed y = 0 line when 0 is in range; '' without finite points."""
-    clean = [(n, [(float(x), float(y)) for x, y in pts if len(_finite([x, y])) == 2]) for n, pts in series]
-    clean = [(n, p) for n, p in clean if p]
+    clean = _finite_series(series)
     if not clean:
         return ""
     frame = _Frame([x for _, p in clean for x, _ in p], [y for _, p in clean for _, y in p], width=width, height=height,
