@@ -46,14 +46,14 @@ ALIASES = {"nn-f": "nn-repeats", "adaptive": "sift-adaptive", "adaptive-sift": "
 """The paper's names for methods -> the run directory names `lm eval` uses."""
 
 
-def pick_prompts(path: Path, per_domain: int) -> list:
+def pick_prompts(path: Path, per_domain: int, skip: int = 0) -> list:
     pf = read_prompts(path)
     for err in pf.errors:
         print(f"skipped: {err}")
     by_domain: dict[str, list] = {}
     for p in sorted(pf.prompts, key=lambda p: p.id):
         by_domain.setdefault(p.domain, []).append(p)
-    return [p for d in sorted(by_domain) for p in by_domain[d][:per_domain]]
+    return [p for d in sorted(by_domain) for p in by_domain[d][skip:skip + per_domain]]
 
 
 def selection_speed(prompts, memory, embedder, k: int, n: int, lam: float, repeats: int) -> dict:
@@ -70,6 +70,23 @@ def selection_speed(prompts, memory, embedder, k: int, n: int, lam: float, repea
             "search_ms": statistics.median(search_ms), "prompts": len(queries), "k": k, "n": n}
 
 
+def alpha_stops(prompts, memory, embedder, k: int, n: int, lam: float, alphas: list[float]) -> dict:
+    """Steps adaptive SIFT takes (of n) on these prompts for each alpha: selection only, no training.
+
+    For choosing alpha by the compute it spends, before any bits per byte are seen.
+    """
+    queries = embedder.embed([p.prompt for p in prompts])
+    cands = [memory.embeddings[memory.search(q, k)] for q in queries]
+    out = {}
+    for a in alphas:
+        steps = sorted(len(select_sift(q, c, n, lam=lam, alpha=a).indices) for q, c in zip(queries, cands))
+        out[a] = {"min": steps[0], "median": statistics.median(steps), "mean": statistics.fmean(steps),
+                  "max": steps[-1], "at_n": sum(s == n for s in steps)}
+        print(f"alpha {a:g}: steps min {steps[0]}, median {out[a]['median']:g}, mean {out[a]['mean']:.1f}, "
+              f"max {steps[-1]}; {out[a]['at_n']}/{len(steps)} prompts take all {n}")
+    return out
+
+
 def method_args(method: str, args: argparse.Namespace) -> TTFTArgs:
     """The TTFT settings of one method name (`sift-adaptive`: SIFT with --alpha)."""
     select, adaptive = ("sift", args.alpha) if method == "sift-adaptive" else (method, None)
@@ -84,11 +101,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--index", type=Path, required=True, help="Index of the corpus memory (testtime lm index).")
     ap.add_argument("--out", type=Path, default=Path("runs/sift-bench"))
     ap.add_argument("--prompts-per-domain", type=int, default=20)
+    ap.add_argument("--skip-per-domain", type=int, default=0,
+                    help="Skip each domain's first S prompts (by id): e.g. a development split for choosing lr.")
     ap.add_argument("--methods", default="none,us,nn,nn-f,sift,sift-adaptive",
                     help="Comma-separated: none, us, nn, nn-f (= nn-repeats), sift, sift-adaptive, random.")
     ap.add_argument("--n", type=int, default=50, help="Chunks selected = training steps per prompt.")
     ap.add_argument("--k", type=int, default=200)
     ap.add_argument("--alpha", type=float, default=1.0, help="Adaptive SIFT's alpha (for sift-adaptive).")
+    ap.add_argument("--alpha-stops", default="",
+                    help="Comma-separated alphas: print the steps adaptive SIFT would take for each, then exit.")
     ap.add_argument("--select-n", type=int, default=50, help="N for the selection-speed measurement.")
     ap.add_argument("--lam", type=float, default=0.01)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -130,7 +151,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = pick_prompts(args.corpus / "prompts.jsonl", args.prompts_per_domain)
+    prompts = pick_prompts(args.corpus / "prompts.jsonl", args.prompts_per_domain, args.skip_per_domain)
     memory = Memory.load(args.index)
     loaded = load_model("embedded")
     embedder = load_embedder(memory.meta.get("embedder", "minilm"), lm=loaded.model, tokenizer=loaded.tokenizer) \
@@ -139,6 +160,10 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"N={args.n} K={args.k} lr={args.lr} " + ("full fine-tuning" if args.lora_rank == 0
                                                      else f"LoRA rank {args.lora_rank}"))
+    if args.alpha_stops:
+        alpha_stops(prompts, memory, embedder, args.k, args.n, args.lam,
+                    [float(a) for a in args.alpha_stops.split(",")])
+        return
     speed = selection_speed(prompts, memory, embedder, args.k, args.select_n, args.lam, args.repeats)
     print(f"selection at K={args.k}, N={args.select_n}: NN {speed['nn_ms']:.2f} ms, SIFT {speed['sift_ms']:.2f} ms "
           f"(+{speed['sift_ms'] - speed['nn_ms']:.2f} ms); faiss search {speed['search_ms']:.2f} ms")

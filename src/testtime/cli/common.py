@@ -89,6 +89,35 @@ def _load_config(ctx: typer.Context, _param: typer.CallbackParam, value: Path | 
     return value
 
 
+def preset_option(presets: Mapping[str, Mapping[str, Any]]) -> Any:
+    """--preset NAME: a named set of option values (long names) that become the command's defaults.
+
+    Eager, like --config, and below it: a key --config sets keeps the config's value whatever the order
+    on the command line, and an explicit flag beats both.
+    """
+    def apply(ctx: typer.Context, _param: typer.CallbackParam, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value not in presets:
+            raise typer.BadParameter(f"no preset {value!r}; choose one of {', '.join(presets)}")
+        names = {long_name(p): p.name for p in ctx.command.params}
+        ctx.default_map = {**{names[k]: v for k, v in presets[value].items()}, **(ctx.default_map or {})}
+        return value
+
+    return typer.Option(None, "--preset", is_eager=True, callback=apply,
+                        help=f"Named settings ({', '.join(presets)}) used as defaults; --config and flags override "
+                             "them. The resolved values are printed and saved in the run config.")
+
+
+def preset_line(name: str, preset: Mapping[str, Any], params: Mapping[str, Any]) -> Text:
+    """`preset paper: lora-rank 128, ..., ttt-lr 0.0001 (flag; preset 5e-05)`, every value as resolved."""
+    parts = []
+    for key, want in preset.items():
+        got = params[key]
+        parts.append(f"{key} {got}" if got == want else f"{key} {got} (overridden; preset {want})")
+    return Text.assemble((f"preset {name}: ", "bold"), ", ".join(parts))
+
+
 DTYPE = typer.Option("float32", "--dtype", help="Base model weights: float32, bfloat16, or auto (bfloat16 on CUDA "
                      "and on CPUs with bf16 units, else float32). LoRA weights and optimizer state stay float32.")
 CONFIG = typer.Option(None, "--config", is_eager=True, callback=_load_config, dir_okay=False,

@@ -22,8 +22,36 @@ FIELDS: common.Fields = {
     "orders": "infer.orders", "infer-leave-one-out": "infer.leave_one_out", "select": "infer.select",
     "ttt-leave-two-out": "data.leave_two_out", "ttt-augment": "data.augmentations",
     "ttt-weight-decay": "train.weight_decay",
+    "ttt-geometric": "data.geometric", "ttt-colors": "data.colors", "ttt-demo-order": "data.demo_order",
+    "ttt-gradient-checkpointing": "train.gradient_checkpointing",
 }
 """Each option of `arc solve` that goes into SolveConfig, and the field(s) it sets."""
+
+PRESETS: dict[str, dict[str, object]] = {
+    # The authors' run (Akyuerek et al. 2024; ekinakyurek/marc: README, configs/ttt, test_time_train.py and
+    # predict.py): LoRA r128 / alpha 16 on q, v and the MLP, AdamW lr 5e-5 with weight decay 0.01 and 5
+    # warm-up steps, 2 epochs of batch 2, up to 250 sequences (leave-one-out topped up with leave-two-out,
+    # size augmentations), loss on every demo output after the first; inference on leave-one-out prompts
+    # in 2 demo orders per transform.
+    "paper": {
+        "lora-rank": 128, "lora-alpha": 16, "lora-dropout": 0.0,
+        "lora-targets": "q_proj,v_proj,gate_proj,up_proj,down_proj",
+        "ttt-lr": 5e-5, "ttt-epochs": 2, "ttt-batch-size": 2, "grad-accum": 1, "ttt-weight-decay": 0.01,
+        "ttt-schedule": "cosine", "ttt-warmup": 5, "ttt-sequences": 250, "ttt-format": "icl",
+        "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "loss-on": "outputs", "ttt-max-len": 8192,
+        "orders": 2, "infer-leave-one-out": True, "transforms": "geometric", "max-len": 8192, "select": "vote",
+    },
+    # This CPU's budget: the defaults of every option (a 135M model trains a task in about a minute).
+    "small": {
+        "lora-rank": 16, "lora-alpha": 32, "lora-dropout": 0.0,
+        "lora-targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        "ttt-lr": 1e-4, "ttt-epochs": 1, "ttt-batch-size": 1, "grad-accum": 1, "ttt-weight-decay": 0.0,
+        "ttt-schedule": "cosine", "ttt-warmup": 0, "ttt-sequences": 32, "ttt-format": "icl",
+        "ttt-leave-two-out": False, "ttt-augment": "", "loss-on": "answer", "ttt-max-len": 2048,
+        "orders": 1, "infer-leave-one-out": False, "transforms": "geometric", "max-len": 8192, "select": "vote",
+    },
+}
+"""`--preset NAME`: option values by long name. They become the defaults: `--config` and flags override them."""
 
 
 def solve(
@@ -67,6 +95,14 @@ def solve(
                                            help="TTT: top up with leave-two-out tasks when leave-one-out falls short."),
     ttt_augment: str = typer.Option("", help="TTT: extra size augmentations, comma-separated: upscale, tile."),
     ttt_weight_decay: float = typer.Option(0.0, help="TTT: AdamW weight decay."),
+    ttt_geometric: bool = typer.Option(True, "--ttt-geometric/--no-ttt-geometric",
+                                       help="TTT: augment with the 8 rotations/flips."),
+    ttt_colors: bool = typer.Option(True, "--ttt-colors/--no-ttt-colors", help="TTT: augment with colour permutations."),
+    ttt_demo_order: bool = typer.Option(True, "--ttt-demo-order/--no-ttt-demo-order",
+                                        help="TTT: shuffle the order of the context demos."),
+    ttt_gradient_checkpointing: bool = typer.Option(False, help="TTT: recompute activations in the backward pass "
+                                                    "(less memory, slower)."),
+    preset: str = common.preset_option(PRESETS),
     restart: bool = common.RESTART,
     retry_failed: bool = common.RETRY_FAILED,
     ray: bool = common.RAY,
@@ -106,6 +142,8 @@ def solve(
         problems.append("--shared trains one LoRA on all tasks and cannot be split over --ray workers; drop one")
     if problems:
         fail("; ".join(problems))
+    if preset:
+        console.print(common.preset_line(preset, PRESETS[preset], params))
     if not adapter and not no_adapter:
         from testtime.arc.pretrain import default_adapter
 

@@ -1,0 +1,92 @@
+"""`arc solve --preset paper|small`: named settings below --config and flags, printed and saved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from testtime.cli import app
+from testtime.cli.common import long_name
+from testtime.cli.solve import PRESETS
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "400"})
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    grid = [[1, 2], [3, 4]]
+    (folder / "t0.json").write_text(json.dumps({"train": [{"input": grid, "output": grid}] * 3,
+                                                 "test": [{"input": grid, "output": grid}]}))
+    return folder
+
+
+def solve(tasks_dir, model_dir, out, *flags: str):
+    result = invoke("arc", "solve", str(tasks_dir), "--model", str(model_dir), "--no-ttt", "--max-new-tokens", "4",
+                    "--out", str(out), *flags)
+    assert result.exit_code == 0, result.output
+    return result, json.loads((out / "config.json").read_text())
+
+
+def test_small_is_every_default_and_both_presets_name_real_options():
+    import typer.main
+
+    command = typer.main.get_command(app).commands["arc"].commands["solve"]
+    defaults = {long_name(p): p.default for p in command.params}
+    assert PRESETS["small"] == {k: defaults[k] for k in PRESETS["small"]}  # today's CPU budget, unchanged
+    assert set(PRESETS["paper"]) == set(PRESETS["small"])  # the same options, so each value is shown in both
+    assert {k for k in PRESETS["paper"] if PRESETS["paper"][k] != defaults[k]} >= {
+        "lora-rank", "lora-alpha", "lora-targets", "ttt-lr", "ttt-epochs", "ttt-batch-size", "ttt-weight-decay",
+        "ttt-sequences", "ttt-leave-two-out", "ttt-augment", "loss-on", "orders", "infer-leave-one-out"}
+
+
+@pytest.mark.slow
+def test_paper_preset_is_resolved_printed_saved_and_flags_override_it(tmp_path, tasks_dir, tiny_model_dir):
+    result, config = solve(tasks_dir, tiny_model_dir, tmp_path / "paper", "--preset", "paper", "--ttt-lr", "0.001")
+    s = config["settings"]
+    assert (s["config.lora.r"], s["config.lora.alpha"], s["config.lora.target_modules"]) == (
+        128, 16, ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"])
+    assert (s["config.train.epochs"], s["config.train.batch_size"], s["config.train.weight_decay"]) == (2, 2, 0.01)
+    assert s["config.train.lr"] == 0.001  # the flag beats the preset's 5e-5
+    assert (s["config.data.n_sequences"], s["config.data.leave_two_out"], s["config.data.loss_on"]) == (
+        250, True, "outputs")
+    assert s["config.data.augmentations"] == ["upscale", "tile"]
+    assert (s["config.infer.orders"], s["config.infer.leave_one_out"]) == (2, True)
+    assert config["options"]["preset"] == "paper" and config["options"]["lora-rank"] == 128
+    text = " ".join(result.output.split())
+    assert "preset paper: lora-rank 128" in text and "ttt-lr 0.001 (overridden; preset 5e-05)" in text
+    record = json.loads((tmp_path / "paper" / "tasks" / "t0.json").read_text())
+    assert record["predict"]["prompts"] > 8  # 2 orders and leave-one-out prompts, not one prompt per symmetry
+
+    _, plain = solve(tasks_dir, tiny_model_dir, tmp_path / "plain")
+    assert (plain["settings"]["config.train.gradient_checkpointing"], plain["settings"]["config.data.colors"]) == (
+        False, True)
+    _, other = solve(tasks_dir, tiny_model_dir, tmp_path / "other", "--ttt-gradient-checkpointing",
+                     "--no-ttt-geometric", "--no-ttt-colors", "--no-ttt-demo-order")
+    assert [other["settings"][f"config.{k}"] for k in ("train.gradient_checkpointing", "data.geometric",
+                                                       "data.colors", "data.demo_order")] == [True, False, False, False]
+    _, small = solve(tasks_dir, tiny_model_dir, tmp_path / "small", "--preset", "small")
+    assert small["settings"] == plain["settings"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["preset-first", "config-first"])
+def test_a_config_file_beats_the_preset_in_either_order(tmp_path, tasks_dir, tiny_model_dir, order):
+    toml = tmp_path / "run.toml"
+    toml.write_text("ttt-sequences = 7\norders = 1\n")
+    flags = [["--preset", "paper"], ["--config", str(toml)]]
+    _, config = solve(tasks_dir, tiny_model_dir, tmp_path / "run", *sum(flags if order == "preset-first"
+                                                                           else flags[::-1], []))
+    s = config["settings"]
+    assert (s["config.data.n_sequences"], s["config.infer.orders"]) == (7, 1)  # from the file
+    assert s["config.lora.r"] == 128 and s["config.infer.leave_one_out"] is True  # from the preset
+
+
+def test_an_unknown_preset_names_the_choices():
+    result = invoke("arc", "solve", "somewhere", "--preset", "huge")
+    assert result.exit_code == 2
+    assert "no preset 'huge'; choose one of paper, small" in " ".join(result.output.split())
