@@ -1,4 +1,5 @@
-"""`arc solve --preset paper|small`: named settings below --config and flags, printed and saved."""
+"""`arc solve --preset paper|small` (named settings below --config and flags, printed and saved), and the
+flags that only reach the config: augmentation switches, gradient checkpointing, DFS sampling."""
 
 from __future__ import annotations
 
@@ -90,3 +91,14 @@ def test_an_unknown_preset_names_the_choices():
     result = invoke("arc", "solve", "somewhere", "--preset", "huge")
     assert result.exit_code == 2
     assert "no preset 'huge'; choose one of paper, small" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_sampling_flags_reach_the_config_and_a_bad_threshold_names_the_flag(tmp_path, tasks_dir, tiny_model_dir):
+    _, config = solve(tasks_dir, tiny_model_dir, tmp_path / "dfs", "--sampling", "dfs", "--min-prob", "0.3")
+    assert (config["settings"]["config.infer.sampling"], config["settings"]["config.infer.min_prob"]) == ("dfs", 0.3)
+    record = json.loads((tmp_path / "dfs" / "tasks" / "t0.json").read_text())
+    assert record["status"] == "ok"
+    bad = invoke("arc", "solve", str(tasks_dir), "--model", str(tiny_model_dir), "--sampling", "dfs",
+                 "--min-prob", "0")
+    assert bad.exit_code == 2 and "--min-prob" in " ".join(bad.output.split())

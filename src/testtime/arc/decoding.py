@@ -6,6 +6,10 @@ decoder (`testtime.decode.greedy`: a preallocated KV cache, finished rows leave 
 (a letter, a row over 30 cells or unlike the first, a 31st line): garbage costs a few tokens, not
 931. `AnswerShape` is also a `transformers` `StoppingCriteria`, so the same rule works with
 `model.generate` (the reference decoder of the tests and of `bench/arc_ttt.py`).
+
+`generate_dfs` is the alternative to greedy search: every continuation of probability >=
+`min_prob` (`testtime.decode.dfs`), one prompt at a time, each path ended by the same rule
+(`AnswerPaths` keeps an `AnswerShape` row per depth of the path being explored).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from transformers import StoppingCriteria
 
 from testtime.arc.format import MAX_SIDE
-from testtime.decode import greedy
+from testtime.decode import dfs, greedy
 
 DIGITS = frozenset("0123456789")
 
@@ -77,6 +81,11 @@ class AnswerShape(StoppingCriteria):
                 self.length[row] = self.steps[row]
         return [self.length[row] is not None for row in rows]
 
+    def copy_row(self, source: int, target: int) -> None:
+        """Row `target` takes row `source`'s state (a depth-first search forks a path so)."""
+        for state in (self.steps, self.width, self.lines, self.first_width, self.length, self.stopped):
+            state[target] = state[source]
+
     def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
         done = self.done(range(input_ids.shape[0]), input_ids[:, -1].tolist())
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
@@ -129,3 +138,52 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_i
             results[i] = Generation(token_ids=d.token_ids, text=tokenizer.decode(d.token_ids),
                                     logprob=float(sum(d.logprobs)), stopped=shape.stopped[row])
     return [gen for gen in results if gen is not None]
+
+
+class AnswerPaths:
+    """`AnswerShape` as a `testtime.decode.PathStop`: whether a path (its newest token last) has ended.
+
+    Row k holds the state after the path's first k tokens. `dfs` asks about a path after asking
+    about its parent, so a call usually feeds one token; in general it re-feeds the tokens past
+    the longest prefix shared with the previous path.
+    """
+
+    def __init__(self, tokenizer: Any, stop_id: int, max_new_tokens: int, *, check: bool = True) -> None:
+        self.shape = AnswerShape(tokenizer, max_new_tokens + 1, stop_id, check=check)
+        self.path: list[int] = []
+
+    def __call__(self, tokens: Sequence[int]) -> bool:
+        tokens, n = list(tokens), len(tokens)
+        if self.path[:n - 1] == tokens[:n - 1]:
+            shared = n - 1
+        else:
+            shared = next((k for k, (a, b) in enumerate(zip(self.path, tokens)) if a != b),
+                          min(len(self.path), n))
+        for k in range(shared, n):
+            self.shape.copy_row(k, k + 1)
+            self.shape.done([k + 1], [tokens[k]])
+        self.path = tokens
+        return self.shape.length[n] is not None
+
+
+def generate_dfs(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_id: int, max_new_tokens: int,
+                 min_prob: float, check_answer: bool = True, max_candidates: int = 64) -> list[list[Generation]]:
+    """Per prompt, every continuation of probability >= `min_prob`, the most probable first.
+
+    A path ends where `generate`'s rows end (at `stop_id`, at `max_new_tokens`, or with
+    `check_answer` once its text cannot be an answer grid); pruned branches cost no more decoding.
+    """
+    out = []
+    for prompt in prompts:
+        rule = AnswerPaths(tokenizer, stop_id, max_new_tokens, check=check_answer)
+        found = dfs(model, prompt, min_prob=min_prob, max_new_tokens=max_new_tokens, stop=rule,
+                    max_candidates=max_candidates)
+        gens = []
+        for c in found:
+            shape = AnswerShape(tokenizer, 1, stop_id, check=check_answer)
+            for token in c.token_ids:
+                shape.done([0], [token])
+            gens.append(Generation(token_ids=c.token_ids, text=tokenizer.decode(c.token_ids), logprob=c.logprob,
+                                   stopped=shape.stopped[0]))
+        out.append(gens)
+    return out

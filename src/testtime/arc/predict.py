@@ -5,10 +5,12 @@ with colour permutations) and each of `orders` demonstration orders, the task be
 `t.task(task)`; with `leave_one_out`, each demonstration in turn is also left out of the prompt
 (the TTT format: n-1 demonstrations). The model answers the transformed test input by greedy
 decoding; the answer is parsed and mapped back with `t.inverse().grid`, giving one
-`vote.Candidate` per prompt, with its transform, order, prompt kind and log-probability.
+`vote.Candidate` per prompt, with its transform, order, prompt kind and log-probability. With
+`sampling="dfs"` (Franzen et al. 2025) a prompt gives every answer of probability >= `min_prob`
+instead, each its own candidate (`decoding` "dfs:K", K its rank among the prompt's answers).
 
-Decoding (`arc/decoding.py`) is batched greedy search with a preallocated KV cache; a row ends as
-soon as its text can no longer be an answer grid.
+Decoding (`arc/decoding.py`) is batched greedy search with a preallocated KV cache, or a
+depth-first search per prompt; a row or path ends as soon as its text can no longer be an answer grid.
 Test outputs are never read.
 """
 
@@ -23,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from testtime.arc.decoding import Generation, generate
+from testtime.arc.decoding import Generation, generate, generate_dfs
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, parse_answer
 from testtime.arc.task import Example, Task
 from testtime.arc.transforms import (
@@ -57,6 +59,10 @@ class InferArgs:
     """Also one prompt per left-out demonstration per transform (n-1 demos, as TTT trains)."""
     select: Literal["vote", "poe", "vote+poe"] = "vote"
     """How the two attempts are picked: hierarchical vote, product of experts, or the vote with PoE tie-breaks."""
+    sampling: Literal["greedy", "dfs"] = "greedy"
+    """greedy: one answer per prompt; dfs: every answer of probability >= `min_prob`, each a candidate."""
+    min_prob: float = 0.1
+    """Under dfs, the probability an answer needs, in (0, 1]: at most 1/min_prob answers per prompt."""
     max_new_tokens: int = 931
     """Decoding bound per answer: a 30x30 grid is 30 rows x (30 digits + newline) + the end marker."""
     batch_size: int = 8
@@ -69,6 +75,8 @@ class InferArgs:
     def check(self) -> Iterator[tuple[str, str]]:
         for name in ("n_color", "orders", "max_new_tokens", "batch_size", "max_len"):
             yield from at_least(name, getattr(self, name), 1)
+        if not 0 < self.min_prob <= 1:  # also catches NaN
+            yield "min_prob", f"must be in (0, 1], not {self.min_prob}"
 
 
 @dataclass
@@ -76,11 +84,12 @@ class PredictOutcome:
     """The predictions for one test input."""
 
     candidates: list[Candidate]
-    """One per prompt whose answer parsed, in the original frame, in transform order."""
+    """One per parsed answer (greedy: one per prompt at most), in the original frame, in transform order."""
     n_prompts: int
     """Prompts decoded (transforms whose prompt fit `max_len`)."""
     n_unparsed: int
-    """Decoded answers that were no grid (no end marker, cut short, malformed)."""
+    """Prompts that gave no candidate: no answer was a grid (no end marker, cut short, malformed), or
+    under dfs no answer reached `min_prob`."""
     n_unfit: int
     """Prompts skipped: the prompt exceeded `max_len` even with a single demonstration."""
     seconds: float
@@ -207,17 +216,17 @@ def _predict(model: Any, tokenizer: Any, task: Task, test_indices: Sequence[int]
     prep = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    gens = generate(model, tokenizer, [p.token_ids for p in prompts], stop_id=stop_id,
-                    max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    gens = _decode(model, tokenizer, [p.token_ids for p in prompts], stop_id, args)
     decode_seconds = time.perf_counter() - t1
 
     outcomes = []
     for i in test_indices:
-        mine = [(p, g) for p, g in zip(prompts, gens, strict=True) if p.test_index == i]
-        candidates = [c for c in (_candidate(p, g, fmt) for p, g in mine) if c is not None]
+        mine = [(p, answers) for p, answers in zip(prompts, gens, strict=True) if p.test_index == i]
+        per_prompt = [_candidates(p, answers, fmt, args.sampling) for p, answers in mine]
+        candidates = [c for found in per_prompt for c in found]
         share = len(mine) / len(prompts) if prompts else 0.0
         seconds = prep / len(unfit) + decode_seconds * share
-        outcome = PredictOutcome(candidates=candidates, n_prompts=len(mine), n_unparsed=len(mine) - len(candidates),
+        outcome = PredictOutcome(candidates=candidates, n_prompts=len(mine), n_unparsed=per_prompt.count([]),
                                  n_unfit=unfit[i], seconds=seconds,
                                  experts=[(p.transform, p.token_ids) for p, _ in mine if p.label == "all"])
         log.debug("task %s test %d: %d prompts, %d candidates, %d unparsed, %d unfit, %.2f s", task.id, i,
@@ -226,11 +235,26 @@ def _predict(model: Any, tokenizer: Any, task: Task, test_indices: Sequence[int]
     return outcomes
 
 
-def _candidate(p: _Prompt, gen: Generation, fmt: TextFormat) -> Candidate | None:
-    """The parsed answer in the original frame; None unless the row reached the end marker and parsed."""
-    grid = parse_answer(gen.text, fmt) if gen.stopped else None
-    if grid is None:
-        return None
-    t = p.transform
-    return Candidate(grid=t.inverse().grid(grid), transform=t.name, group=geometric_part(t).name,
-                     logprob=gen.logprob, tokens=len(gen.token_ids), order=p.order, prompt=p.label)
+def _decode(model: Any, tokenizer: Any, prompts: list[list[int]], stop_id: int,
+            args: InferArgs) -> list[list[Generation]]:
+    """Each prompt's answers: greedy's one, or under dfs every one of probability >= min_prob."""
+    if args.sampling == "dfs":
+        return generate_dfs(model, tokenizer, prompts, stop_id=stop_id, max_new_tokens=args.max_new_tokens,
+                            min_prob=args.min_prob)
+    gens = generate(model, tokenizer, prompts, stop_id=stop_id, max_new_tokens=args.max_new_tokens,
+                    batch_size=args.batch_size)
+    return [[gen] for gen in gens]
+
+
+def _candidates(p: _Prompt, answers: Sequence[Generation], fmt: TextFormat, sampling: str) -> list[Candidate]:
+    """The prompt's answers that reached the end marker and parsed, in the original frame."""
+    out = []
+    for rank, gen in enumerate(answers):
+        grid = parse_answer(gen.text, fmt) if gen.stopped else None
+        if grid is None:
+            continue
+        t = p.transform
+        out.append(Candidate(grid=t.inverse().grid(grid), transform=t.name, group=geometric_part(t).name,
+                             logprob=gen.logprob, tokens=len(gen.token_ids), order=p.order, prompt=p.label,
+                             decoding="greedy" if sampling == "greedy" else f"dfs:{rank}"))
+    return out

@@ -162,7 +162,8 @@ class Solver:
                             "logprob": r.logprob, "token_logprob": r.token_logprob, "transforms": r.transforms,
                             "poe": None if poe is None else poe[k]} for k, r in enumerate(ranked)],
             "predictions": [{"candidate": index[grid_key(c.grid)], "transform": c.transform,
-                             "order": c.order, "prompt": c.prompt, "logprob": c.logprob, "tokens": c.tokens}
+                             "order": c.order, "prompt": c.prompt, "logprob": c.logprob, "tokens": c.tokens,
+                             **({} if c.decoding == "greedy" else {"decoding": c.decoding})}  # greedy records as before
                             for c in outcome.candidates],
             "prompts": outcome.n_prompts, "unparsed": outcome.n_unparsed, "unfit": outcome.n_unfit,
         }

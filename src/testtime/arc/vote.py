@@ -75,6 +75,9 @@ class Candidate:
     """Which demonstration order of its transform the prompt used (0-based)."""
     prompt: str = "all"
     """The prompt's demonstrations: `all`, or `loo:J` with demonstration J left out."""
+    decoding: str = "greedy"
+    """How the prompt's answer was found: `greedy`, or `dfs:K`, the K-th most probable (0-based) of its
+    depth-first sampling answers."""
 
     @property
     def token_logprob(self) -> float:
@@ -83,7 +86,7 @@ class Candidate:
 
     def _identity(self) -> tuple:
         key = None if self.grid is None else grid_key(self.grid)
-        return key, self.transform, self.group, self.logprob, self.tokens, self.order, self.prompt
+        return key, self.transform, self.group, self.logprob, self.tokens, self.order, self.prompt, self.decoding
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Candidate):

@@ -24,6 +24,7 @@ FIELDS: common.Fields = {
     "ttt-weight-decay": "train.weight_decay",
     "ttt-geometric": "data.geometric", "ttt-colors": "data.colors", "ttt-demo-order": "data.demo_order",
     "ttt-gradient-checkpointing": "train.gradient_checkpointing",
+    "sampling": "infer.sampling", "min-prob": "infer.min_prob",
 }
 """Each option of `arc solve` that goes into SolveConfig, and the field(s) it sets."""
 
@@ -40,6 +41,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "ttt-schedule": "cosine", "ttt-warmup": 5, "ttt-sequences": 250, "ttt-format": "icl",
         "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "loss-on": "outputs", "ttt-max-len": 8192,
         "orders": 2, "infer-leave-one-out": True, "transforms": "geometric", "max-len": 8192, "select": "vote",
+        "sampling": "greedy",
     },
     # This CPU's budget: the defaults of every option (a 135M model trains a task in about a minute).
     "small": {
@@ -49,6 +51,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "ttt-schedule": "cosine", "ttt-warmup": 0, "ttt-sequences": 32, "ttt-format": "icl",
         "ttt-leave-two-out": False, "ttt-augment": "", "loss-on": "answer", "ttt-max-len": 2048,
         "orders": 1, "infer-leave-one-out": False, "transforms": "geometric", "max-len": 8192, "select": "vote",
+        "sampling": "greedy",
     },
 }
 """`--preset NAME`: option values by long name. They become the defaults: `--config` and flags override them."""
@@ -97,11 +100,16 @@ def solve(
     ttt_weight_decay: float = typer.Option(0.0, help="TTT: AdamW weight decay."),
     ttt_geometric: bool = typer.Option(True, "--ttt-geometric/--no-ttt-geometric",
                                        help="TTT: augment with the 8 rotations/flips."),
-    ttt_colors: bool = typer.Option(True, "--ttt-colors/--no-ttt-colors", help="TTT: augment with colour permutations."),
+    ttt_colors: bool = typer.Option(True, "--ttt-colors/--no-ttt-colors",
+                                    help="TTT: augment with colour permutations."),
     ttt_demo_order: bool = typer.Option(True, "--ttt-demo-order/--no-ttt-demo-order",
                                         help="TTT: shuffle the order of the context demos."),
     ttt_gradient_checkpointing: bool = typer.Option(False, help="TTT: recompute activations in the backward pass "
                                                     "(less memory, slower)."),
+    sampling: str = typer.Option("greedy", help="Inference: `greedy` (one answer per prompt) or `dfs` (every answer "
+                                 "of probability >= --min-prob, Franzen et al. 2025; one prompt at a time)."),
+    min_prob: float = typer.Option(0.1, help="Inference with --sampling dfs: the probability an answer needs, "
+                                   "in (0, 1]."),
     preset: str = common.preset_option(PRESETS),
     restart: bool = common.RESTART,
     retry_failed: bool = common.RETRY_FAILED,
