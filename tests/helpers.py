@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -22,3 +23,19 @@ def save_random_adapter(model_dir: Path, out: Path) -> Path:
             if "lora_B" in name:
                 param.normal_(0.0, 0.5, generator=generator)
     return host.save(out)
+
+
+def grid(rows: list[list[int]]) -> np.ndarray:
+    """An ARC grid (int8) from nested lists."""
+    return np.array(rows, dtype=np.int8)
+
+
+def two_demo_task(task_id: str):
+    """Two identity demonstrations (2x2 and 1x3) and two test inputs (3x2 and 1x3)."""
+    from testtime.arc.task import Example, Task
+
+    return Task(
+        id=task_id,
+        train=(Example(grid([[1, 2], [3, 4]]), grid([[1, 2], [3, 4]])), Example(grid([[5, 6, 7]]), grid([[5, 6, 7]]))),
+        test=(Example(grid([[1, 0], [2, 3], [4, 5]])), Example(grid([[6, 0, 8]]))),
+    )

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
+from helpers import two_demo_task  # tests/ is on sys.path under pytest
 from testtime.arc.decoding import AnswerPaths, AnswerShape
 from testtime.arc.format import TokenCounter, encode
 from testtime.arc.predict import InferArgs, end_token_id, predict_task
-from testtime.arc.task import Example, Task, grids_equal
+from testtime.arc.task import grids_equal
 from testtime.arc.transforms import geometric_part, parse_transform, random_transform
 from testtime.arc.vote import vote
 from testtime.batching import TrainingSequence
@@ -178,15 +179,7 @@ ARC_VOCAB = 8192  # every id the ARC format uses is below 5000
 A, B = np.array([[1, 2]], dtype=np.int8), np.array([[3, 4]], dtype=np.int8)
 
 
-def grid(rows):
-    return np.array(rows, dtype=np.int8)
-
-
-TASK = Task(
-    id="two-answers",
-    train=(Example(grid([[1, 2], [3, 4]]), grid([[1, 2], [3, 4]])), Example(grid([[5, 6, 7]]), grid([[5, 6, 7]]))),
-    test=(Example(grid([[1, 0], [2, 3], [4, 5]])), Example(grid([[6, 0, 8]]))),
-)
+TASK = two_demo_task("two-answers")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_tiny_model
+from helpers import grid as g  # tests/ is on sys.path under pytest
+from helpers import two_demo_task
 from testtime.arc.decoding import AnswerShape, generate
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, format_answer
 from testtime.arc.predict import (
@@ -42,15 +44,7 @@ VOCAB = 8192  # every id the ARC format uses (digits, "\n", ".", "input", "outpu
 ANSWER = np.array([[1, 2]], dtype=np.int8)
 
 
-def g(rows: list[list[int]]) -> np.ndarray:
-    return np.array(rows, dtype=np.int8)
-
-
-TASK = Task(
-    id="identity",
-    train=(Example(g([[1, 2], [3, 4]]), g([[1, 2], [3, 4]])), Example(g([[5, 6, 7]]), g([[5, 6, 7]]))),
-    test=(Example(g([[1, 0], [2, 3], [4, 5]])), Example(g([[6, 0, 8]]))),
-)
+TASK = two_demo_task("identity")
 
 
 @pytest.fixture(scope="module")
