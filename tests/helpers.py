@@ -39,3 +39,26 @@ def two_demo_task(task_id: str):
         train=(Example(grid([[1, 2], [3, 4]]), grid([[1, 2], [3, 4]])), Example(grid([[5, 6, 7]]), grid([[5, 6, 7]]))),
         test=(Example(grid([[1, 0], [2, 3], [4, 5]])), Example(grid([[6, 0, 8]]))),
     )
+
+
+def arc_model_answering(tokenizer, task, answers, *, vocab_size: int, prompts: int, steps: int):
+    """A tiny Llama trained to answer each of `answers` to `prompts` randomly transformed prompts of
+    `task` (the answers kept in the prompt's frame). Returns (model, training stats)."""
+    from conftest import make_tiny_model
+    from testtime.arc.format import encode
+    from testtime.arc.transforms import random_transform
+    from testtime.batching import TrainingSequence
+    from testtime.finetune import TrainArgs, train
+
+    model = make_tiny_model(vocab_size=vocab_size, seed=0)
+    with torch.no_grad():  # larger tied embeddings, so logits can become confident in few steps
+        model.get_input_embeddings().weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(0))
+    rng = np.random.default_rng(0)
+    sequences = []
+    for k in range(prompts):
+        moved = random_transform(rng, len(task.train)).task(task)
+        for answer in answers:
+            ids, labels = encode(tokenizer, moved.train, moved.test[k % 2].input, answer)
+            sequences.append(TrainingSequence(input_ids=ids, labels=labels))
+    stats = train(model, sequences, TrainArgs(lr=1e-2, max_steps=steps, batch_size=4, schedule="constant", log_every=0))
+    return model, stats

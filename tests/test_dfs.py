@@ -16,17 +16,15 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from helpers import two_demo_task  # tests/ is on sys.path under pytest
+from helpers import arc_model_answering, two_demo_task  # tests/ is on sys.path under pytest
 from testtime.arc.decoding import AnswerPaths, AnswerShape
-from testtime.arc.format import TokenCounter, encode
+from testtime.arc.format import TokenCounter
 from testtime.arc.predict import InferArgs, end_token_id, predict_task
 from testtime.arc.task import grids_equal
-from testtime.arc.transforms import geometric_part, parse_transform, random_transform
+from testtime.arc.transforms import geometric_part, parse_transform
 from testtime.arc.vote import vote
-from testtime.batching import TrainingSequence
 from testtime.config import problems
 from testtime.decode import dfs, greedy
-from testtime.finetune import TrainArgs, train
 
 VOCAB, STOPS, MAX_NEW = 6, frozenset({2, 5}), 4
 PROMPTS = ([1, 3, 4], [1, 0, 0, 3], [4, 4], [1, 3, 3, 0, 4], [0], [3, 1, 4, 0])
@@ -185,17 +183,8 @@ TASK = two_demo_task("two-answers")
 @pytest.fixture(scope="module")
 def torn_model(tokenizer):
     """A tiny Llama that answers [[1, 2]] or [[3, 4]] (in the prompt's frame), each about half the time."""
-    model = make_tiny_model(vocab_size=ARC_VOCAB, seed=0)
-    with torch.no_grad():  # larger tied embeddings, so logits can become confident in few steps
-        model.get_input_embeddings().weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(0))
-    rng = np.random.default_rng(0)
-    sequences = []
-    for k in range(16):
-        moved = random_transform(rng, len(TASK.train)).task(TASK)
-        for answer in (A, B):  # the same prompt with either answer: the model cannot prefer one
-            ids, labels = encode(tokenizer, moved.train, moved.test[k % 2].input, answer)
-            sequences.append(TrainingSequence(input_ids=ids, labels=labels))
-    train(model, sequences, TrainArgs(lr=1e-2, max_steps=60, batch_size=4, schedule="constant", log_every=0))
+    # the same prompts with either answer: the model cannot prefer one
+    model, _ = arc_model_answering(tokenizer, TASK, (A, B), vocab_size=ARC_VOCAB, prompts=16, steps=60)
     return model
 
 

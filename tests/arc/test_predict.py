@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_tiny_model
+from helpers import arc_model_answering, two_demo_task
 from helpers import grid as g  # tests/ is on sys.path under pytest
-from helpers import two_demo_task
 from testtime.arc.decoding import AnswerShape, generate
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, format_answer
 from testtime.arc.predict import (
@@ -34,11 +34,8 @@ from testtime.arc.transforms import (
     DemoOrder,
     geometric_part,
     parse_transform,
-    random_transform,
 )
-from testtime.batching import TrainingSequence
 from testtime.config import problems
-from testtime.finetune import TrainArgs, train
 
 VOCAB = 8192  # every id the ARC format uses (digits, "\n", ".", "input", "output") is below 5000
 ANSWER = np.array([[1, 2]], dtype=np.int8)
@@ -55,16 +52,7 @@ def counter(tokenizer):
 @pytest.fixture(scope="module")
 def fixed_model(tokenizer):
     """A tiny Llama that answers [[1, 2]] to any prompt of TASK's kind, whatever the transform."""
-    model = make_tiny_model(vocab_size=VOCAB, seed=0)
-    with torch.no_grad():  # larger tied embeddings, so logits can become confident in few steps
-        model.get_input_embeddings().weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(0))
-    rng = np.random.default_rng(0)
-    sequences = []
-    for k in range(32):
-        moved = random_transform(rng, len(TASK.train)).task(TASK)
-        ids, labels = encode(tokenizer, moved.train, moved.test[k % 2].input, ANSWER)
-        sequences.append(TrainingSequence(input_ids=ids, labels=labels))
-    stats = train(model, sequences, TrainArgs(lr=1e-2, max_steps=40, batch_size=4, schedule="constant", log_every=0))
+    model, stats = arc_model_answering(tokenizer, TASK, (ANSWER,), vocab_size=VOCAB, prompts=32, steps=40)
     assert stats.losses[-1] < 0.05
     return model
 
