@@ -13,6 +13,7 @@ PoE score of every candidate, and the table compares three selections on the sam
     .venv/bin/python bench/arc_ablations.py --out runs/ablations                           # 5 arms, 20 tasks
     .venv/bin/python bench/arc_ablations.py --out runs/ablations --adapter runs/pretrain   # and the 5 ft- arms
     .venv/bin/python bench/arc_ablations.py --out runs/ablations --parallel 2 --threads 16 # 2 arms x 8 threads
+    .venv/bin/python bench/arc_ablations.py --out runs/ablations-bf16 --dtype bfloat16      # bf16 weights (AMX CPUs)
     OMP_NUM_THREADS=1 .venv/bin/python bench/arc_ablations.py --smoke --out /tmp/ablate-smoke \\
         --arms no-ttt,ttt,shared --threads 1                                              # minutes: 2 tasks
 
@@ -81,7 +82,7 @@ def common_flags(args: argparse.Namespace) -> list[str]:
     return ["arc-agi-1/evaluation", "--tasks", ",".join(args.tasks), "--model", args.model, "--seed", "0",
             "--ttt-sequences", str(args.ttt_sequences), "--ttt-epochs", str(args.ttt_epochs),
             "--ttt-max-len", str(args.ttt_max_len), "--max-new-tokens", str(args.max_new_tokens),
-            "--select", "vote+poe"]
+            "--select", "vote+poe", "--dtype", args.dtype]
 
 
 def finished(out: Path, tasks: list[str]) -> int:
@@ -304,6 +305,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--adapter", default=None, help="fine-tuned peft adapter dir for the ft- arms")
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                        help="base model weights of every arm (arc solve's --dtype; bfloat16: the fast path on "
+                        "CPUs with AMX / AVX-512 BF16)")
     for name in DEMO:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
                             help=f"default {DEMO[name]} (--smoke: {SMOKE[name]})")
