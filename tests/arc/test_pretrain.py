@@ -339,3 +339,45 @@ def test_the_cli_maps_the_new_flags_and_names_them(tmp_path, tiny_model_dir):
                           env={"COLUMNS": "200"})
     assert child.exit_code == 0, child.output
     assert "started from" in child.output and "4 steps in all" in " ".join(child.output.split())
+
+
+def test_export_casts_to_bf16_keeps_the_card_and_loads_as_the_source_does(tmp_path, tokenizer):
+    from safetensors.torch import load_file
+
+    from testtime.arc.pretrain import export_adapter
+
+    src, dst = tmp_path / "pt", tmp_path / "shipped"
+    card = pretrain(loaded_tiny(tokenizer), random_tasks(), small_config(steps=2), src)
+    exported = export_adapter(src, dst)
+    theirs, ours = load_file(str(src / "adapter_model.safetensors")), load_file(str(dst / "adapter_model.safetensors"))
+    assert set(ours) == set(theirs) and all(t.dtype == torch.bfloat16 for t in ours.values())
+    change = max(float((ours[n].float() - theirs[n]).abs().max()) for n in theirs)
+    assert 0 < change == exported["export"]["max_abs_change"]
+    assert (dst / "adapter_model.safetensors").stat().st_size < 0.6 * (src / "adapter_model.safetensors").stat().st_size
+    on_disk = json.loads((dst / "card.json").read_text())
+    assert on_disk == exported and {k: v for k, v in on_disk.items() if k != "export"} == card
+    assert on_disk["export"]["dtype"] == "bfloat16" and len(on_disk["export"]["sha256"]) == 64
+    assert json.loads((dst / "adapter_config.json").read_text()) == json.loads((src / "adapter_config.json").read_text())
+
+    ids = torch.tensor([tokenizer("I\n12\n34\nO\n", add_special_tokens=False)["input_ids"]])
+    logits = [AdapterHost(make_tiny_model(vocab_size=len(tokenizer)), LoraArgs(r=4, alpha=8),
+                          start_adapter=path).model(ids).logits for path in (src, dst)]
+    base = make_tiny_model(vocab_size=len(tokenizer))(ids).logits
+    assert torch.allclose(logits[0], logits[1], atol=1e-2)  # the bf16 copy predicts as the source does
+    assert not torch.allclose(logits[1], base, atol=1e-4)  # and is not the bare model
+
+
+def test_export_names_a_directory_that_is_not_an_adapter(tmp_path):
+    from typer.testing import CliRunner
+
+    from testtime.cli import app
+
+    (tmp_path / "adapter_config.json").write_text("[")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    result = CliRunner().invoke(app, ["arc", "export-adapter", str(tmp_path), str(tmp_path / "out")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code != 0 and "adapter_config.json" in result.output and "damaged" in result.output
+    missing = CliRunner().invoke(app, ["arc", "export-adapter", str(tmp_path / "nope"), str(tmp_path / "o2")],
+                                 env={"COLUMNS": "200"})
+    assert missing.exit_code != 0 and "arc pretrain" in " ".join(missing.output.split())
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o2").exists()

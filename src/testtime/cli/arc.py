@@ -12,12 +12,13 @@ from rich.text import Text
 
 from testtime.arc.task import Grid, Task, TaskError, dataset_names, load_task, load_tasks
 from testtime.cli.common import console, fail, safe, summary
-from testtime.cli.pretrain import pretrain
+from testtime.cli.pretrain import export_adapter, pretrain
 from testtime.cli.solve import solve
 
 app = typer.Typer(help="ARC: data sets, tasks, statistics, pretraining, test-time-training solver and scoring.",
                   no_args_is_help=True)
 app.command()(pretrain)
+app.command("export-adapter")(export_adapter)
 app.command()(solve)
 
 # The usual ARC palette (0 black, 1 blue, 2 red, 3 green, 4 yellow, 5 grey, 6 magenta, 7 orange, 8 sky, 9 maroon)

@@ -150,3 +150,30 @@ def _summary(card: dict, out: Path) -> None:
           if card.get("lineage") else []),
     ])
     console.print(f"adapter: {safe(out)} (use it with: testtime arc solve ... --adapter {safe(out)})")
+
+
+def export_adapter(
+    src: Path = typer.Argument(..., help="An adapter directory written by `testtime arc pretrain`."),
+    dst: Path = typer.Argument(..., help="Where the copy goes (created; files in it are replaced)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Weights of the copy: bfloat16 (half the bytes) or float32."),
+) -> None:
+    """Copy a pretrained adapter with its weights cast (bfloat16 by default) and its card kept.
+
+    The copy's card.json adds an `export` entry: the source, its weights' SHA-256, the dtype and the
+    largest change the cast made. Put the copy at src/testtime/adapters/NAME to ship it with the package.
+
+    Example: testtime arc export-adapter runs/pt src/testtime/adapters/smollm2-135m-arc
+    """
+    from testtime.arc.pretrain import export_adapter as run_export
+
+    if dtype not in ("bfloat16", "float32"):
+        fail(f"--dtype must be bfloat16 or float32, not {safe(dtype)}")
+    if dst.resolve() == src.resolve():
+        fail(f"{safe(dst)} is the source directory; give another destination")
+    try:
+        card = run_export(src, dst, dtype)  # type: ignore[arg-type]
+    except ValueError as err:
+        fail(str(err))
+    size = (dst / "adapter_model.safetensors").stat().st_size
+    console.print(f"wrote {safe(dst)}: {size / 1e6:.1f} MB of {dtype} weights "
+                  f"(largest change {card['export']['max_abs_change']:.2g}), card.json with its export entry")
