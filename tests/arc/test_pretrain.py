@@ -357,7 +357,8 @@ def test_export_casts_to_bf16_keeps_the_card_and_loads_as_the_source_does(tmp_pa
     on_disk = json.loads((dst / "card.json").read_text())
     assert on_disk == exported and {k: v for k, v in on_disk.items() if k != "export"} == card
     assert on_disk["export"]["dtype"] == "bfloat16" and len(on_disk["export"]["sha256"]) == 64
-    assert json.loads((dst / "adapter_config.json").read_text()) == json.loads((src / "adapter_config.json").read_text())
+    configs = [json.loads((d / "adapter_config.json").read_text()) for d in (src, dst)]
+    assert configs[0] == configs[1]
 
     ids = torch.tensor([tokenizer("I\n12\n34\nO\n", add_special_tokens=False)["input_ids"]])
     logits = [AdapterHost(make_tiny_model(vocab_size=len(tokenizer)), LoraArgs(r=4, alpha=8),
