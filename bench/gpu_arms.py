@@ -169,9 +169,9 @@ def adapter_from_checkpoint(run: Path, lora: dict[str, Any]) -> Path | None:
 
 def package(s: Any, _d: Any) -> dict:
     """The adapter into $OUT before any evaluation: bf16 (what ships) as one tar, float32 in parts."""
-    import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
+    from testtime.arc.pretrain import export_adapter
     from testtime.atomic import atomic_path
 
     run = s.state.get("pretrain_dir") or s.work / "runs" / "pretrain"
@@ -180,11 +180,8 @@ def package(s: Any, _d: Any) -> dict:
         raise FileNotFoundError(f"{run}: no adapter and no checkpoint to package")
     bf16 = s.work / "adapter-bf16"
     shutil.rmtree(bf16, ignore_errors=True)
-    bf16.mkdir(parents=True)
+    export_adapter(run, bf16, "bfloat16")  # card.json gains the export entry (source hash, largest change)
     weights = load_file(str(run / "adapter_model.safetensors"))
-    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(bf16 / "adapter_model.safetensors"))
-    for name in ("adapter_config.json", "card.json"):
-        shutil.copy2(run / name, bf16 / name)
     with atomic_path(s.out / "adapter-bf16.tar") as tmp, tarfile.open(tmp, "w") as tar:
         tar.add(bf16, arcname="adapter-bf16")
     fp32 = run / "adapter_model.safetensors"
