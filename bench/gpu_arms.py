@@ -171,8 +171,8 @@ def package(s: Any, _d: Any) -> dict:
     """The adapter into $OUT before any evaluation: bf16 (what ships) as one tar, float32 in parts."""
     from safetensors.torch import load_file
 
-    from testtime.arc.pretrain import export_adapter
     from testtime.atomic import atomic_path
+    from testtime.lora import export_adapter
 
     run = s.state.get("pretrain_dir") or s.work / "runs" / "pretrain"
     if not (run / "adapter_model.safetensors").is_file() and adapter_from_checkpoint(

@@ -344,7 +344,7 @@ def test_the_cli_maps_the_new_flags_and_names_them(tmp_path, tiny_model_dir):
 def test_export_casts_to_bf16_keeps_the_card_and_loads_as_the_source_does(tmp_path, tokenizer):
     from safetensors.torch import load_file
 
-    from testtime.arc.pretrain import export_adapter
+    from testtime.lora import export_adapter
 
     src, dst = tmp_path / "pt", tmp_path / "shipped"
     card = pretrain(loaded_tiny(tokenizer), random_tasks(), small_config(steps=2), src)

@@ -380,38 +380,3 @@ def _card(config: PretrainConfig, info: ExampleSources | None, history: dict, va
         "config": json.loads(json.dumps(dataclasses.asdict(config))),
     }
 
-
-def export_adapter(src: str | Path, dst: str | Path, dtype: Literal["bfloat16", "float32"] = "bfloat16") -> dict:
-    """Copy the adapter in `src` to `dst` with its weights cast to `dtype` (half the bytes in bfloat16).
-
-    `dst` gets `adapter_config.json`, `adapter_model.safetensors` and `card.json`: the source's card
-    plus an `export` entry (the source directory, its weights' SHA-256, the dtype and the largest
-    absolute change the cast made), so a shipped adapter says what it was made from. Returns the card.
-    Raises ValueError naming the file when `src` is not an adapter directory.
-    """
-    from safetensors.torch import load_file, save_file
-
-    src, dst = Path(src), Path(dst)
-    weights = src / "adapter_model.safetensors"
-    if not (src / "adapter_config.json").is_file() or not weights.is_file():
-        raise ValueError(f"{src}: no adapter_config.json and adapter_model.safetensors there; give a directory "
-                         "written by `testtime arc pretrain`")
-    config = read_json(src / "adapter_config.json")
-    if not isinstance(config, dict):
-        raise ValueError(f"{src / 'adapter_config.json'}: not a JSON object; the adapter directory is damaged")
-    target = getattr(torch, dtype)
-    tensors = load_file(str(weights))
-    cast = {name: t.to(target).contiguous() for name, t in tensors.items()}
-    change = max((float((cast[n].float() - t.float()).abs().max()) for n, t in tensors.items() if t.numel()),
-                 default=0.0)
-    card = read_json(src / "card.json")
-    card = dict(card) if isinstance(card, dict) else {}
-    card["export"] = {"from": str(src), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "dtype": dtype,
-                      "max_abs_change": change, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / "adapter_model.safetensors.tmp"
-    save_file(cast, str(tmp), metadata={"format": "pt"})
-    tmp.replace(dst / "adapter_model.safetensors")
-    write_json_atomic(dst / "adapter_config.json", config)
-    write_json_atomic(dst / "card.json", card)
-    return card

@@ -164,7 +164,7 @@ def export_adapter(
 
     Example: testtime arc export-adapter runs/pt src/testtime/adapters/smollm2-135m-arc
     """
-    from testtime.arc.pretrain import export_adapter as run_export
+    from testtime.lora import export_adapter as run_export
 
     if dtype not in ("bfloat16", "float32"):
         fail(f"--dtype must be bfloat16 or float32, not {safe(dtype)}")
