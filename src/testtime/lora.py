@@ -214,7 +214,7 @@ def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") ->
 
     from safetensors.torch import load_file, save_file
 
-    from testtime.atomic import read_json, write_json_atomic
+    from testtime.atomic import atomic_path, read_json, write_json_atomic
 
     src, dst = Path(src), Path(dst)
     weights = src / "adapter_model.safetensors"
@@ -235,10 +235,8 @@ def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") ->
     card = dict(card) if isinstance(card, dict) else {}
     card["export"] = {"from": str(src), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "dtype": dtype,
                       "max_abs_change": change, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / "adapter_model.safetensors.tmp"
-    save_file(cast, str(tmp), metadata={"format": "pt"})
-    tmp.replace(dst / "adapter_model.safetensors")
+    with atomic_path(dst / "adapter_model.safetensors") as tmp:
+        save_file(cast, str(tmp), metadata={"format": "pt"})
     write_json_atomic(dst / "adapter_config.json", config)
     write_json_atomic(dst / "card.json", card)
     return card
