@@ -9,8 +9,27 @@ Each code version runs in its own process (fresh peak memory): the working tree,
 temporary folder and put first on PYTHONPATH), so the two are measured in one run on one machine.
 Decoding: the new code's `testtime.decode.greedy` where it exists, else `model.generate`.
 
-    .venv/bin/python bench/arc_ttt.py --baseline 9777c77        # old beside new
+    .venv/bin/python bench/arc_ttt.py --baseline 5c28eb8        # old beside new, each at its default dtype
+    .venv/bin/python bench/arc_ttt.py --baseline 5c28eb8 --dtypes float32,bfloat16 --lengths 1024,4096
     .venv/bin/python bench/arc_ttt.py --lengths 1024 --steps 2 --profile
+    .venv/bin/python bench/arc_ttt.py --lengths 1024 --steps 3 --batches "" --compile   # torch.compile's step
+
+The roofline. Before the code versions run, this process measures the machine's matmul rate in
+float32 and in bfloat16 on the step's own shapes (every projection of one decoder layer, forward
+x @ W.T and the backward's input gradient dy @ W, at the step's token count), and each step row
+is reported as a multiple of its arithmetic floor: FLOPs / rate of the row's dtype. The FLOPs of
+one LoRA step on T tokens with P labelled positions (c = hidden size, H query heads of size d,
+V vocabulary, W = the decoder layers' projection weights, A = the LoRA matrices' entries, n layers):
+
+    projections   2 * T * W   forward   + 2 * T * W   input gradient (the base is frozen)
+    LoRA          3 * 2 * T * A         (forward, input gradient, weight gradient)
+    output head   2 * P * c * V forward + 2 * P * c * V input gradient (logits at P positions only)
+    attention     n * 6 * T * (T + 1) * H * d   (causal: T(T+1)/2 query-key pairs, each 2 * d FLOPs
+                  in each of 6 matmuls: Q K^T and P V forward, dP, dV, dQ and dK backward)
+
+Embedding look-ups, norms, activations and the optimizer are not counted (no matmul). The floor
+is what a step would take if every FLOP ran at the measured matmul rate: the figure that compares
+across CPUs, and across dtypes on one CPU.
 """
 
 from __future__ import annotations
@@ -98,11 +117,14 @@ def measure(args: argparse.Namespace) -> list[dict]:
             torch.cuda.reset_peak_memory_stats()
         host.fresh(0)
         extra = {"gradient_checkpointing": True} if args.checkpointing else {}
-        train(host.model, [seq], TrainArgs(max_steps=1, lr=1e-4, log_every=10**9, **extra))  # warm-up
-        stats = train(host.model, [seq], TrainArgs(max_steps=args.steps, lr=1e-4, log_every=10**9, **extra))
-        rows.append({"kind": "step", "tokens": n, "step_s": stats.seconds / stats.steps,
+        trained = torch.compile(host.model) if args.compile else host.model  # inductor, default mode
+        t0 = time.perf_counter()
+        train(trained, [seq], TrainArgs(max_steps=1, lr=1e-4, log_every=10**9, **extra))  # warm-up (compiles)
+        first = time.perf_counter() - t0
+        stats = train(trained, [seq], TrainArgs(max_steps=args.steps, lr=1e-4, log_every=10**9, **extra))
+        rows.append({"kind": "step", "tokens": n, "step_s": stats.seconds / stats.steps, "first_s": first,
                      "peak_mib": peak_mib(device), "dtype": str(loaded.dtype).removeprefix("torch."),
-                     "checkpointing": args.checkpointing})
+                     "checkpointing": args.checkpointing, "compile": "on" if args.compile else "off"})
         if args.profile:
             profile_step(host.model, seq, train, TrainArgs)
         host.drop()
@@ -143,6 +165,60 @@ def profile_decode(model, prompts, decode) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10), file=sys.stderr)
 
 
+def model_shapes(model_name: str | None) -> dict:
+    """The numbers the FLOP count needs, read from the model's config (no weights loaded)."""
+    from testtime.models import load_model
+
+    loaded = load_model(model_name, dtype="float32")
+    cfg = loaded.model.config
+    layer = loaded.model.model.layers[0]
+    projections = [(m.in_features, m.out_features) for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    return {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
+            "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+            "vocab": cfg.vocab_size, "projections": projections}
+
+
+def step_flops(shapes: dict, tokens: int, labelled: int, rank: int) -> float:
+    """The matmul FLOPs of one LoRA step (the module docstring's formula)."""
+    n, t = shapes["layers"], tokens
+    weights = n * sum(i * o for i, o in shapes["projections"])
+    lora = n * sum(rank * (i + o) for i, o in shapes["projections"])
+    head = 2 * labelled * shapes["hidden"] * shapes["vocab"]
+    attention = n * 6 * t * (t + 1) * shapes["heads"] * shapes["head_dim"]
+    return 4 * t * weights + 6 * t * lora + 2 * head + attention
+
+
+def matmul_rate(shapes: dict, tokens: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """FLOP/s of this process's matmuls on one decoder layer's projections at `tokens` rows, forward
+    (x @ W.T) and input gradient (dy @ W), in `dtype`: the best of `repeats` timed passes."""
+    gen = torch.Generator().manual_seed(0)
+    mats = [(torch.randn(tokens, i, generator=gen).to(dtype), torch.randn(o, i, generator=gen).to(dtype),
+             torch.randn(tokens, o, generator=gen).to(dtype)) for i, o in shapes["projections"]]
+    flops = sum(2 * 2 * tokens * i * o for i, o in shapes["projections"])
+
+    def one_pass() -> float:
+        t0 = time.perf_counter()
+        for x, w, dy in mats:
+            torch.nn.functional.linear(x, w)
+            dy @ w
+        return time.perf_counter() - t0
+
+    one_pass()  # warm-up (oneDNN primitive creation)
+    return flops / min(one_pass() for _ in range(repeats))
+
+
+def roofline(args: argparse.Namespace) -> dict:
+    """{(dtype, tokens): matmul FLOP/s} for float32 and bfloat16 at every benchmarked length."""
+    shapes = model_shapes(args.model)
+    rates = {(str(dt).removeprefix("torch."), n): matmul_rate(shapes, n, dt)
+             for dt in (torch.float32, torch.bfloat16) for n in lengths(args)}
+    return {"shapes": shapes, "rates": rates}
+
+
+def lengths(args: argparse.Namespace) -> list[int]:
+    return [int(x) for x in args.lengths.split(",") if x]
+
+
 def run_version(label: str, src: Path, argv: list[str]) -> list[dict]:
     """This script in a fresh process with `src` first on the import path; its rows, labelled."""
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -153,18 +229,49 @@ def run_version(label: str, src: Path, argv: list[str]) -> list[dict]:
     return [{**row, "code": label} for row in json.loads(out.stdout.splitlines()[-1])]
 
 
+def drop_flag(argv: list[str], name: str) -> list[str]:
+    return [a for a in argv if a != name]
+
+
+def drop_option(argv: list[str], name: str) -> list[str]:
+    """`argv` without `name VALUE` (or `name=VALUE`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
 def extract(rev: str, into: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "src"
 
 
-def print_tables(rows: list[dict]) -> None:
-    print("| code | tokens | dtype | checkpointing | s / TTT step | peak memory (MiB) |")
+def print_tables(rows: list[dict], roof: dict, args: argparse.Namespace) -> None:
+    print("| tokens | float32 matmul GFLOP/s | bfloat16 matmul GFLOP/s | step TFLOP | floor f32 (s) | floor bf16 (s) |")
     print("|---|---|---|---|---|---|")
+    for n in lengths(args):
+        flops = step_flops(roof["shapes"], n, int(n * args.labelled), args.lora_rank)
+        f32, bf16 = roof["rates"][("float32", n)], roof["rates"][("bfloat16", n)]
+        print(f"| {n:,} | {f32 / 1e9:,.0f} | {bf16 / 1e9:,.0f} | {flops / 1e12:.3f} | {flops / f32:.2f} "
+              f"| {flops / bf16:.2f} |")
+    print()
+    print("| code | tokens | dtype | checkpointing | compile | first step s | s / TTT step | x floor "
+          "| peak memory (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in (r for r in rows if r["kind"] == "step"):
         ckpt = "on" if r.get("checkpointing") else "off"
-        print(f"| {r['code']} | {r['tokens']:,} | {r['dtype']} | {ckpt} | {r['step_s']:.2f} | {r['peak_mib']:,.0f} |")
+        n = r["tokens"]
+        floor = step_flops(roof["shapes"], n, int(n * args.labelled), args.lora_rank) / \
+            roof["rates"][(r["dtype"], n)]
+        first = f"{r['first_s']:.2f}" if "first_s" in r else "-"
+        print(f"| {r['code']} | {n:,} | {r['dtype']} | {ckpt} | {r.get('compile', 'off')} | {first} "
+              f"| {r['step_s']:.2f} | {r['step_s'] / floor:.1f} | {r['peak_mib']:,.0f} |")
     print()
     print("| code | decoder | batch | prompt tokens | decode tok/s (all rows) | prefill s |")
     print("|---|---|---|---|---|---|")
@@ -177,6 +284,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M GGUF")
     parser.add_argument("--dtype", default=None, help="float32|bfloat16|auto (new code only; default: its default)")
+    parser.add_argument("--dtypes", default=None,
+                        help="comma-separated dtypes: old and new code each measured at every one (default: each "
+                             "version's own default dtype)")
     parser.add_argument("--lengths", default="1024,2048,4096", help="comma-separated TTT sequence lengths")
     parser.add_argument("--labelled", type=float, default=0.25, help="fraction of each sequence carrying loss")
     parser.add_argument("--steps", type=int, default=2, help="timed TTT steps per length (after 1 warm-up)")
@@ -185,6 +295,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8", help="comma-separated decoding batch sizes ('' for none)")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--checkpointing", action="store_true", help="TTT steps with activation checkpointing")
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile(model) (new code only; the first step's time, compile "
+                             "included, is reported apart)")
     parser.add_argument("--baseline", default=None, help="also measure the code at this git revision")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops (stderr)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
@@ -194,17 +307,21 @@ def main() -> None:
         print(f"# {testtime.__file__}", file=sys.stderr)
         print(json.dumps(measure(args)))
         return
-    own = [a for i, a in enumerate(argv) if a != "--baseline" and (i == 0 or argv[i - 1] != "--baseline")]
+    own = drop_option(argv, "--baseline")
     print(f"# {platform.node()} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
           f"torch {torch.__version__} {torch.get_num_threads()} threads | LoRA r={args.lora_rank} | "
           f"loss on {args.labelled:.0%} of tokens | {time.strftime('%Y-%m-%d')}", flush=True)
+    roof = roofline(args)
     rows = []
+    own = drop_option(drop_option(own, "--dtype"), "--dtypes")
+    runs = [["--dtype", d] for d in args.dtypes.split(",")] if args.dtypes else [[]]
     with tempfile.TemporaryDirectory() as tmp:
-        if args.baseline:
-            old_argv = [a for i, a in enumerate(own) if a != "--dtype" and (i == 0 or own[i - 1] != "--dtype")]
-            rows += run_version(f"old ({args.baseline})", extract(args.baseline, Path(tmp)), old_argv)
-        rows += run_version("new", ROOT / "src", own)
-    print_tables(rows)
+        old_src = extract(args.baseline, Path(tmp)) if args.baseline else None
+        for dtype in runs:
+            if old_src is not None:  # each version at its own default dtype unless --dtypes names them
+                rows += run_version(f"old ({args.baseline})", old_src, drop_flag(own, "--compile") + dtype)
+            rows += run_version("new", ROOT / "src", own + (dtype or (["--dtype", args.dtype] if args.dtype else [])))
+    print_tables(rows, roof, args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -121,3 +122,20 @@ def with_value(config: Any, path: str, value: Any) -> Any:
     if not rest:
         return dataclasses.replace(config, **{head: value})
     return dataclasses.replace(config, **{head: with_value(getattr(config, head), rest, value)})
+
+
+def default_threads() -> int:
+    """CPU threads for this process's math: OMP_NUM_THREADS where it is set, else every CPU the process
+    may run on (its affinity mask, which a container or `taskset` narrows: not the machine's core count)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def use_default_threads() -> int:
+    """Before torch is imported: OMP_NUM_THREADS set to `default_threads()` (so torch, and processes started
+    from here, use that many unless they choose otherwise, as Ray's actors do). Returns the number."""
+    n = default_threads()
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    return n

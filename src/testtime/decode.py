@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StaticCache
 
+from testtime.precision import compute_context
+
 log = logging.getLogger(__name__)
 
 StopRule = Callable[[list[int], list[int]], list[bool]]
@@ -84,6 +86,14 @@ def greedy(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
     cache = {_cache_keyword(model): StaticCache(config=model.config, max_cache_len=width + max_new_tokens)}
+    with compute_context(model, float32_head=False):  # the argmax needs no float32 logits
+        return _greedy_loop(model, ids, mask, positions, cache, max_new_tokens, stop)
+
+
+def _greedy_loop(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: dict,
+                 max_new_tokens: int, stop: StopRule | None) -> list[Decoded]:
+    """`greedy` after the prompts are laid out: the prefill, then one token per step."""
+    device, (batch, width) = ids.device, ids.shape
     out = model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions, use_cache=True,
                 logits_to_keep=1, **cache)
     tokens = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
@@ -147,6 +157,12 @@ def dfs(model, prompt: Sequence[int], *, min_prob: float, max_new_tokens: int, s
         raise ValueError(f"min_prob must be in (0, 1], got {min_prob}")
     if max_new_tokens < 1 or not prompt or max_candidates < 1:
         return []
+    with compute_context(model):
+        return _dfs(model, prompt, min_prob, max_new_tokens, stop, max_candidates)
+
+
+def _dfs(model, prompt: Sequence[int], min_prob: float, max_new_tokens: int, stop: PathStop | None,
+         max_candidates: int) -> list[Completion]:
     floor = math.log(min_prob)
     device = next(model.parameters()).device
     cache = DynamicCache()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from testtime.batching import IGNORE_INDEX, TrainingSequence, collate, labelled_tokens, micro_batches, usable_sequences
 from testtime.config import at_least, in_range, positive, validate
+from testtime.precision import compute_context
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ def labelled_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     """
     targets = labels[:, 1:]  # (B, T-1)
     keep = _keeps_logits(model)
-    with _autocast(input_ids.device):
+    with compute_context(model, train=True):
         if not keep:
             logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
             return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
@@ -335,13 +336,6 @@ def _keeps_logits(model: Any) -> bool:
 @functools.lru_cache(maxsize=None)
 def _forward_takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; plain float32 on CPU (bf16 matmuls are slow there)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _device_of(model: Any) -> torch.device:

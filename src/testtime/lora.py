@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,7 @@ class AdapterHost:
 
     def __init__(self, base_model: Any, lora: LoraArgs, *, start_adapter: str | Path | None = None) -> None:
         from peft import get_peft_model  # heavy import
+        from peft.tuners.lora import LoraLayer
 
         if start_adapter is not None:
             base_model = merge_adapter(base_model, start_adapter)
@@ -74,7 +76,9 @@ class AdapterHost:
         self.config = lora_config(lora, base_model)
         with torch.random.fork_rng(devices=cuda_indices(_device(base_model))), quiet_peft():
             self._peft = get_peft_model(base_model, self.config, adapter_name=ADAPTER_NAME)  # throwaway init
-        self._peft.delete_adapter(ADAPTER_NAME)
+        self._peft.base_model.disable_adapter_layers()  # off until the first `fresh`
+        self._lora_layers = [m for m in self._peft.modules() if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A]
+        self._live = False
         self.model = self._peft.base_model.model
         """The transformers model to call forward()/generate() on; the same object for every task."""
         self.model.eval()
@@ -83,23 +87,36 @@ class AdapterHost:
 
     @property
     def has_adapter(self) -> bool:
-        return ADAPTER_NAME in self._peft.peft_config
+        """Whether a task adapter is live (made by `fresh`, not yet dropped)."""
+        return self._live
 
     def fresh(self, seed: int) -> None:
-        """Drop any task adapter and add a new one initialised from `seed`; only it trains."""
+        """Drop any task adapter and start a new one initialised from `seed`; only it trains.
+
+        The LoRA modules are made once (in `__init__`) and re-initialised in place, A from a
+        Kaiming-uniform draw seeded by `seed`, B zero, as peft initialises a new adapter: the
+        model's modules and parameters stay the same objects from task to task.
+        """
         self.drop()
-        with torch.random.fork_rng(devices=cuda_indices(_device(self.model))):
+        with torch.random.fork_rng(devices=cuda_indices(_device(self.model))), torch.no_grad():
             torch.manual_seed(seed)
-            self._peft.add_adapter(ADAPTER_NAME, self.config)
-        self._peft.set_adapter(ADAPTER_NAME)  # active, and its parameters require grad
+            for layer in self._lora_layers:
+                _reinit(layer)
+        self._peft.base_model.enable_adapter_layers()  # active, and its parameters require grad
+        self._live = True
         trainable, total = self.trainable_parameters()
         log.debug("fresh adapter (seed %d): %s trainable of %s parameters", seed, si_format(trainable),
                   si_format(total))
 
     def drop(self) -> None:
-        """Remove the task adapter (if any): outputs are exactly the base model's again."""
-        if self.has_adapter:
-            self._peft.delete_adapter(ADAPTER_NAME)
+        """Switch the task adapter (if any) off: outputs are exactly the base model's again."""
+        if not self._live:
+            return
+        self._peft.base_model.disable_adapter_layers()  # the base layers alone; adapter frozen
+        for layer in self._lora_layers:
+            for p in (*layer.lora_A[ADAPTER_NAME].parameters(), *layer.lora_B[ADAPTER_NAME].parameters()):
+                p.grad = None
+        self._live = False
 
     def save(self, path: str | Path) -> Path:
         """Write the adapter only (adapter_model.safetensors + adapter_config.json) to directory `path`."""
@@ -112,6 +129,16 @@ class AdapterHost:
         """(trainable, total) parameter counts of `model`, adapter included."""
         params = list(self.model.parameters())
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _reinit(layer: Any) -> None:
+    """Initialise `layer`'s adapter in place with the random draws peft's `add_adapter` makes, in its
+    order: nn.Linear's own init of A, then of B, then A again (Kaiming-uniform) and B zeroed; the
+    first two draws are discarded. So a seed gives the adapter a newly added one would have had."""
+    a, b = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
+    for shape in (a.shape, b.shape):
+        torch.nn.init.kaiming_uniform_(torch.empty(shape, dtype=a.dtype, device=a.device), a=math.sqrt(5))
+    layer.reset_lora_parameters(ADAPTER_NAME, True)
 
 
 class FullHost:

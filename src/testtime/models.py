@@ -147,9 +147,9 @@ def resolve_dtype(name: str | torch.dtype | None = "auto", device: torch.device 
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """What `load_model` uses without a dtype: float32 on CPU, bf16 on CUDA (`auto` also picks bf16 on
-    CPUs with bf16 units; it becomes the CPU default once its quality is measured on the embedded model)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """What `load_model` uses without a dtype: `auto`'s choice (bf16 on CUDA and on CPUs with bf16 units)."""
+    return getattr(torch, resolve_dtype("auto", device))
+
 
 
 @functools.lru_cache(maxsize=4)

@@ -85,11 +85,13 @@ def test_ttt_solves_tasks_the_base_model_cannot_and_nothing_leaks(host, tokenize
     assert submission["aaa"][0]["attempt_1"] == [[5]] and submission["bbb"][0]["attempt_1"] == [[7]]
     assert summarize(after)["score"] == 1.0 and summarize(before)["score"] == 0.0
 
-    # the LoRA is gone after each task: the base model predicts exactly as before TTT
+    # the LoRA is off after each task: the base model predicts exactly as before TTT, from the same weights
     again, _ = run(Solver(host, tokenizer, config(ttt=False)), tasks, None)
     assert [r["tests"] for r in again] == [r["tests"] for r in before]
+    assert not host.has_adapter and host.trainable_parameters()[0] == 0
     for name, tensor in host.model.state_dict().items():
-        assert torch.equal(tensor, base_weights[name]), name
+        if "lora_" not in name:  # the adapter's modules stay, switched off, for the next task
+            assert torch.equal(tensor, base_weights[name]), name
 
 
 def small_tasks() -> list[Task]:

@@ -31,6 +31,7 @@ from testtime.arc.task import Grid, Task
 from testtime.arc.transforms import Transform
 from testtime.arc.ttt_data import fit_demos
 from testtime.batching import IGNORE_INDEX
+from testtime.precision import compute_context
 from testtime.seeds import name_key
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,9 @@ def score_answers(model: Any, rows: Sequence[Row], *, batch_size: int = 8) -> li
             targets[r, len(ids) - n - 1:len(ids) - 1] = torch.tensor(ids[len(ids) - n:])
         positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1).to(device)  # (P,)
         kwargs = {"logits_to_keep": positions} if keep else {}
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                       **kwargs).logits  # (B, P, V) or (B, T, V)
+        with compute_context(model):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                           **kwargs).logits  # (B, P, V) or (B, T, V)
         if not keep:
             logits = logits[:, positions]
         wanted = targets.to(device)[:, positions]  # (B, P)

@@ -69,7 +69,7 @@ class PretrainConfig:
 
     model: str = "embedded"
     """Base model: `embedded`, a Hugging Face id or a local directory."""
-    dtype: Literal["auto", "bfloat16", "float32"] = "float32"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Base model weights while training (the LoRA and Adam state stay float32); the CLI records the resolved one."""
     allow_evaluation: bool = False
     """ARC evaluation-set tasks may be in the training data (`--allow-evaluation`; they change the data)."""

@@ -44,7 +44,7 @@ class SolveConfig:
     """Train ONE LoRA on all tasks' TTT data instead of one per task (the paper's Shared-TTT)."""
     seed: int = 0
     """Run seed; each task's seed is derived from it and the task id, so order and resume don't matter."""
-    dtype: Literal["auto", "bfloat16", "float32"] = "float32"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Base model weights (the LoRA and its optimizer state stay float32); `arc solve` records the resolved one."""
     lora: LoraArgs = field(default_factory=LoraArgs)
     """The LoRA trained at test time."""

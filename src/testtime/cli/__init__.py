@@ -18,6 +18,7 @@ from testtime import __version__
 from testtime.cli.arc import app as arc_app
 from testtime.cli.lm import app as lm_app
 from testtime.cli.report import register as register_reports
+from testtime.config import use_default_threads
 
 app = typer.Typer(
     help="Test-time training of language models: ARC by per-task LoRA, and SIFT-selected fine-tuning.",
@@ -52,6 +53,7 @@ def main(
     for noisy in ("transformers", "httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    use_default_threads()  # every allowed CPU unless OMP_NUM_THREADS says otherwise (Ray actors set their own)
     for stream in (sys.stdout, sys.stderr):  # an id or path no encoding can print (a lone surrogate) is escaped,
         if hasattr(stream, "reconfigure"):   # never a crash in the middle of a run
             stream.reconfigure(errors="backslashreplace")

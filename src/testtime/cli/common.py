@@ -118,8 +118,9 @@ def preset_line(name: str, preset: Mapping[str, Any], params: Mapping[str, Any])
     return Text.assemble((f"preset {name}: ", "bold"), ", ".join(parts))
 
 
-DTYPE = typer.Option("float32", "--dtype", help="Base model weights: float32, bfloat16, or auto (bfloat16 on CUDA "
-                     "and on CPUs with bf16 units, else float32). LoRA weights and optimizer state stay float32.")
+DTYPE = typer.Option("auto", "--dtype", help="Base model weights: auto (bfloat16 on CUDA and on CPUs with AMX or "
+                     "AVX-512 BF16, else float32), bfloat16 or float32; the resolved one is saved in config.json. "
+                     "LoRA weights and optimizer state stay float32. Pin it for runs resumed on other machines.")
 CONFIG = typer.Option(None, "--config", is_eager=True, callback=_load_config, dir_okay=False,
                       help="TOML (or a run's config.json) whose keys are long option names; flags override it.")
 LIMIT = typer.Option(None, "--limit", "-n", help="Only the first N items (tasks or prompts).")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from testtime.batching import IGNORE_INDEX, TrainingSequence
+from testtime.precision import compute_context
 
 
 def encode_pair(tokenizer: Any, prompt: str, continuation: str, max_len: int) -> TrainingSequence:
@@ -44,7 +45,8 @@ def sequence_bits(model: Any, seq: TrainingSequence) -> float:
     was_training = model.training
     model.eval()
     try:
-        logits = model(input_ids=ids, use_cache=False).logits  # (1, T, V)
+        with compute_context(model):
+            logits = model(input_ids=ids, use_cache=False).logits  # (1, T, V)
     finally:
         model.train(was_training)
     nats = F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum")

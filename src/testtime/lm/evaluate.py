@@ -105,7 +105,7 @@ class EvalConfig:
     """Memory directory from `testtime lm index` (None for `select none`)."""
     prompts: str = ""
     """The prompts file."""
-    dtype: Literal["auto", "bfloat16", "float32"] = "float32"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Base model weights (the LoRA and its optimizer state stay float32); `lm eval` records the resolved one."""
     lora: LoraArgs = field(default_factory=lambda: PromptLora(r=16, alpha=32))
     """The per-prompt LoRA (alpha = 2 x rank); rank 0 = full fine-tuning (PromptLora)."""
