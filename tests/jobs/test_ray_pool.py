@@ -255,9 +255,12 @@ def test_lm_eval_on_ray_writes_the_in_process_results_and_saves_skips_and_retrie
 
 @pytest.mark.slow
 def test_a_model_that_cannot_load_is_one_clear_error(ray_local, tmp_path, tasks_dir):
-    result = invoke(*solve_args(tasks_dir, tmp_path / "none.gguf", tmp_path / "ray"), "--ray")
+    missing = invoke(*solve_args(tasks_dir, tmp_path / "none.gguf", tmp_path / "ray"), "--ray")
+    assert missing.exit_code == 2 and "none.gguf does not exist" in flat(missing)  # found before Ray starts
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(60))  # there, but no worker can load it
+    result = invoke(*solve_args(tasks_dir, tmp_path / "broken.gguf", tmp_path / "ray"), "--ray")
     assert result.exit_code == 2
-    assert "Ray workers could not start" in flat(result) and "none.gguf does not exist" in flat(result)
+    assert "Ray workers could not start" in flat(result) and "broken.gguf" in flat(result)
     assert list((tmp_path / "ray" / "tasks").iterdir()) == []  # no task was recorded (failed or not)
 
 
