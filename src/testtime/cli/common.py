@@ -256,16 +256,20 @@ def progress_view(noun: str, line: Callable[[dict, bool], str]) -> Iterator[Call
 
 def run_job(command: str, noun: str, line: Callable[[dict, bool], str], scale: Any, out: Path | None,
             run_dir: Any, settings: dict[str, Any], params: Mapping[str, Any], fields: Fields, *,
-            restart: bool, work: Callable[[Any, Callable[[Any], None]], Any]) -> Any:
+            restart: bool, work: Callable[[Any, Callable[[Any], None]], Any],
+            weight_paths: Mapping[str, Any] | None = None) -> Any:
     """The shape of every item command: open the run directory (locked; refusing changed settings), pick
     the executor, show progress, call `work(executor, emit)`; turn the job layer's errors and Ctrl-C into
     one message each (a write that failed: exit 1, every finished record kept). `settings` is what goes
-    into config.json; its `config` part is named by `fields`."""
+    into config.json, with the content hashes of `weight_paths` (`weights`) once --out is known usable;
+    its `config` part is named by `fields`."""
     from testtime.jobs import RunDirError, ScaleError, SetupError, WriteFailed, describe, executor_for
 
     flags = {"source": "SOURCE", **WEIGHT_FLAGS, **{f"config.{k}": v for k, v in flags_of(fields).items()}}
     try:
         if run_dir is not None:
+            run_dir.check_path()  # --out before the model: its problems are named first
+            settings = {**settings, "weights": weights(**(weight_paths or {}))}
             run_dir.open(command, settings, dict(params), restart=restart, flags=flags)
         with executor_for(scale) as executor:
             where = describe(executor)

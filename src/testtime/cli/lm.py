@@ -249,7 +249,7 @@ def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_faile
     run_dir = select_dir(out, eval_config.ttft.method) if out else None
     results, failures, counts = common.run_job(
         "lm eval", "prompt", _prompt_line, scale, out, run_dir,
-        {"config": as_json(eval_config), "weights": common.weights(model=eval_config.model)}, params, FIELDS,
+        {"config": as_json(eval_config)}, params, FIELDS, weight_paths={"model": eval_config.model},
         restart=restart,
         work=lambda executor, emit: evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
                                              retry_failed=retry_failed, emit=emit))

@@ -206,10 +206,10 @@ def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
 
     run_dir = RunDir(out, records="tasks") if out else None
     job = ArcJob(solve_config, shared_tasks=tasks if solve_config.shared else None)
-    weights = common.weights(model=solve_config.model, adapter=solve_config.adapter)
     records, submission, counts = common.run_job(
         "arc solve", "task", _task_line, scale, out, run_dir,
-        {"source": source, "config": solve_config.to_json(), "weights": weights}, params, FIELDS, restart=restart,
+        {"source": source, "config": solve_config.to_json()}, params, FIELDS, restart=restart,
+        weight_paths={"model": solve_config.model, "adapter": solve_config.adapter},
         work=lambda executor, emit: solve_tasks(job, tasks, run_dir, executor=executor, retry_failed=retry_failed,
                                                 emit=emit))
     if counts.failed and counts.failed == counts.total:

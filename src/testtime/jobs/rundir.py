@@ -129,12 +129,20 @@ class RunDir:
         """Drop the lock (the records and config stay)."""
         self._lock.release()
 
+    def check_path(self) -> None:
+        """Raise RunDirError when the directory cannot be made: it is a file, or lies under one."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--out {self.path} is a file; give a directory (it is created if missing)")
+        blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise RunDirError(f"--out {self.path}: cannot write there ({blocker} is a file); "
+                              "give a writable directory")
+
     def open(self, command: str, settings: Mapping[str, Any], options: Mapping[str, Any] | None = None, *,
              restart: bool = False, flags: Mapping[str, str] | None = None) -> None:
         """Lock the directory, refuse other settings (or, with `restart`, delete this command's results
         once everything else checked out), then write config.json."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"--out {self.path} is a file; give a directory (it is created if missing)")
+        self.check_path()
         settings = flatten(dict(settings))
         try:
             self.path.mkdir(parents=True, exist_ok=True)
