@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from test_fuzz import changed_outside, fresh_dir, json_values, run_cli, snapshot  # tests/ is on sys.path
@@ -59,7 +59,11 @@ def damage(out: Path, outside: Path, what: tuple) -> None:
         path = tasks / f"{task_id}.json"
         if not tasks.is_dir() or not path.is_file():
             return
-        record = json.loads(path.read_text())
+        try:  # an earlier damage may have left it unparsable or not an object
+            record = json.loads(path.read_text())
+        except ValueError:
+            record = {}
+        record = record if isinstance(record, dict) else {}
         if how == "delete":
             path.unlink()
         elif how == "truncate":
@@ -109,6 +113,10 @@ def damage(out: Path, outside: Path, what: tuple) -> None:
 @settings(max_examples=30, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(what=damages, restart=st.booleans())
+@example(what=[("record", "truncate", "t1", None, "seconds"), ("record", "delete", "t1", None, "seconds")],
+         restart=False)  # damage on damage: a record truncated, then damaged again
+@example(what=[("record", "other settings", "t0", None, "seconds"), ("record", "link outside", "t1", None, "ttt")],
+         restart=False)  # records of other settings, one of them outside --out: never reused, never written
 def test_fuzz_damaged_run_directories_rerun_cleanly(tmp_path_factory, tiny_model_dir, source_and_run, what, restart):
     source, finished = source_and_run
     work = fresh_dir(tmp_path_factory)
