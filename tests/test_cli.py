@@ -111,7 +111,8 @@ def test_solve_writes_a_resumable_run_and_score_reads_it(tmp_path, tiny_model_di
     assert "summary" in flat and "pass@1" in flat and "oracle" in flat and "training tokens / s" in flat
     assert sorted(p.name for p in (out / "tasks").iterdir()) == ["task0.json", "task1.json", "task2.json"]
     config = json.loads((out / "config.json").read_text())
-    assert config["command"] == "arc solve" and set(config) == {"command", "testtime", "settings", "options"}
+    assert config["command"] == "arc solve" and set(config) == {"command", "testtime", "settings", "fingerprint",
+                                                                 "options"}
     settings = config["settings"]  # the result-affecting settings: the tasks' source and the SolveConfig
     assert settings["source"] == str(tasks) and config["options"]["tasks"] is None  # every task of the source
     assert settings["config.data.n_sequences"] == 2

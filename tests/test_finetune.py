@@ -335,11 +335,14 @@ def test_bad_arguments_are_named_together():
 # ---------------------------------------------------------------- streams, resume, checkpoints
 
 
-def test_resume_from_a_checkpoint_continues_the_same_trajectory(tmp_path):
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_resume_from_a_checkpoint_continues_the_same_trajectory(tmp_path, grad_accum):
+    """A list of sequences resumed at step s skips s x grad_accum micro-batches (issue 28: with grad_accum 1
+    only, skipping s micro-batches passed too)."""
     from testtime.checkpoint import load_checkpoint, load_trainable, save_checkpoint
 
     data = [full(random_ids(n, seed=n)) for n in range(5, 12)]
-    args = TrainArgs(lr=1e-2, max_steps=8, batch_size=2, warmup_steps=2, seed=3)
+    args = TrainArgs(lr=1e-2, max_steps=8, batch_size=2, warmup_steps=2, seed=3, grad_accum=grad_accum)
     host = fresh_host()
     whole = train(host.model, data, args).losses
 

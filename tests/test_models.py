@@ -125,12 +125,15 @@ def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_pa
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), name
 
-    (folder / "model.safetensors").write_bytes(b"damaged")  # a damaged conversion names itself and the fix
+    (folder / "model.safetensors").write_bytes(b"damaged")  # caught by the manifest: converted again, never loaded
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(models, "converted_dir", lambda target, kwargs: folder)
     (tmp_path / "any.gguf").write_bytes(b"GGUF")
-    with pytest.raises(ModelLoadError, match="cached conversion.*Delete that folder"):
-        load_model(str(tmp_path / "any.gguf"))
+    with caplog.at_level(logging.WARNING, logger="testtime.models"), pytest.raises(ModelLoadError,
+                                                                                   match="could not load model"):
+        load_model(str(tmp_path / "any.gguf"))  # (this stand-in GGUF cannot be converted)
+    assert "is damaged (model.safetensors has 7 bytes" in caplog.text
+    caplog.clear()
 
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder should be")

@@ -230,7 +230,7 @@ def test_lm_eval_selectors_share_one_out_each_in_its_own_run_directory(tmp_path,
     for select in ("nn", "nn-repeats", "random"):
         result = run(select)
         assert result.exit_code == 0, result.output
-        printed[select] = table_row(result.output, "all")
+        printed[select] = table_row(result.output, "every prompt")
     assert sorted(p.name for p in out.iterdir()) == ["nn", "nn-repeats", "random"]
 
     memory, embedder = Memory.load(tmp_path / "index"), LetterEmbedder()

@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from faults import hook  # the test tree's fault hook (tests/ is on sys.path under pytest)
+from faults import hook, injected  # the test tree's faults (tests/ is on sys.path under pytest)
 from testtime.cli import app
 
 sys.path.insert(0, str(Path(__file__).parent / "lm"))
 from test_ttft import MEMORY, LetterEmbedder  # as tests/lm/test_lm_cli.py imports it
 
 
-def invoke(*args: str, **env: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200", **env})
+def invoke(*args: str, faults=None, **env: str):
+    with injected(faults):
+        return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200", **env})
 
 
 def flat(result) -> str:

@@ -125,9 +125,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     try:
         state = json.loads((path / "state.json").read_text())
-        weights = load_file(str(path / "weights.safetensors"))
-        optimizer = tensors_to_optimizer(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        weights = read_safetensors(path / "weights.safetensors")
+        optimizer = tensors_to_optimizer(read_safetensors(path / "optimizer.safetensors"), state["optimizer"])
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it to resume from the one before") from err
     return Checkpoint(path=path, step=int(state["step"]), weights=weights, optimizer=optimizer,
                       extra=state.get("extra", {}))
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, truncated or damaged one is a ValueError naming the file
+    and the fix (safetensors' own SafetensorError names neither)."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it is damaged or incomplete: "
+                         "write it again (rerun what made it), or delete it") from None

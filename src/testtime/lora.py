@@ -239,9 +239,10 @@ def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") ->
     import hashlib
     from datetime import datetime, timezone
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from testtime.atomic import atomic_path, read_json, write_json_atomic
+    from testtime.checkpoint import read_safetensors
 
     src, dst = Path(src), Path(dst)
     weights = src / "adapter_model.safetensors"
@@ -254,7 +255,7 @@ def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") ->
     if dtype not in ("bfloat16", "float32"):
         raise ValueError(f"dtype must be bfloat16 or float32, not {dtype!r}")
     target = getattr(torch, dtype)
-    tensors = load_file(str(weights))
+    tensors = read_safetensors(weights)
     cast = {name: t.to(target).contiguous() for name, t in tensors.items()}
     change = max((float((cast[n].float() - t.float()).abs().max()) for n, t in tensors.items() if t.numel()),
                  default=0.0)

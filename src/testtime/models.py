@@ -28,6 +28,7 @@ import safetensors.torch
 import torch
 
 from testtime.atomic import atomic_dir
+from testtime.digest import manifest_problems, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def load_tokenizer(model: str | None = None, *, trust_remote_code: bool = False)
 
     target, kwargs = _resolve(model)
     converted = converted_dir(target, kwargs)
-    if converted is not None and (converted / "config.json").is_file():
+    if converted is not None and _usable(converted, warn=False):
         target, kwargs = str(converted), {}
     try:
         tok = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code, **kwargs)
@@ -187,7 +188,7 @@ def load_model(
         dt = getattr(torch, resolve_dtype(dtype, dev)) if isinstance(dtype, str) else dtype
     target, kwargs = _resolve(model)
     converted = converted_dir(target, kwargs)
-    convert = converted is not None and not (converted / "config.json").is_file()
+    convert = converted is not None and not _usable(converted)
     if converted is not None and not convert:
         target, kwargs = str(converted), {}
     if "gguf_file" not in kwargs:
@@ -215,6 +216,29 @@ def load_model(
     n_params = sum(p.numel() for p in lm.parameters())
     log.info("loaded %s: %.1fM parameters, %s %s", model or EMBEDDED, n_params / 1e6, dev, dt)
     return LoadedModel(model=lm, tokenizer=tok, name=model or EMBEDDED, device=dev, dtype=dt)
+
+
+def model_source(model: str | None) -> Path:
+    """The local file or folder `model` loads from: the GGUF file, a model directory, or a hub id's cached
+    snapshot; raises ModelLoadError as loading would."""
+    target, kwargs = _resolve(model)
+    return Path(target) / kwargs["gguf_file"] if "gguf_file" in kwargs else Path(target)
+
+
+def _usable(folder: Path, *, warn: bool = True) -> bool:
+    """Whether a cached conversion is there and whole: every file of its manifest with its size and SHA-256
+    (hashes remembered per inode, size and mtime in the cache, so checking costs a stat after the first time)."""
+    if not (folder / "config.json").is_file():
+        return False
+    problems = manifest_problems(folder, _hash_store())
+    if problems and warn:
+        log.warning("the cached conversion %s is damaged (%s); converting the GGUF again", folder, "; ".join(problems))
+    return not problems
+
+
+def _hash_store() -> Path | None:
+    root = cache_root()
+    return root / "sha256.json" if root is not None else None
 
 
 def cache_root() -> Path | None:
@@ -265,7 +289,7 @@ def save_converted(lm: Any, tokenizer: Any, folder: Path) -> None:
     """
     writing = False
     try:
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, replace=folder.is_dir() and not _usable(folder, warn=False)) as tmp:
             writing = True
             # the weights are already dequantised, but transformers marks a GGUF-loaded model as quantised
             # and will not `save_pretrained` it: write the config without that mark, and the tensors
@@ -276,6 +300,7 @@ def save_converted(lm: Any, tokenizer: Any, folder: Path) -> None:
             lm.generation_config.save_pretrained(tmp)
             safetensors.torch.save_model(lm, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             tokenizer.save_pretrained(tmp)
+            write_manifest(tmp)  # sizes and SHA-256 of every file, checked on every load
     except OSError as err:
         if not writing:
             log.warning("cannot write the GGUF conversion cache %s (%s); set %s to a writable folder or to off",

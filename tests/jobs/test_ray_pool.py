@@ -1,9 +1,9 @@
 """`--ray`: the same run directory as in-process, retries after a dead worker, failures, resume.
 
 One local Ray instance (2 CPUs) serves the whole module; each command starts its own actors on
-it with the tiny model. Faults are injected through the job layer's one test hook
-(TESTTIME_TEST_HOOK -> tests/faults.py, which every worker imports itself), never by patching
-code: the workers are other processes.
+it with the tiny model. Faults are injected through the job layer's one seam
+(`testtime.jobs.hooks`, installed by tests/faults.py and shipped to every worker by value), never
+by patching code: the workers are other processes.
 """
 
 from __future__ import annotations
@@ -18,23 +18,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from faults import faults, injected  # tests/ is on sys.path under pytest
 from testtime.arc.solve import task_cells
 from testtime.arc.task import Task
 from testtime.cli import app
 from testtime.cli.common import RUNTIME, scale_of
 from testtime.jobs import INSTALL, OK, RayExecutor, ScaleArgs
 
-FAULTS = Path(__file__).resolve().parent.parent / "faults.py"
 TASKS = ("task0", "task1", "task2")
 
 
-def faults(**arg) -> dict[str, str]:
-    """The environment that makes every executor call tests/faults.py:inject with these faults."""
-    return {"TESTTIME_TEST_HOOK": f"{FAULTS}:inject:{json.dumps(arg)}"}
-
-
-def invoke(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200", **(env or {})})
+def invoke(*args: str, env=None):
+    """The CLI with `env` (a `faults.Faults`, or None) injected into every executor it makes."""
+    with injected(env):
+        return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
 
 
 def flat(result) -> str:
@@ -258,9 +255,12 @@ def test_lm_eval_on_ray_writes_the_in_process_results_and_saves_skips_and_retrie
 
 @pytest.mark.slow
 def test_a_model_that_cannot_load_is_one_clear_error(ray_local, tmp_path, tasks_dir):
-    result = invoke(*solve_args(tasks_dir, tmp_path / "none.gguf", tmp_path / "ray"), "--ray")
+    missing = invoke(*solve_args(tasks_dir, tmp_path / "none.gguf", tmp_path / "ray"), "--ray")
+    assert missing.exit_code == 2 and "none.gguf does not exist" in flat(missing)  # found before Ray starts
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(60))  # there, but no worker can load it
+    result = invoke(*solve_args(tasks_dir, tmp_path / "broken.gguf", tmp_path / "ray"), "--ray")
     assert result.exit_code == 2
-    assert "Ray workers could not start" in flat(result) and "none.gguf does not exist" in flat(result)
+    assert "Ray workers could not start" in flat(result) and "broken.gguf" in flat(result)
     assert list((tmp_path / "ray" / "tasks").iterdir()) == []  # no task was recorded (failed or not)
 
 

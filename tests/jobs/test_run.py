@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -19,11 +18,9 @@ from testtime.jobs import (
     SetupError,
     Started,
     Status,
+    hooks,
     run_items,
 )
-from testtime.jobs.hooks import ENV, TestHook
-
-FAULTS = Path(__file__).resolve().parents[1] / "faults.py"
 
 
 class Squares:
@@ -169,14 +166,14 @@ def test_a_record_that_is_not_this_items_is_redone(tmp_path, caplog):
     assert "not a record of n1" in caplog.text and "does not parse" in caplog.text
 
 
-def test_the_test_hook_runs_before_each_item_inside_the_failure_policy(tmp_path, monkeypatch):
-    monkeypatch.setenv(ENV, f"{FAULTS}:inject:" + json.dumps({"raise_on": ["n2"]}))
-    records, counts = run_items(Squares(), [1, 2], LocalExecutor(), opened(tmp_path))
+def test_the_test_hook_runs_before_each_item_inside_the_failure_policy(tmp_path):
+    from faults import faults, injected
+
+    with injected(faults(raise_on=["n2"])):
+        records, counts = run_items(Squares(), [1, 2], LocalExecutor(), opened(tmp_path))
     assert records["n2"]["status"] == FAILED and "fault injected on n2" in records["n2"]["error"]
     assert counts.failed_ids == ["n2"]
-    assert TestHook().spec is None and TestHook.from_env().spec.endswith('["n2"]}')
-    monkeypatch.delenv(ENV)
-    assert TestHook.from_env().spec is None
+    assert hooks.installed() is None  # only while the block runs
 
 
 def test_events_announce_setup(tmp_path):

@@ -38,5 +38,6 @@ def test_the_record_keeps_the_true_id(tmp_path):
     run = RunDir(tmp_path / "run", records="tasks")
     run.open("toy", {})
     run.save({"task_id": "../../evil", "status": "ok"}, "task_id")
-    assert run.record("../../evil", "task_id") == {"task_id": "../../evil", "status": "ok"}
+    assert run.record("../../evil", "task_id") == {"task_id": "../../evil", "status": "ok",
+                                                   "fingerprint": run.fingerprint}
     assert [p.parent for p in tmp_path.rglob("*.json") if p.name != "config.json"] == [run.records_dir]

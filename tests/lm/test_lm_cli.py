@@ -61,7 +61,7 @@ def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tin
     flat = " ".join(result.output.split())
     assert "skipped bad prompt line" in flat and "prompts.jsonl:3" in flat
     assert "2 scored, 0 failed, 1 bad lines" in flat
-    for domain in ("prose", "noise", "all"):
+    for domain in ("prose", "noise", "every prompt"):
         assert f"│ {domain} " in result.output
     run_dir = tmp_path / "run" / "sift"  # each selector has its own run directory inside --out
     assert sorted(p.name for p in (run_dir / "results").iterdir()) == ["a.json", "b.json"]
@@ -80,13 +80,13 @@ def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tin
     assert limited.exit_code == 0, limited.output
     assert [p.name for p in (tmp_path / "limited" / "sift" / "results").iterdir()] == ["a.json"]
 
-    assert table_row(result.output, "all")[1] == f"{bpb_of(run_dir):.4f}"  # total bits over total bytes
+    assert table_row(result.output, "every prompt")[1] == f"{bpb_of(run_dir):.4f}"  # total bits over total bytes
 
     none = invoke("lm", "eval", "--prompts", str(prompts), "--select", "none", "--model", str(tiny_model_dir),
                   "--out", str(tmp_path / "run"), "--dtype", "float32")  # float32: the sums below are exact
     assert none.exit_code == 0, none.output
-    assert table_row(none.output, "all")[:2] == ["2", f"{bpb_of(tmp_path / 'run' / 'none'):.4f}"]
-    loaded = load_model(str(tiny_model_dir), dtype="float32")  # `none` is the untouched model: its bits, computed independently
+    assert table_row(none.output, "every prompt")[:2] == ["2", f"{bpb_of(tmp_path / 'run' / 'none'):.4f}"]
+    loaded = load_model(str(tiny_model_dir), dtype="float32")  # `none`: the untouched model, its bits computed apart
     for row in rows:
         saved = json.loads((tmp_path / "run" / "none" / "results" / f"{row['id']}.json").read_text())
         bits, n_bytes = continuation_bits(loaded.model, loaded.tokenizer, row["prompt"], row["continuation"])

@@ -158,8 +158,8 @@ def test_eval_writes_one_file_per_prompt_resumes_and_counts_failures(tmp_path, t
     assert failed["status"] == "failed" and "context" in failed["error"] and failed["traceback"]
     assert failed["domain"] == "prose" and failed["select"] == "sift"
     table = summarize(results)
-    assert set(table) == {"prose", "noise", "all"} and table["all"]["prompts"] == 2
-    assert table["all"]["bpb"] == pytest.approx(sum(r["bits"] for r in results) / sum(r["bytes"] for r in results))
+    assert set(table) == {"prose", "noise", None} and table[None]["prompts"] == 2
+    assert table[None]["bpb"] == pytest.approx(sum(r["bits"] for r in results) / sum(r["bytes"] for r in results))
 
     finished = []
     again, failed_again = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path,

@@ -105,7 +105,7 @@ def test_without_the_source_the_records_still_render(tmp_path):
     html = write_arc_report(run).read_text()
     assert sorted(sections(html)) == sorted(tasks)
     assert "does not load here" in html and "task not loaded" in html and "Demonstrations" not in html
-    assert re.search(r"unreadable records</td><td[^>]*>1<", html)
+    assert re.search(r"unreadable records</td><td[^>]*>1 \(junk\.json\)<", html)
     assert html.count('class="right"') > 0  # the marks come from the records
 
 

@@ -174,20 +174,23 @@ def wrap_model(model: Any, tokenizer: Any, config: PretrainConfig) -> Any:
 def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: str | Path, *,
              info: ExampleSources | None = None, on_progress: Callable[[PretrainStep], None] | None = None,
              flags: Mapping[str, str] | None = None, options: Mapping[str, Any] | None = None,
-             clock: Callable[[], float] = time.monotonic) -> dict:
+             clock: Callable[[], float] = time.monotonic, restart: bool = False,
+             weights: Mapping[str, Any] | None = None) -> dict:
     """Fine-tune `loaded.model` on in-context tasks drawn from `examples`; write the adapter and card to `out`.
 
     Resumes from the newest checkpoint under `out` when `out/config.json` holds the same
     settings; raises SettingsChanged (naming each setting, by `flags` where given) when it holds
     another run's, and ConfigError for settings that cannot run. `clock` (seconds) times the run
-    and its `max_minutes`.
+    and its `max_minutes`. `restart` discards an earlier run of this command in `out` first;
+    `weights` (the base model's content hash) joins the settings. `out` stays locked until it returns.
     """
     t_called = clock()
     validate(config, flags)
     out = Path(out)
     lineage = adapter_lineage(config.init_adapter) if config.init_adapter else []
-    RunDir(out, records="checkpoints").open("arc pretrain", run_settings(config, lineage), options,
-                                             flags={**(flags or {}), **LINEAGE_FLAGS})
+    run_dir = RunDir(out, records="checkpoints")  # locked while this frame lives
+    run_dir.open("arc pretrain", {**run_settings(config, lineage), **({"weights": dict(weights)} if weights else {})},
+                 options, restart=restart, flags={**(flags or {}), **LINEAGE_FLAGS})
 
     train_examples, val_examples = split_validation(examples, config.val_tasks, config.train.seed)
     tokenizer = loaded.tokenizer
@@ -231,6 +234,7 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
     card.update(stopped_by=stopped_by, steps_planned=config.train.max_steps, lineage=lineage,
                 steps_with_lineage=card["steps"] + sum(a.get("steps") or 0 for a in lineage))
     write_json_atomic(out / "card.json", card)
+    run_dir.close()
     return card
 
 
@@ -286,7 +290,7 @@ class _StepHandler:
 
 # ---------------------------------------------------------------- starting from an adapter
 
-LINEAGE_FLAGS = {"init_adapter_sha256": "--init-adapter (its weights)"}
+LINEAGE_FLAGS = {"init_adapter_sha256": "--init-adapter (its weights)", "weights.model": "--model (its weights)"}
 """The run-directory setting that `run_settings` adds for an init adapter, named for a refused rerun."""
 
 
@@ -333,7 +337,8 @@ def load_init_adapter(model: Any, path: str | Path) -> None:
     differ, or when the weights do not cover every trainable parameter.
     """
     from peft.utils import set_peft_model_state_dict  # heavy import
-    from safetensors.torch import load_file
+
+    from testtime.checkpoint import read_safetensors
 
     path = Path(path)
     theirs = read_json(path / "adapter_config.json") or {}
@@ -348,7 +353,7 @@ def load_init_adapter(model: Any, path: str | Path) -> None:
     if differ:
         raise ValueError(f"--init-adapter {path} has another LoRA shape ({'; '.join(differ)}); give the same "
                          "settings as the run that wrote it")
-    result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    result = set_peft_model_state_dict(model, read_safetensors(path / "adapter_model.safetensors"))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     missing = sorted(trainable & set(result.missing_keys))
     if missing or result.unexpected_keys:

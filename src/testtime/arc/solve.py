@@ -19,13 +19,14 @@ from typing import Any, Literal
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter
 from testtime.arc.likelihood import poe_scores, truth_bits, truth_rows
 from testtime.arc.predict import InferArgs, PredictOutcome, predict_task
+from testtime.arc.records import record_problems
 from testtime.arc.score import build_submission, truth_means, write_submission
 from testtime.arc.task import Task, as_grid, grids_equal
 from testtime.arc.ttt_data import TTTArgs, build_ttt_data
 from testtime.arc.vote import grid_key, selection, vote
 from testtime.config import as_json
 from testtime.finetune import LoraArgs, StepInfo, TrainArgs, train
-from testtime.jobs import Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
+from testtime.jobs import Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items, write_output
 from testtime.lora import AdapterHost
 from testtime.seeds import derive_seed
 
@@ -204,8 +205,8 @@ def _add_correctness(record: dict[str, Any], task: Task) -> None:
 
 def failed_record(task: Task, error: str, trace: str = "", seconds: float = 0.0) -> dict[str, Any]:
     """The record of a task that failed outside `Solver.solve_task` (e.g. its Ray worker kept dying)."""
-    record = {"task_id": task.id, "status": "failed", "error": error, "traceback": trace, "tests": [],
-              "seconds": seconds}
+    record = {"task_id": task.id, "status": "failed", "error": error, "traceback": trace,
+              "tests": [{"attempts": [], "candidates": []} for _ in task.test], "seconds": seconds}
     _add_correctness(record, task)
     return record
 
@@ -279,17 +280,13 @@ class ArcJob:
         return failed_record(task, error, trace, seconds)
 
     def accepts(self, task: Task, record: dict[str, Any]) -> bool:
-        """A record with one entry per test input, each with valid attempt grids (what the submission reads)."""
-        tests = record.get("tests")
-        if not isinstance(tests, list) or (record.get("status") == "ok" and len(tests) != len(task.test)):
-            return False
-        try:
-            for test in tests:
-                for grid in test["attempts"]:
-                    as_grid(grid)
-        except (TypeError, KeyError, ValueError):
-            return False
-        return True
+        """A record that fits the schema (`arc.records`), with one entry per test input of the task."""
+        problems = record_problems(record)
+        if not problems and len(record["tests"]) != len(task.test):
+            problems = [f"record.tests: {len(record['tests'])} entries, the task has {len(task.test)} test inputs"]
+        if problems:
+            log.warning("task %s: its record does not fit (%s); the task is run again", task.id, "; ".join(problems))
+        return not problems
 
 
 def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = None, *,
@@ -298,7 +295,8 @@ def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = Non
     """Solve `tasks`, resuming from `run_dir`; returns the records, the submission and the counts.
 
     An unopened `run_dir` is opened with the job's settings (the CLI opens it first, with its
-    flags and options). The submission covers every task, failed ones included.
+    flags and options). The submission covers every task, failed ones included, and with a run
+    directory every task finished there under these settings, whatever subset `tasks` is.
     """
     if run_dir is not None and not run_dir.opened:
         run_dir.open("arc solve", {"config": job.config.to_json()})
@@ -306,7 +304,12 @@ def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = Non
                                 emit=emit)
     submission = submission_of(tasks, records)
     if run_dir is not None:
-        write_submission(run_dir.path / "submission.json", submission)
+        every = run_dir.finished("task_id", valid=lambda r: not record_problems(r))
+        others = {tid: r for tid, r in every.items() if tid not in records}
+        submission.update(build_submission(
+            {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in others.items()},
+            {tid: len(r["tests"]) for tid, r in others.items()}))
+        write_output(run_dir.path / "submission.json", lambda path: write_submission(path, submission))
     return list(records.values()), submission, counts
 
 

@@ -257,15 +257,20 @@ def progress_view(noun: str, line: Callable[[dict, bool], str]) -> Iterator[Call
 
 def run_job(command: str, noun: str, line: Callable[[dict, bool], str], scale: Any, out: Path | None,
             run_dir: Any, settings: dict[str, Any], params: Mapping[str, Any], fields: Fields, *,
-            restart: bool, work: Callable[[Any, Callable[[Any], None]], Any]) -> Any:
-    """The shape of every item command: open the run directory (refusing changed settings), pick the
-    executor, show progress, call `work(executor, emit)`; turn the job layer's errors and Ctrl-C into
-    one message each. `settings` is what goes into config.json; its `config` part is named by `fields`."""
-    from testtime.jobs import RunDirError, ScaleError, SetupError, describe, executor_for
+            restart: bool, work: Callable[[Any, Callable[[Any], None]], Any],
+            weight_paths: Mapping[str, Any] | None = None) -> Any:
+    """The shape of every item command: open the run directory (locked; refusing changed settings), pick
+    the executor, show progress, call `work(executor, emit)`; turn the job layer's errors and Ctrl-C into
+    one message each (a write that failed: exit 1, every finished record kept). `settings` is what goes
+    into config.json, with the content hashes of `weight_paths` (`weights`) once --out is known usable;
+    its `config` part is named by `fields`."""
+    from testtime.jobs import RunDirError, ScaleError, SetupError, WriteFailed, describe, executor_for
 
-    flags = {"source": "SOURCE", **{f"config.{k}": v for k, v in flags_of(fields).items()}}
+    flags = {"source": "SOURCE", **WEIGHT_FLAGS, **{f"config.{k}": v for k, v in flags_of(fields).items()}}
     try:
         if run_dir is not None:
+            run_dir.check_path()  # --out before the model: its problems are named first
+            settings = {**settings, "weights": weights(**(weight_paths or {}))}
             run_dir.open(command, settings, dict(params), restart=restart, flags=flags)
         with executor_for(scale) as executor:
             where = describe(executor)
@@ -273,10 +278,39 @@ def run_job(command: str, noun: str, line: Callable[[dict, bool], str], scale: A
                 console.print(safe(where))
             with progress_view(noun, line) as emit:
                 return work(executor, emit)
+    except WriteFailed as err:
+        fail(str(err), code=1)
     except (RunDirError, ScaleError, SetupError) as err:
         fail(str(err))
     except KeyboardInterrupt:
         interrupted(out, noun, " (its Ray workers were stopped)" if scale is not None else "")
+    finally:
+        if run_dir is not None:
+            run_dir.close()
+
+
+WEIGHT_FLAGS = {"weights.model": "--model (its weights)", "weights.adapter": "--adapter (its weights)"}
+
+
+def weights(**paths: Any) -> dict[str, str | None]:
+    """`{"model": sha256, ...}`: what the weights that `--model` (any local file, folder or cached hub id)
+    and `--adapter` name are, by content, so that new files at the same path count as a changed setting.
+    Hashes are remembered in the model cache (per inode, size and mtime), so a file is read once."""
+    from testtime.digest import weights_digest
+    from testtime.models import ModelLoadError, cache_root, model_source
+
+    root = cache_root()
+    store = root / "sha256.json" if root is not None else None
+    out: dict[str, str | None] = {}
+    for name, value in paths.items():
+        try:
+            source = model_source(value) if name == "model" else Path(value) if value else None
+            out[name] = weights_digest(source, store) if source is not None else None
+        except ModelLoadError as err:
+            fail(str(err))
+        except OSError as err:
+            fail(f"--{name} {value}: cannot read {err.filename or value} ({err.strerror or err})")
+    return out
 
 
 def bar(label: str = "{task.description}") -> Progress:

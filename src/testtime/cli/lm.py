@@ -248,7 +248,8 @@ def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_faile
 
     run_dir = select_dir(out, eval_config.ttft.method) if out else None
     results, failures, counts = common.run_job(
-        "lm eval", "prompt", _prompt_line, scale, out, run_dir, {"config": as_json(eval_config)}, params, FIELDS,
+        "lm eval", "prompt", _prompt_line, scale, out, run_dir,
+        {"config": as_json(eval_config)}, params, FIELDS, weight_paths={"model": eval_config.model},
         restart=restart,
         work=lambda executor, emit: evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
                                              retry_failed=retry_failed, emit=emit))
@@ -276,8 +277,11 @@ def _print_eval_summary(select: str, results: list[dict], failures: list[dict], 
     for col in ("domain", "prompts", "bits/byte", "select ms", "NN select ms", "steps"):
         table.add_column(col, justify="left" if col == "domain" else "right")
     for domain, row in summarize(results).items():
-        table.add_row(Text(domain), str(row["prompts"]), f"{row['bpb']:.4f}", f"{row['select_ms']:.2f}",
-                      f"{row['nn_select_ms']:.2f}", f"{row['steps']:.1f}")
+        if domain is None:  # the total: its own section and style, so a domain named "all" stays a domain
+            table.add_section()
+        table.add_row(Text(domain) if domain is not None else Text("every prompt", style="bold"), str(row["prompts"]),
+                      f"{row['bpb']:.4f}", f"{row['select_ms']:.2f}", f"{row['nn_select_ms']:.2f}",
+                      f"{row['steps']:.1f}")
     console.print(table)
     console.print(f"{len(results)} scored, {len(failures)} failed, {len(bad_lines)} bad lines")
 

@@ -70,6 +70,7 @@ def pretrain(
     from testtime.arc.pretrain import pretrain as run_pretrain
     from testtime.arc.pretrain_data import load_examples
     from testtime.arc.task import TaskError
+    from testtime.jobs import WriteFailed
     from testtime.models import ModelLoadError, load_model
 
     params = common.options_of(ctx)
@@ -80,10 +81,6 @@ def pretrain(
         fail("; ".join(problems))
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a directory")
-    if restart:
-        from testtime.jobs import RunDir
-
-        RunDir(out, records="checkpoints").clear()
     try:
         examples, info = load_examples(list(sources), allow_evaluation=allow_evaluation)
     except TaskError as err:
@@ -94,14 +91,20 @@ def pretrain(
                   f"{grad_accum} accum (<= {max_len} tokens each) -> out {safe(out)}"
                   + (f"; LoRA from {safe(init_adapter)}" if init_adapter else "")
                   + (f"; at most {max_minutes:g} minutes" if max_minutes else ""))
+    weights = common.weights(model=model)  # before anything is deleted or loaded
     try:
         loaded = load_model(model, dtype=settings.dtype)
     except ModelLoadError as err:
         fail(str(err))
     try:
-        card = _run(run_pretrain, loaded, examples, settings, out, info, params)
-    except ValueError as err:
+        card = _run(run_pretrain, loaded, examples, settings, out, info, params, restart, weights)
+    except WriteFailed as err:
+        fail(str(err), code=1)
+    except ValueError as err:  # RunDirError (changed settings, --out in use), a damaged checkpoint, ...
         fail(str(err))
+    except OSError as err:  # a checkpoint, the adapter or the card could not be written
+        fail(f"cannot write {err.filename or out} ({err.strerror or err}); the checkpoints written so far are kept: "
+             "free space or fix the permissions, then run the same command again", code=1)
     except KeyboardInterrupt:
         console.print(f"[bold yellow]interrupted:[/] checkpoints are in {safe(out / 'checkpoints')}; "
                       "run the same command again to resume")
@@ -111,7 +114,7 @@ def pretrain(
     after_run("pretrain", out)  # OUT/report.html: loss curves, tokens/s, the card
 
 
-def _run(run_pretrain, loaded, examples, config, out, info, params) -> dict:
+def _run(run_pretrain, loaded, examples, config, out, info, params, restart, weights) -> dict:
     progress = common.bar()
     last_val = {"v": None}
     with progress:
@@ -133,7 +136,7 @@ def _run(run_pretrain, loaded, examples, config, out, info, params) -> dict:
                                        f"{val}{saved}")
 
         return run_pretrain(loaded, examples, config, out, info=info, on_progress=on_progress,
-                            flags=common.flags_of(FIELDS), options=params)
+                            flags=common.flags_of(FIELDS), options=params, restart=restart, weights=weights)
 
 
 def _summary(card: dict, out: Path) -> None:

@@ -161,8 +161,9 @@ def solve(
     console.print(f"[bold]testtime arc solve[/] {safe(source)}: {len(selected)} tasks, model {safe(model)}, "
                   f"adapter {safe(solve_config.adapter or 'none')}, "
                   f"TTT {'shared' if shared else 'per task' if ttt else 'off'}, out {safe(out or '(none)')}")
-    records = _run(solve_config, selected, source, out, params, scale, restart=restart, retry_failed=retry_failed)
-    _print_summary(records, out)
+    records, submitted = _run(solve_config, selected, source, out, params, scale, restart=restart,
+                              retry_failed=retry_failed)
+    _print_summary(records, out, submitted)
 
 
 def _resolve_adapter(value: str | None) -> str | None:
@@ -197,21 +198,24 @@ def _load(source: str, ids: str | None, limit: int | None) -> list:
     return selected
 
 
-def _run(solve_config, tasks, source, out, params, scale, *, restart: bool, retry_failed: bool) -> list[dict]:
+def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
+         retry_failed: bool) -> tuple[list[dict], int]:
+    """(this run's records, the tasks submission.json holds: every finished one in --out)."""
     from testtime.arc.solve import ArcJob, solve_tasks
     from testtime.jobs import RunDir
 
     run_dir = RunDir(out, records="tasks") if out else None
     job = ArcJob(solve_config, shared_tasks=tasks if solve_config.shared else None)
-    records, _, counts = common.run_job(
+    records, submission, counts = common.run_job(
         "arc solve", "task", _task_line, scale, out, run_dir,
         {"source": source, "config": solve_config.to_json()}, params, FIELDS, restart=restart,
+        weight_paths={"model": solve_config.model, "adapter": solve_config.adapter},
         work=lambda executor, emit: solve_tasks(job, tasks, run_dir, executor=executor, retry_failed=retry_failed,
                                                 emit=emit))
     if counts.failed and counts.failed == counts.total:
-        _print_summary(records, out)
+        _print_summary(records, out, len(submission))
         fail(f"every task failed (first: {records[0].get('error')})", code=1)
-    return records
+    return records, len(submission)
 
 
 def _task_line(record: dict, resumed: bool) -> str:
@@ -256,7 +260,7 @@ def truth_rows(truth: dict) -> list[tuple[str, str]]:
     ]
 
 
-def _print_summary(records: list[dict], out: Path | None) -> None:
+def _print_summary(records: list[dict], out: Path | None, submitted: int = 0) -> None:
     from testtime.arc.solve import summarize
 
     s = summarize(records)
@@ -274,6 +278,7 @@ def _print_summary(records: list[dict], out: Path | None) -> None:
         *truth_rows(s["truth"]),
     ])
     if out:
-        console.print(f"submission: {safe(out / 'submission.json')}")
+        console.print(f"submission: {safe(out / 'submission.json')} ({submitted} tasks: every task finished in "
+                      f"{safe(out)}, {len(records)} of them in this run's selection)")
         from testtime.cli.report import after_run
         after_run("arc", out)  # OUT/report.html

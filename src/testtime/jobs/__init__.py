@@ -29,11 +29,20 @@ from testtime.jobs.job import (
 )
 from testtime.jobs.ray_pool import INSTALL, SCALE_FLAGS, RayExecutor, ScaleArgs, ScaleError, ray_session, require_ray
 from testtime.jobs.run import Executor, LocalExecutor, SetupError, describe, executor_for, run_items
-from testtime.jobs.rundir import RunDir, RunDirError, SettingsChanged, changed_settings, record_name
+from testtime.jobs.rundir import (
+    RunDir,
+    RunDirError,
+    SettingsChanged,
+    WriteFailed,
+    changed_settings,
+    fingerprint,
+    record_name,
+    write_output,
+)
 
 __all__ = [
     "FAILED", "INSTALL", "OK", "SCALE_FLAGS", "Counts", "Emit", "Event", "Executor", "Finished", "Job",
     "LocalExecutor", "Notice", "RayExecutor", "RunDir", "RunDirError", "ScaleArgs", "ScaleError", "SettingsChanged",
     "SetupError", "Started", "Status", "Step", "changed_settings", "describe", "executor_for", "failure", "ignore",
-    "record_name", "ray_session", "require_ray", "run_items", "run_one",
+    "record_name", "ray_session", "require_ray", "run_items", "run_one", "WriteFailed", "fingerprint", "write_output",
 ]

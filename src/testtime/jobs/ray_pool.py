@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from testtime.config import at_least
-from testtime.jobs.hooks import TestHook
+from testtime.jobs import hooks
 from testtime.jobs.job import OK, Emit, Job, Notice, Status, failure, ignore, run_one
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _check_reachable(address: str) -> None:
 class Worker:
     """A Ray actor (made remote in `RayExecutor`): sets its job up once, then runs items through it."""
 
-    def __init__(self, job: Job, threads: int, hook: TestHook) -> None:
+    def __init__(self, job: Job, threads: int, hook: hooks.BeforeItem | None) -> None:
         import torch  # in the worker process only
 
         torch.set_num_threads(threads)
@@ -173,7 +173,7 @@ class _Pool:
         self.job, self.args, self.keep, self.emit = job, args, keep, emit
         self.remote = self.ray.remote(Worker).options(num_cpus=args.threads_per_worker, num_gpus=args.gpus_per_worker,
                                                       max_restarts=0, max_task_retries=0)
-        self.hook = TestHook.from_env()
+        self.hook = hooks.installed()
         self.actors: list[Any] = []
         self.attempts: dict[str, int] = {}
 

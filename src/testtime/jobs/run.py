@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from testtime.jobs.hooks import TestHook
+from testtime.jobs import hooks
 from testtime.jobs.job import FAILED, OK, Counts, Emit, Finished, Job, Notice, Started, Status, ignore, run_one
 from testtime.jobs.rundir import RunDir
 
@@ -36,7 +36,7 @@ class LocalExecutor:
     """Items one after another in this process, in the order given; the job is set up at the first."""
 
     def __init__(self) -> None:
-        self.hook = TestHook.from_env()
+        self.hook = hooks.installed()
 
     def execute(self, job: Job, items: Sequence[Any], keep: Callable[[dict[str, Any]], None], emit: Emit) -> None:
         if not items:

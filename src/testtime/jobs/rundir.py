@@ -1,22 +1,27 @@
-"""A run directory: the settings that made it, and one record per finished item.
+"""A run directory: the settings that made it, one record per finished item, one writer at a time.
 
-    RUN/config.json          {"command", "testtime", "settings", "options"}
+    RUN/config.json          {"command", "testtime", "settings", "fingerprint", "options"}
     RUN/<records>/<name>.json one record per item, written atomically when the item ends
+    RUN/.lock                 flock'ed by the one process writing there (holds its pid)
 
-`settings` are the result-affecting settings (flattened, dotted keys); a later run into the
-same directory must have the same ones, or it is refused with every difference named (a sweep
-never mixes results made with different settings). `options` are every command-line option of
-the run; `testtime ... --config RUN/config.json` reproduces it. An item id never chooses a
-path: ids that are not plain names get a hashed file name, and the record keeps the true id.
+`settings` are the result-affecting settings (flattened, dotted keys; weights hashes included);
+a later run into the same directory must have the same ones, or it is refused with every
+difference named (a sweep never mixes results made with different settings). Every record
+carries the `fingerprint` of the settings (and command) that made it, and a record is reused
+only when it matches this run's, whatever config.json says. `options` are every command-line
+option of the run; `testtime ... --config RUN/config.json` reproduces it. An item id never
+chooses a path: ids that are not plain names get a hashed file name, and the record keeps the
+true id.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from testtime import __version__
 from testtime.atomic import read_json, write_json_atomic
 from testtime.config import flatten
 from testtime.jobs.job import FAILED, OK
+from testtime.jobs.lock import DirLock, Locked
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,10 @@ _RESERVED = {"config", "submission", "report"}
 
 class RunDirError(ValueError):
     """The run directory cannot be used as asked; the message names it and the way out."""
+
+
+class WriteFailed(RunDirError):
+    """A record or an output could not be written (full disk, read-only folder): the run stops cleanly."""
 
 
 class SettingsChanged(RunDirError):
@@ -83,45 +93,110 @@ def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any],
     return changes
 
 
+
+def fingerprint(command: str, settings: Mapping[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of the command and its flattened result-affecting settings."""
+    text = json.dumps({"command": command, "settings": flatten(dict(settings))}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 class RunDir:
-    """Config and per-item records of one run; see the module docstring for the layout."""
+    """Config and per-item records of one run; see the module docstring for the layout.
+
+    `open` takes the lock and `close` (or the process ending) drops it; use it as a context manager.
+    """
 
     def __init__(self, path: str | Path, *, records: str = "records") -> None:
         self.path = Path(path)
         self.records_dir = self.path / records
         self.opened = False
         """Set by `open`: the settings were checked and config.json written."""
+        self.fingerprint: str | None = None
+        """Of this run's settings, set by `open`; saved records carry it, resumed ones must match it."""
+        self._lock = DirLock(self.path / ".lock")
 
     @property
     def config_file(self) -> Path:
         return self.path / "config.json"
 
-    def open(self, command: str, settings: Mapping[str, Any], options: Mapping[str, Any] | None = None, *,
-             restart: bool = False, flags: Mapping[str, str] | None = None) -> None:
-        """Make the directory ready: refuse other settings (unless `restart`), then write config.json."""
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the lock (the records and config stay)."""
+        self._lock.release()
+
+    def check_path(self) -> None:
+        """Raise RunDirError when the directory cannot be made: it is a file, or lies under one."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"--out {self.path} is a file; give a directory (it is created if missing)")
+        blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise RunDirError(f"--out {self.path}: cannot write there ({blocker} is a file); "
+                              "give a writable directory")
+
+    def open(self, command: str, settings: Mapping[str, Any], options: Mapping[str, Any] | None = None, *,
+             restart: bool = False, flags: Mapping[str, str] | None = None) -> None:
+        """Lock the directory, refuse other settings (or, with `restart`, delete this command's results
+        once everything else checked out), then write config.json."""
+        self.check_path()
         settings = flatten(dict(settings))
-        if restart:
-            self.clear()
-        else:
-            self.check(command, settings, flags)
         try:
-            self.records_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.config_file, {"command": command, "testtime": __version__,
-                                                 "settings": settings, "options": dict(options or {})}, indent=1)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except Locked as err:
+            raise RunDirError(f"--out {self.path} is being written by another run (process {err.pid}); wait for it "
+                              "to end, or use --out NEW_DIR") from None
         except OSError as err:
             raise RunDirError(f"--out {self.path}: cannot write there ({err.strerror or err}); "
                               "give a writable directory") from None
+        try:
+            if restart:
+                self._check_command(command)
+                self.clear()
+            else:
+                self.check(command, settings, flags)
+            self.fingerprint = fingerprint(command, settings)
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.config_file, {"command": command, "testtime": __version__, "settings": settings,
+                                                 "fingerprint": self.fingerprint, "options": dict(options or {})},
+                              indent=1)
+        except OSError as err:
+            self.close()
+            raise RunDirError(f"--out {self.path}: cannot write there ({err.strerror or err}); "
+                              "give a writable directory") from None
+        except BaseException:
+            self.close()
+            raise
         self.opened = True
+
+    def _read_config(self) -> tuple[Any, bool]:
+        """(parsed config.json or None, whether something is there)."""
+        return read_json(self.config_file), self.config_file.exists() or self.config_file.is_symlink()
+
+    def _check_command(self, command: str) -> None:
+        """`--restart` deletes only this command's results: refuse a directory another command made."""
+        old, _ = self._read_config()
+        made_by = old.get("command") if isinstance(old, dict) else None
+        if isinstance(made_by, str) and made_by != command:
+            raise RunDirError(f"--restart: {self.path} holds a run of `{made_by}`, not `{command}`; nothing was "
+                              "deleted. Give this command its own --out")
 
     def check(self, command: str, settings: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> None:
         """Raise SettingsChanged when the directory holds a run with other result-affecting settings."""
-        old = read_json(self.config_file)
+        old, there = self._read_config()
         if old is None:
-            if self.config_file.exists():
+            if there:
                 raise RunDirError(f"{self.config_file} is not readable JSON; use --restart to start over there "
                                   "or --out NEW_DIR")
+            n = sum(1 for _ in self._record_files())
+            if n:
+                raise RunDirError(f"{self.path} holds {n} records but no config.json, so the settings that made them "
+                                  "are unknown and they would be mixed with these; use --out NEW_DIR, or --restart "
+                                  f"to discard {self.path}'s results and start over there")
             return
         if not isinstance(old, dict) or not isinstance(old.get("settings"), dict) or old.get("command") != command:
             raise RunDirError(f"{self.path} holds a run of another command or testtime version "
@@ -132,15 +207,34 @@ class RunDir:
             raise SettingsChanged(self.path, changes)
 
     def clear(self) -> None:
-        """Delete this run's config and records (other files in the directory are left alone)."""
-        shutil.rmtree(self.records_dir, ignore_errors=True)
-        self.config_file.unlink(missing_ok=True)
+        """Delete this run's config and records (other files in the directory are left alone).
+
+        A symlink is removed, never followed; whatever cannot be deleted is an error, so no old
+        record is ever resumed after a restart."""
+        for target in (self.records_dir, self.config_file):
+            try:
+                if target.is_symlink() or (target.exists() and not target.is_dir()):
+                    target.unlink()
+                elif target.is_dir():
+                    shutil.rmtree(target)
+            except OSError as err:
+                raise RunDirError(f"--restart: cannot delete {err.filename or target} ({err.strerror or err}); "
+                                  "delete it by hand, or use --out NEW_DIR") from None
+        left = [str(p) for p in (self.records_dir, self.config_file) if p.exists() or p.is_symlink()]
+        if left:
+            raise RunDirError(f"--restart: {', '.join(left)} still there after deleting; delete it by hand, or use "
+                              "--out NEW_DIR")
 
     def record_file(self, item_id: str) -> Path:
         return self.records_dir / f"{record_name(item_id)}.json"
 
+    def _record_files(self) -> Iterator[Path]:
+        if self.records_dir.is_dir():
+            yield from (p for p in sorted(self.records_dir.glob("*.json")) if not p.name.startswith("."))
+
     def record(self, item_id: str, id_key: str) -> dict[str, Any] | None:
-        """The saved record of `item_id`, or None (missing, unreadable or someone else's: then redone)."""
+        """The saved record of `item_id`, or None (missing, unreadable, someone else's or made under other
+        settings: then redone, with a warning naming the file)."""
         path = self.record_file(item_id)
         data = read_json(path)
         if data is None:
@@ -150,7 +244,35 @@ class RunDir:
         if not isinstance(data, dict) or data.get(id_key) != item_id or data.get("status") not in (OK, FAILED):
             log.warning("%s is not a record of %s; its item is run again", path, item_id)
             return None
+        if self.fingerprint is not None and data.get("fingerprint") != self.fingerprint:
+            log.warning("%s was made with other settings (fingerprint %s, this run's %s); its item is run again",
+                        path, data.get("fingerprint"), self.fingerprint)
+            return None
         return data
 
+    def finished(self, id_key: str, valid: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, dict]:
+        """Every record in the directory made under this run's settings (and `valid`), by id."""
+        found: dict[str, dict] = {}
+        for path in self._record_files():
+            data = read_json(path)
+            if data is None or not isinstance(data, dict) or data.get("fingerprint") != self.fingerprint:
+                continue
+            if isinstance(data.get(id_key), str) and data.get("status") in (OK, FAILED) and \
+                    path.name == f"{record_name(data[id_key])}.json" and (valid is None or valid(data)):
+                found[data[id_key]] = data
+        return found
+
     def save(self, record: dict[str, Any], id_key: str) -> None:
-        write_json_atomic(self.record_file(record[id_key]), record)
+        """Write a record (with this run's fingerprint); WriteFailed names the file and the OS error."""
+        if self.fingerprint is not None:
+            record["fingerprint"] = self.fingerprint
+        write_output(self.record_file(record[id_key]), lambda path: write_json_atomic(path, record))
+
+
+def write_output(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(path)`, with an OSError turned into WriteFailed naming the file and what the system said."""
+    try:
+        write(path)
+    except OSError as err:
+        raise WriteFailed(f"cannot write {path} ({err.strerror or err}); every record finished before it is kept: "
+                          "free space or fix the permissions, then run the same command again") from None

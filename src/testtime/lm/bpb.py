@@ -57,4 +57,9 @@ def continuation_bits(model: Any, tokenizer: Any, prompt: str, continuation: str
                       max_len: int = 2048) -> tuple[float, int]:
     """(bits of the continuation given the prompt, UTF-8 bytes of the continuation)."""
     seq = encode_pair(tokenizer, prompt, continuation, max_len)
-    return sequence_bits(model, seq), len(continuation.encode("utf-8"))
+    return sequence_bits(model, seq), utf8_bytes(continuation)
+
+
+def utf8_bytes(text: str) -> int:
+    """The bytes bits per byte divides by: the text's UTF-8 encoding (the one place they are counted)."""
+    return len(text.encode("utf-8"))

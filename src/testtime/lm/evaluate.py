@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from testtime.config import as_json
 from testtime.finetune import LoraArgs
-from testtime.jobs import OK, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
+from testtime.jobs import FAILED, OK, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
 from testtime.lm.ttft import TTFTArgs, ttft_prompt
+from testtime.schema import Number, OneOf, mismatches
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,22 @@ class PromptFile:
 
 
 def read_prompts(path: str | Path) -> PromptFile:
-    """Read a prompts JSONL file; raises ValueError only when the file itself cannot be read."""
+    """Read a prompts JSONL file; raises ValueError only when the file itself cannot be read.
+
+    Lines end at `\n` only (JSON Lines): U+2028, U+0085 and the like inside a JSON string are text.
+    A line that is not UTF-8 is one bad line, like one that is not JSON."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read prompts file {path}: {err}") from None
+        lines = path.read_bytes().split(b"\n")
+    except OSError as err:
+        raise ValueError(f"cannot read prompts file {path}: {err.strerror or err}") from None
     prompts, errors, seen = [], [], set()
-    for n, line in enumerate(lines, start=1):
+    for n, raw in enumerate(lines, start=1):
+        try:
+            line = raw.removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError as err:
+            errors.append(f"{path}:{n}: not UTF-8 (byte {err.start + 1} of the line)")
+            continue
         if not line.strip():
             continue
         try:
@@ -166,11 +175,26 @@ class LmJob:
                 "method": self.config.ttft.method}
 
     def accepts(self, prompt: Prompt, record: dict[str, Any]) -> bool:
-        """A result needs its bits, bytes and steps (what the summary reads)."""
-        if record.get("status") != OK:
-            return True
-        numbers = [record.get(k) for k in ("bits", "bytes", "bpb", "steps", "select_ms", "nn_select_ms")]
-        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers) and record["bytes"] > 0
+        """A record that fits the schema (`record_problems`): what the summary and the reports read."""
+        problems = record_problems(record)
+        if problems:
+            log.warning("prompt %s: its record does not fit (%s); the prompt is run again", prompt.id,
+                        "; ".join(problems))
+        return not problems
+
+
+OK_RECORD = {"prompt_id": str, "domain": str, "status": OneOf(OK), "bits": Number, "bytes": int, "bpb": Number,
+             "steps": int, "select_ms": Number, "nn_select_ms": Number, "seconds": Number}
+FAILED_RECORD = {"prompt_id": str, "domain": str, "status": OneOf(FAILED), "error": str, "seconds": Number}
+
+
+def record_problems(record: Any) -> list[str]:
+    """Why `record` is not a whole `lm eval` result (at most 3 lines), or [] when it is."""
+    ok = isinstance(record, dict) and record.get("status") == OK
+    problems = mismatches(record, OK_RECORD if ok else FAILED_RECORD)
+    if ok and not problems and record["bytes"] < 1:
+        problems.append(f"record.bytes: {record['bytes']}, not a positive count")
+    return problems
 
 
 def select_dir(out: str | Path, method: str) -> RunDir:

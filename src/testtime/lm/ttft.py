@@ -23,7 +23,7 @@ import numpy as np
 from testtime.batching import TrainingSequence
 from testtime.config import at_least, in_range, positive
 from testtime.finetune import StepInfo, TrainArgs, train
-from testtime.lm.bpb import encode_pair, sequence_bits
+from testtime.lm.bpb import encode_pair, sequence_bits, utf8_bytes
 from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift, select_us
 from testtime.lora import AdapterHost, FullHost
 from testtime.seeds import derive_seed
@@ -184,7 +184,7 @@ def ttft_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embed
                                     max_grad_norm=1.0, seed=seed, log_every=0),
                           on_step=on_step)
             steps, tokens, train_s = stats.steps, stats.tokens, stats.seconds
-        bits, n_bytes = sequence_bits(host.model, scored), len(continuation.encode("utf-8"))
+        bits, n_bytes = sequence_bits(host.model, scored), utf8_bytes(continuation)
     finally:
         host.drop()
     sigmas = [float(s) for s in sel.sigmas]
@@ -200,12 +200,13 @@ def ttft_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embed
                         steps=steps, tokens=tokens)
 
 
-def summarize(results: list[dict]) -> dict[str, dict[str, float]]:
-    """Bits per byte per domain and overall (total bits / total bytes), prompts, mean selection ms."""
-    groups: dict[str, list[dict]] = {}
+def summarize(results: list[dict]) -> dict[str | None, dict[str, float]]:
+    """Bits per byte per domain (by name, "-" for none) and over every prompt (the key None, so that no
+    domain name, `all` included, can merge into it): total bits / total bytes, prompts, mean selection ms."""
+    groups: dict[str | None, list[dict]] = {}
     for r in results:
         groups.setdefault(r["domain"] or "-", []).append(r)
-    groups["all"] = list(results)
+    groups[None] = list(results)
     table = {}
     for name, rs in groups.items():
         if not rs:

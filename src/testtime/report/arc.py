@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testtime.arc.records import record_problems
 from testtime.report.render import render_to
 from testtime.report.svg import GridBank, line_chart, valid_grid
 
@@ -54,13 +55,22 @@ def load_arc_run(run_dir: str | Path, *, load_source: bool = True) -> ArcRun:
     config = read_json(path / "config.json")
     if not isinstance(config, dict) and not (path / "tasks").is_dir():
         raise FileNotFoundError(f"{path} is not an `arc solve` run directory (no config.json, no tasks/)")
-    run = ArcRun(path, config if isinstance(config, dict) else {}, [])
-    for file in sorted((path / "tasks").glob("*.json")):
+    config = dict(config) if isinstance(config, dict) else {}
+    for key in ("settings", "options"):  # a damaged config shows less, never breaks the report
+        if not isinstance(config.get(key), dict):
+            config[key] = {}
+    for key in ("command", "testtime"):
+        if not isinstance(config.get(key), str):
+            config.pop(key, None)
+    run = ArcRun(path, config, [])
+    for file in sorted((path / "tasks").glob("*.json")) if (path / "tasks").is_dir() else ():
         record = read_json(file)
-        if isinstance(record, dict) and isinstance(record.get("task_id"), str):
-            run.records.append(record)
-        else:
+        problems = record_problems(record)
+        if problems:  # parses but has another shape: listed unreadable, the rest rendered
+            log.warning("%s: %s", file, "; ".join(problems))
             run.unreadable.append(file.name)
+        else:
+            run.records.append(record)
     run.records.sort(key=lambda r: r["task_id"])
     if load_source:
         run.tasks, run.truth_note = _load_source(run.config.get("settings", {}).get("source"), path)
