@@ -1,14 +1,15 @@
-"""`lm compare`: % of none per domain with standard errors, mean steps, Spearman's rho; reading run dirs."""
+"""`lm compare`: % of none per domain with standard errors and bootstrap intervals, mean steps, Spearman's rho."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
 import numpy as np
 import pytest
 
-from testtime.lm.compare import Run, compare, find_runs, markdown, rank, spearman
+from testtime.lm.compare import Run, as_json, bootstrap_ci, compare, find_runs, markdown, rank, resamples, spearman
 
 
 def test_spearman_matches_hand_computed_values():
@@ -55,6 +56,8 @@ def test_cells_are_means_of_per_prompt_ratios_with_standard_errors():
     lines = markdown(table)
     assert lines[0] == "| domain | prompts | none bpb | sift | nn |"
     assert lines[2] == f"| code | 2 | 1.5000 | 70.0 ({code.se:.1f}) | 110.0 (-) |"
+    lo, hi, n = code.ci["none"]  # sift's per-prompt differences from none: -10 and -50 points
+    assert n == 2 and lines[3] == f"|   vs none |  |  | [{lo:+.1f}, {hi:+.1f}] | - |"  # nn: 1 prompt, no interval
     assert lines[-2] == "| mean steps |  | 0 | 3.0 | 2.0 |"
     assert lines[-1] == "| Spearman ρ(Δσ², gain) |  |  | +0.500 (n=3) | - |"
 
@@ -84,3 +87,79 @@ def test_runs_are_read_from_out_or_method_dirs_and_bad_records_counted(tmp_path)
     assert labels == ["none", "out/sift", "other/sift"]  # two runs of one name: their parents tell them apart
     with pytest.raises(ValueError, match="not a run directory"):
         find_runs([tmp_path / "nowhere"])
+
+
+def test_the_bootstrap_interval_matches_a_hand_computation_over_every_resample():
+    # differences -3, 0, 6: all 27 resamples of 3 prompts, their means sorted are -3 (once), -2 (x3), ...,
+    # 4 (x3), 6 (once). numpy's linear percentile: 2.5% sits at rank 26 x 0.025 = 0.65 between -3 and -2,
+    # 97.5% at rank 25.35 between 4 and 6.
+    every = np.array(list(itertools.product(range(3), repeat=3)))
+    assert bootstrap_ci([-3.0, 0.0, 6.0], every) == (pytest.approx(-2.35), pytest.approx(4.7))
+    # hand-chosen resamples: means 3, 0, -1 -> percentiles at ranks 0.05 and 1.95 of (-1, 0, 3)
+    assert bootstrap_ci([-3.0, 0.0, 6.0], np.array([[0, 2, 2], [1, 1, 1], [0, 1, 1]])) == \
+        (pytest.approx(-0.95), pytest.approx(2.85))
+    # random resamples follow the exact bootstrap distribution, the 27 equally likely means: it puts
+    # 1/27 = 3.7% > 2.5% on -3 and on 6, so those are its 2.5% and 97.5% quantiles; 20000 draws land on them
+    means = np.sort(np.array([-3.0, 0.0, 6.0])[every].mean(axis=1))
+    exact = means[math.ceil(0.025 * 27) - 1], means[math.ceil(0.975 * 27) - 1]
+    assert exact == (-3.0, 6.0) and bootstrap_ci([-3.0, 0.0, 6.0], resamples(3, 20000, seed=1)) == exact
+
+
+def test_resamples_depend_on_seed_and_size_only():
+    assert np.array_equal(resamples(5, 100, seed=3), resamples(5, 100, seed=3))
+    assert not np.array_equal(resamples(5, 100, seed=3), resamples(5, 100, seed=4))
+    assert resamples(5, 100).shape == (100, 5) and resamples(5, 100).max() == 4
+
+
+def test_intervals_pair_prompts_against_none_and_nn():
+    bpbs = {"none": [1.0, 2.0, 1.0, 2.0, 1.0], "nn": [0.96, 1.9, 0.97, None, 0.95],
+            "sift": [0.9, 1.86, 0.93, 1.8, 0.91]}  # sift beats both on every prompt; nn lacks p3
+    runs = [run(m, [rec(f"p{i}", "code" if i < 3 else "docs", b) for i, b in enumerate(bs) if b is not None])
+            for m, bs in bpbs.items()]
+    table = compare(runs, samples=500, seed=7)
+    assert table.references == ["none", "nn"] and table.unpaired == {"nn": 0, "sift": 1}
+    cell = table.cells[("All", "sift")]
+    none_ids, nn_ids = [0, 1, 2, 3, 4], [0, 1, 2, 4]  # the interval vs nn leaves p3 out
+    by_none = [100 * (bpbs["sift"][i] - bpbs["none"][i]) / bpbs["none"][i] for i in none_ids]
+    by_nn = [100 * (bpbs["sift"][i] - bpbs["nn"][i]) / bpbs["none"][i] for i in nn_ids]
+    assert cell.ci["none"] == (*bootstrap_ci(by_none, resamples(5, 500, 7)), 5)
+    assert cell.ci["nn"] == (*bootstrap_ci(by_nn, resamples(4, 500, 7)), 4)
+    assert np.mean(by_none) == pytest.approx(cell.pct - 100)  # the interval is around the cell's own statistic
+    assert cell.ci["none"][1] < 0 and cell.ci["nn"][1] < 0  # uniformly better: both exclude zero
+    assert min(by_none) <= cell.ci["none"][0] and cell.ci["nn"][1] <= max(by_nn)
+    assert "nn" not in table.cells[("All", "nn")].ci and "nn" not in table.cells[("docs", "sift")].ci  # 1 pair
+    assert compare(runs, samples=500, seed=7).cells[("All", "sift")].ci == cell.ci  # deterministic
+    assert compare(runs, samples=500, seed=8).cells[("All", "sift")].ci != cell.ci
+    data = json.loads(json.dumps(as_json(table)))
+    assert data["bootstrap"]["samples"] == 500 and data["unpaired"]["sift"] == 1
+    assert {"domain": "All", "method": "sift", "pct": cell.pct, "se": cell.se, "n": 5,
+            "ci": {k: list(v) for k, v in cell.ci.items()}} in data["cells"]
+    text = "\n".join(markdown(table))
+    assert f"|   vs nn |  |  | - | [{cell.ci['nn'][0]:+.1f}, {cell.ci['nn'][1]:+.1f}] |" in text
+    with pytest.raises(ValueError, match="--bootstrap-samples"):
+        compare(runs, samples=0)
+
+
+def test_the_cli_prints_and_writes_the_intervals(tmp_path):
+    from typer.testing import CliRunner
+
+    from testtime.cli import app
+
+    for method, scale in (("none", 1.0), ("nn", 0.97), ("sift", 0.9)):
+        (tmp_path / method / "results").mkdir(parents=True)
+        (tmp_path / method / "config.json").write_text("{}")
+        for i in range(6):
+            (tmp_path / method / "results" / f"p{i}.json").write_text(
+                json.dumps(rec(f"p{i}", "code", (1 + i / 10) * scale * (1 + (i % 2) / 50))))
+    args = ["lm", "compare", str(tmp_path), "--bootstrap-seed", "3", "--bootstrap-samples", "200"]
+    result = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "cmp.json")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    cell = compare(find_runs([tmp_path]), samples=200, seed=3).cells[("All", "sift")]
+    lines = result.output.splitlines()
+    vs_nn = [ln.split("│")[-2].strip() for ln in lines if ln.startswith("│   vs nn ")]
+    assert vs_nn == [f"[{cell.ci['nn'][0]:+.1f}, {cell.ci['nn'][1]:+.1f}]"] * 2  # code, then All
+    assert "200 resamples, seed 3" in " ".join(result.output.split())
+    saved = json.loads((tmp_path / "cmp.json").read_text())
+    assert saved["bootstrap"] == {"samples": 200, "seed": 3, "interval": 0.95, "unit": "points of none"}
+    bad = CliRunner().invoke(app, [*args[:-1], "0"])
+    assert bad.exit_code == 2 and "--bootstrap-samples" in bad.output

@@ -94,10 +94,10 @@ def _arc_record(rng: random.Random, task_id: str, k: int, answer: list, *, truth
 
 
 def write_lm_runs(root: Path, *, selects: tuple[str, ...] = ("none", "nn", "sift"), n_prompts: int = 12,
-                  sigmas: bool = True) -> Path:
-    """OUT with one `lm eval` run directory per selector (OUT/SELECT/config.json, results/ID.json)."""
+                  sigmas: bool = True, domains: tuple[str, ...] = ("code", "docs", "man")) -> Path:
+    """OUT with one `lm eval` run directory per selector (OUT/SELECT/config.json, results/ID.json); prompt p
+    is in domain p mod len(domains)."""
     out = root / "lm"
-    domains = ["code", "docs", "man"]
     for s, select in enumerate(selects):
         run = out / select
         (run / "results").mkdir(parents=True)
@@ -105,7 +105,7 @@ def write_lm_runs(root: Path, *, selects: tuple[str, ...] = ("none", "nn", "sift
             "config.ttft.select": select, "config.ttft.n": 10, "config.ttft.lam": 0.01}}))
         for p in range(n_prompts):
             bits = 1000.0 * (1.0 - 0.05 * s) * (1 + 0.1 * (p % 3))
-            record = {"prompt_id": f"p{p}", "domain": domains[p % 3], "select": select, "bits": bits,
+            record = {"prompt_id": f"p{p}", "domain": domains[p % len(domains)], "select": select, "bits": bits,
                       "bytes": 1000, "picks": [], "stopped": None, "select_ms": 0.5 + s, "nn_select_ms": 0.5,
                       "search_ms": 3.0, "train_s": 1.0, "steps": 0 if select == "none" else 10, "tokens": 500,
                       "bpb": bits / 1000, "status": "ok", "seconds": 2.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 
@@ -12,7 +13,65 @@ from typer.testing import CliRunner
 
 from testtime.report import write_lm_report, write_pretrain_report
 from testtime.report.lm import domain_bpb, lm_context, load_lm_runs, paired_pct
-from testtime.report.svg import grouped_bars, line_chart, scatter
+from testtime.report.svg import TICK_PX, grouped_bars, line_chart, scatter, text_width
+
+PILE = ("arxiv", "dm_mathematics", "enron_emails", "europarl", "freelaw", "github", "gutenberg_pg_19",
+        "hackernews", "nih_exporter", "opensubtitles", "openwebtext2", "philpapers", "pile_cc", "pubmed_abstracts",
+        "pubmed_central", "stackexchange", "wikipedia_en")
+"""17 domains, the Pile's names: long and many, the case where labels used to overlap."""
+
+
+def label_boxes(svg: str) -> list[tuple[str, list[tuple[float, float]]]]:
+    """Each group label's estimated box (its 4 corners on the page) from its x, y, anchor and rotation."""
+    boxes = []
+    for attrs, name in re.findall(r'<text class="tick group" ([^>]*)>([^<]*)</text>', svg):
+        x, y = float(re.search(r' ?x="([-\d.]+)"', attrs)[1]), float(re.search(r'y="([-\d.]+)"', attrs)[1])
+        w = text_width(name)
+        x0 = {"end": x - w, "middle": x - w / 2}.get(re.search(r'text-anchor="(\w+)"', attrs)[1], x)
+        corners = [(x0, y - TICK_PX), (x0 + w, y - TICK_PX), (x0 + w, y + 0.25 * TICK_PX), (x0, y + 0.25 * TICK_PX)]
+        if turn := re.search(r'rotate\(([-\d.]+) ([-\d.]+) ([-\d.]+)\)', attrs):
+            a, px, py = (float(v) for v in turn.groups())
+            c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+            corners = [(px + c * (u - px) - s * (v - py), py + s * (u - px) + c * (v - py)) for u, v in corners]
+        boxes.append((name, corners))
+    return boxes
+
+
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
+    """Whether two convex quadrilaterals overlap (separating axis test on their edges' normals)."""
+    for poly in (a, b):
+        for (x1, y1), (x2, y2) in zip(poly, poly[1:] + poly[:1]):
+            nx, ny = y2 - y1, x1 - x2
+            pa, pb = [nx * x + ny * y for x, y in a], [nx * x + ny * y for x, y in b]
+            if max(pa) <= min(pb) + 1e-6 or max(pb) <= min(pa) + 1e-6:
+                return False
+    return True
+
+
+def test_many_domains_rotate_the_labels_apart_and_put_all_first(tmp_path):
+    out = write_lm_runs(tmp_path, n_prompts=34, domains=PILE)
+    html = write_lm_report([out]).read_text()
+    svg = re.search(r'<svg class="chart".*?</svg>', html, re.S)[0]
+    boxes = label_boxes(svg)
+    assert [n for n, _ in boxes] == ["All", *PILE] and all("rotate(-45" in a for a in
+                                                          re.findall(r'<text class="tick group"[^>]*>', svg))
+    assert not [(m, n) for i, (m, a) in enumerate(boxes) for n, b in boxes[i + 1:] if overlap(a, b)]
+    width, height = (float(v) for v in re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', svg).groups())
+    assert all(0 <= x <= width and 0 <= y <= height for _, corners in boxes for x, y in corners)  # none cut off
+    # overlap() finds the overlap of the labels centred side by side that the chart used to draw
+    centred = [(n, [(x - 40, 0), (x + 40, 0), (x + 40, 10), (x - 40, 10)]) for n, x in (("a", 0), ("b", 50))]
+    assert overlap(centred[0][1], centred[1][1])
+    headers = re.findall(r'<tr><th class="text">run</th>(?:<th class="text">base</th>)?<th>([^<]*)</th>', html)
+    assert headers[:2] == ["All", "All"]  # bits per byte, % of base: All is the first data column
+    assert html.count('<div class="scroll"><table>') == 2  # wide tables scroll inside their card
+
+
+def test_few_short_domains_keep_their_labels_level(tmp_path):
+    svg = grouped_bars(["code", "docs"], [("a", [1.0, 2.0])], ylabel="y")
+    boxes = label_boxes(svg)
+    labels = re.findall(r'<text class="tick group"[^>]*>', svg)
+    assert [n for n, _ in boxes] == ["code", "docs"] and not any("rotate(" in t for t in labels)
+    assert not overlap(boxes[0][1], boxes[1][1])
 
 
 def test_bits_per_byte_per_domain_are_total_bits_over_total_bytes():

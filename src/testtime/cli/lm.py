@@ -292,13 +292,19 @@ def compare(
                                                 "OUT/METHOD; one of them the `none` run."),
     baseline: str = typer.Option("none", "--baseline", help="The run the others are measured against."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a markdown table (for BENCHMARKS.md)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the comparison, intervals included, "
+                                                              "as JSON to this file."),
+    bootstrap_samples: int = typer.Option(2000, "--bootstrap-samples", help="Resamples behind each 95% interval."),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="numpy seed of the bootstrap resamples."),
 ) -> None:
     """Methods side by side: bits per byte as % of the untouched model per domain, with standard errors.
 
     Each cell is the mean over the domain's prompts of 100 x bpb(method) / bpb(none) on the same
-    prompt, with the standard error across prompts; "All" pools every prompt. Below: the mean steps
-    taken, and Spearman's rank correlation between the uncertainty reduction (sigma_0^2 - sigma_n^2)
-    and the realised gain bpb(none) - bpb(method).
+    prompt, with the standard error across prompts; "All" pools every prompt. Under each domain,
+    `vs none` and `vs nn`: the 95% paired-bootstrap interval of the method's % minus the
+    reference's, in points of none (prompts resampled with replacement; below 0: fewer bits than
+    the reference). Below: the mean steps taken, and Spearman's rank correlation between the
+    uncertainty reduction (sigma_0^2 - sigma_n^2) and the realised gain bpb(none) - bpb(method).
 
     Example: testtime lm compare runs/lm            # runs/lm/none, runs/lm/nn, runs/lm/sift, ...
     """
@@ -306,7 +312,7 @@ def compare(
 
     try:
         found = comparison.find_runs(runs)
-        table = comparison.compare(found, baseline)
+        table = comparison.compare(found, baseline, samples=bootstrap_samples, seed=bootstrap_seed)
     except ValueError as err:
         fail(str(err))
     for run in found:
@@ -316,7 +322,9 @@ def compare(
         console.print("\n".join(comparison.markdown(table)), markup=False, highlight=False, soft_wrap=True)
     else:
         cells = comparison.rows(table)
-        shown = Table(title=f"testtime lm compare: bits per byte as % of {safe(baseline)} (standard error)")
+        shown = Table(title=f"testtime lm compare: bits per byte as % of {safe(baseline)} (standard error)",
+                      caption=f"vs REF: 95% paired-bootstrap interval of % minus REF's %, in points of "
+                              f"{safe(baseline)} ({bootstrap_samples} resamples, seed {bootstrap_seed})")
         for i, col in enumerate(cells[0]):
             shown.add_column(Text(col), justify="left" if i == 0 else "right")
         for row in cells[1:]:
@@ -326,3 +334,15 @@ def compare(
         if n:
             console.print(f"[yellow]{safe(method)}:[/] {n} of the {table.base['All'][0]} {safe(baseline)} prompts "
                           "have no result there (left out of its cells)")
+    for method, n in table.unpaired.items():
+        if n:
+            console.print(f"[yellow]{safe(method)}:[/] {n} of its prompts have no {comparison.NN} result "
+                          f"(left out of its vs {comparison.NN} intervals)")
+    if json_out is not None:
+        from testtime.atomic import write_json_atomic
+
+        try:
+            write_json_atomic(json_out, comparison.as_json(table), indent=1)
+        except OSError as err:
+            fail(f"--json {json_out}: cannot write it ({err.strerror or err}); give a writable file path")
+        console.print(f"wrote {safe(json_out)}")

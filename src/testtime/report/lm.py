@@ -108,6 +108,11 @@ def base_of(run: LmRun, runs: list[LmRun]) -> LmRun | None:
     return (beside or (nones if len(nones) == 1 else [None]))[0]
 
 
+def domain_name(domain: str) -> str:
+    """How a domain key is shown: the pooled "all" as "All"."""
+    return "All" if domain == "all" else domain
+
+
 def _mean(values: list[Any]) -> float | None:
     numbers = [v for v in map(_number, values) if v is not None]
     return sum(numbers) / len(numbers) if numbers else None
@@ -155,7 +160,7 @@ def gain_points(run: LmRun, base: LmRun, kind: str) -> list[tuple[float, float]]
 def lm_context(runs: list[LmRun]) -> dict[str, Any]:
     """The template context: per-run tables, the % of base table, grouped bars and the gain scatter."""
     bpb = {id(r): domain_bpb(r.results) for r in runs}
-    domains = sorted({d for table in bpb.values() for d in table if d != "all"}) + ["all"]
+    domains = ["all"] + sorted({d for table in bpb.values() for d in table if d != "all"})  # All first: in sight
     rows = []
     for run in runs:
         base = base_of(run, runs)
@@ -169,12 +174,13 @@ def lm_context(runs: list[LmRun]) -> dict[str, Any]:
                      "train_s": _mean([r.get("train_s") for r in run.results]),
                      "settings": run.settings})
     series = [(r["label"], [r["bpb"].get(d) for d in domains]) for r in rows]
+    names = [domain_name(d) for d in domains]
     kind = "reduction" if any(uncertainty(r, "reduction") is not None for run in runs for r in run.results) \
         else "remaining"
     gains = [(run.label, gain_points(run, base, kind)) for run in runs if (base := base_of(run, runs)) is not None]
     return {
-        "title": "testtime lm report", "domains": domains, "runs": rows,
-        "bars": grouped_bars(domains, series, ylabel="bits per byte (lower is better)"),
+        "title": "testtime lm report", "domains": domains, "domain_names": dict(zip(domains, names)), "runs": rows,
+        "bars": grouped_bars(names, series, ylabel="bits per byte (lower is better)"),
         "has_base": any(r["base"] for r in rows),
         "scatter": scatter([g for g in gains if g[1]], ylabel="gain: base bpb - bpb",
                            xlabel="uncertainty reduction sigma_0^2 - sigma_n^2" if kind == "reduction"

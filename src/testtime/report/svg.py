@@ -123,9 +123,9 @@ class _Frame:
     """Axes of a chart: data coordinates -> SVG pixels, with ticks, labels and a legend."""
 
     def __init__(self, xs: Sequence[float], ys: Sequence[float], *, width: int, height: int,
-                 zero_y: bool = False, legend: int = 0) -> None:
-        """`legend`: entries of the legend, drawn in a right margin outside the plot."""
-        self.w, self.h, self.left, self.top, self.bottom = width, height, 56, 14, 34
+                 zero_y: bool = False, legend: int = 0, left: int = 56, bottom: int = 34) -> None:
+        """`legend`: entries of the legend, drawn in a right margin outside the plot; `left`, `bottom`: margins."""
+        self.w, self.h, self.left, self.top, self.bottom = width, height, left, 14, bottom
         self.right = 12 + (min(150, width // 4) if legend else 0)
         self.x0, self.x1 = min(xs), max(xs)
         self.y0, self.y1 = (min(0.0, min(ys)) if zero_y else min(ys)), max(ys)
@@ -197,18 +197,47 @@ def line_chart(series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *, x
     return frame.svg("".join(body), [(n, SERIES[i % len(SERIES)]) for i, (n, _) in enumerate(clean)])
 
 
+TICK_PX = 10
+"""Font size of tick labels (svg.chart in base.html); a character is taken as 0.6 of it wide."""
+
+
+def text_width(text: str, size: float = TICK_PX) -> float:
+    """Estimated width in pixels of `text` at font size `size`."""
+    return len(text) * size * 0.6
+
+
+def _group_labels(frame: _Frame, groups: Sequence[str], rotate: bool) -> list[str]:
+    """Labels under the groups: centred, or rotated 45 degrees and ending at the group's centre."""
+    out = []
+    for g, name in enumerate(groups):
+        x, y = frame.px(g + 0.5), frame.h - frame.bottom + 13
+        turn = f' transform="rotate(-45 {x:.1f} {y - 4})" text-anchor="end"' if rotate else ' text-anchor="middle"'
+        out.append(f'<text class="tick group" x="{x:.1f}" y="{y}"{turn}>{escape(name)}</text>')
+    return out
+
+
 def grouped_bars(groups: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], *, ylabel: str,
                  width: int = 640, height: int = 260) -> str:
-    """One group of bars per entry of `groups`, one bar per series (None: no bar); '' when nothing is finite."""
+    """One group of bars per entry of `groups`, one bar per series (None: no bar); '' when nothing is finite.
+
+    Many groups widen the chart (at least 12 px per bar); labels wider than their group are rotated
+    45 degrees, with the bottom (and, for the first labels, the left) margin grown to hold them.
+    """
     values = _finite([v for _, vs in series for v in vs])
     if not groups or not values:
         return ""
-    frame = _Frame([0, len(groups)], values, width=width, height=height, zero_y=True, legend=len(series))
-    body = [frame.axes("", ylabel, x_ticks=False)]
+    legend = min(150, width // 4) if series else 0
+    width = max(width, 56 + 12 + legend + len(groups) * max(24, 12 * len(series)))
+    group_px = (width - 56 - 12 - legend) / len(groups)
+    longest = max(text_width(g) for g in groups)
+    rotate = longest > 0.9 * group_px
+    drop = math.ceil(longest * math.sqrt(0.5)) if rotate else 0  # 45 degrees: as far down as across
+    left = max(56, drop - int(group_px / 2) + 4)
+    frame = _Frame([0, len(groups)], values, width=width + left - 56, height=height + drop, zero_y=True,
+                   legend=len(series), left=left, bottom=34 + drop)
+    body = [frame.axes("", ylabel, x_ticks=False), *_group_labels(frame, groups, rotate)]
     slot = (frame.px(1) - frame.px(0)) * 0.8 / max(len(series), 1)
     for g, name in enumerate(groups):
-        body.append(f'<text class="tick" x="{frame.px(g + 0.5):.1f}" y="{frame.h - frame.bottom + 13}" '
-                    f'text-anchor="middle">{escape(name)}</text>')
         for s, (label, vs) in enumerate(series):
             v = vs[g] if g < len(vs) else None
             if not _finite([v]):
