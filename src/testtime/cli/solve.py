@@ -21,6 +21,7 @@ FIELDS: common.Fields = {
     "max-new-tokens": "infer.max_new_tokens", "max-len": "infer.max_len",
     "orders": "infer.orders", "infer-leave-one-out": "infer.leave_one_out", "select": "infer.select",
     "ttt-leave-two-out": "data.leave_two_out", "ttt-augment": "data.augmentations",
+    "ttt-size-prob": "data.size_augment_prob",
     "ttt-weight-decay": "train.weight_decay",
     "ttt-geometric": "data.geometric", "ttt-colors": "data.colors", "ttt-demo-order": "data.demo_order",
     "ttt-gradient-checkpointing": "train.gradient_checkpointing",
@@ -32,14 +33,15 @@ PRESETS: dict[str, dict[str, object]] = {
     # The authors' run (Akyuerek et al. 2024; ekinakyurek/marc: README, configs/ttt, test_time_train.py and
     # predict.py): LoRA r128 / alpha 16 on q, v and the MLP, AdamW lr 5e-5 with weight decay 0.01 and 5
     # warm-up steps, 2 epochs of batch 2, up to 250 sequences (leave-one-out topped up with leave-two-out,
-    # size augmentations), loss on every demo output after the first; inference on leave-one-out prompts
-    # in 2 demo orders per transform.
+    # size augmentations, a size change for about half of the augmented sequences), loss on every demo output
+    # after the first; inference on leave-one-out prompts in 2 demo orders per transform.
     "paper": {
         "lora-rank": 128, "lora-alpha": 16, "lora-dropout": 0.0,
         "lora-targets": "q_proj,v_proj,gate_proj,up_proj,down_proj",
         "ttt-lr": 5e-5, "ttt-epochs": 2, "ttt-batch-size": 2, "grad-accum": 1, "ttt-weight-decay": 0.01,
         "ttt-schedule": "cosine", "ttt-warmup": 5, "ttt-sequences": 250, "ttt-format": "icl",
-        "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "loss-on": "outputs", "ttt-max-len": 8192,
+        "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "ttt-size-prob": 0.5, "loss-on": "outputs",
+        "ttt-max-len": 8192,
         "orders": 2, "infer-leave-one-out": True, "transforms": "geometric", "max-len": 8192, "select": "vote",
         "sampling": "greedy",
     },
@@ -49,7 +51,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "lora-targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
         "ttt-lr": 1e-4, "ttt-epochs": 1, "ttt-batch-size": 1, "grad-accum": 1, "ttt-weight-decay": 0.0,
         "ttt-schedule": "cosine", "ttt-warmup": 0, "ttt-sequences": 32, "ttt-format": "icl",
-        "ttt-leave-two-out": False, "ttt-augment": "", "loss-on": "answer", "ttt-max-len": 2048,
+        "ttt-leave-two-out": False, "ttt-augment": "", "ttt-size-prob": 0.5, "loss-on": "answer",
+        "ttt-max-len": 2048,
         "orders": 1, "infer-leave-one-out": False, "transforms": "geometric", "max-len": 8192, "select": "vote",
         "sampling": "greedy",
     },
@@ -97,6 +100,8 @@ def solve(
     ttt_leave_two_out: bool = typer.Option(False, "--ttt-leave-two-out/--no-ttt-leave-two-out",
                                            help="TTT: top up with leave-two-out tasks when leave-one-out falls short."),
     ttt_augment: str = typer.Option("", help="TTT: extra size augmentations, comma-separated: upscale, tile."),
+    ttt_size_prob: float = typer.Option(0.5, help="TTT with --ttt-augment: the probability that an augmented "
+                                        "sequence gets a size change, in [0, 1]."),
     ttt_weight_decay: float = typer.Option(0.0, help="TTT: AdamW weight decay."),
     ttt_geometric: bool = typer.Option(True, "--ttt-geometric/--no-ttt-geometric",
                                        help="TTT: augment with the 8 rotations/flips."),
