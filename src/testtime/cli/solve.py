@@ -19,7 +19,7 @@ FIELDS: common.Fields = {
     "ttt-batch-size": "train.batch_size", "grad-accum": "train.grad_accum", "ttt-schedule": "train.schedule",
     "ttt-warmup": "train.warmup_steps", "transforms": "infer.transforms", "infer-batch-size": "infer.batch_size",
     "max-new-tokens": "infer.max_new_tokens", "max-len": "infer.max_len",
-    "orders": "infer.orders", "infer-leave-one-out": "infer.leave_one_out", "select": "infer.select",
+    "orders": "infer.orders", "infer-prompts": "infer.prompts", "select": "infer.select",
     "ttt-leave-two-out": "data.leave_two_out", "ttt-augment": "data.augmentations",
     "ttt-size-prob": "data.size_augment_prob",
     "ttt-weight-decay": "train.weight_decay",
@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "ttt-schedule": "cosine", "ttt-warmup": 5, "ttt-sequences": 250, "ttt-format": "icl",
         "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "ttt-size-prob": 0.5, "loss-on": "outputs",
         "ttt-max-len": 8192,
-        "orders": 2, "infer-leave-one-out": True, "transforms": "geometric", "max-len": 8192, "select": "vote",
+        "orders": 2, "infer-prompts": "leave-one-out", "transforms": "geometric", "max-len": 8192, "select": "vote",
         "sampling": "greedy",
     },
     # This CPU's budget: the defaults of every option (a 135M model trains a task in about a minute).
@@ -53,7 +53,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "ttt-schedule": "cosine", "ttt-warmup": 0, "ttt-sequences": 32, "ttt-format": "icl",
         "ttt-leave-two-out": False, "ttt-augment": "", "ttt-size-prob": 0.5, "loss-on": "answer",
         "ttt-max-len": 2048,
-        "orders": 1, "infer-leave-one-out": False, "transforms": "geometric", "max-len": 8192, "select": "vote",
+        "orders": 1, "infer-prompts": "full", "transforms": "geometric", "max-len": 8192, "select": "vote",
         "sampling": "greedy",
     },
 }
@@ -93,8 +93,8 @@ def solve(
     max_new_tokens: int = typer.Option(931, help="Inference: decoding bound (931 = a 30x30 answer)."),
     max_len: int = typer.Option(8192, help="Inference: maximum prompt+answer tokens (demos dropped to fit)."),
     orders: int = typer.Option(1, help="Inference: demonstration orders per transform (one prompt each)."),
-    infer_leave_one_out: bool = typer.Option(False, "--infer-leave-one-out/--no-infer-leave-one-out",
-                                             help="Inference: also prompts with each demo left out (TTT's format)."),
+    infer_prompts: str = typer.Option("full", help="Inference: prompts with every demo (`full`), one per left-out "
+                                      "demo (`leave-one-out`, n-1 demos: TTT's format) or `both`."),
     select: str = typer.Option("vote", help="Attempts by `vote` (hierarchical), `poe` (product of experts over "
                                "the views) or `vote+poe` (groups first, then PoE)."),
     ttt_leave_two_out: bool = typer.Option(False, "--ttt-leave-two-out/--no-ttt-leave-two-out",
