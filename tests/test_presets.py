@@ -103,3 +103,12 @@ def test_sampling_flags_reach_the_config_and_a_bad_threshold_names_the_flag(tmp_
     bad = invoke("arc", "solve", str(tasks_dir), "--model", str(tiny_model_dir), "--sampling", "dfs",
                  "--min-prob", "0")
     assert bad.exit_code == 2 and "--min-prob" in " ".join(bad.output.split())
+
+
+def test_bad_prompts_score_views_and_size_probability_each_name_their_flag(tasks_dir):
+    bad = invoke("arc", "solve", str(tasks_dir), "--no-ttt", "--infer-prompts", "some", "--score-views", "-1",
+                 "--ttt-size-prob", "1.5")
+    text = " ".join(bad.output.split())
+    assert bad.exit_code == 2
+    assert "--infer-prompts must be one of full, leave-one-out, both" in text
+    assert "--score-views must be at least 0" in text and "--ttt-size-prob must be in [0, 1]" in text

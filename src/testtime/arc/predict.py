@@ -60,12 +60,16 @@ class InferArgs:
     demo_order: bool = True
     """Shuffle the demonstrations' order per transform (seeded)."""
     orders: int = 1
-    """Demonstration orders per transform (each its own prompt; beyond the first they are random)."""
+    """Demonstration orders per transform and left-out demonstration (each its own prompt; beyond the first
+    they are random)."""
     prompts: Literal["full", "leave-one-out", "both"] = "full"
     """full: every demonstration in each prompt; leave-one-out: one prompt per left-out demonstration (n-1
     demos, the format TTT trains on; a task with one demonstration keeps it); both: the two kinds."""
     select: Literal["vote", "poe", "vote+poe"] = "vote"
     """How the two attempts are picked: hierarchical vote, product of experts, or the vote with PoE tie-breaks."""
+    score_views: int = 0
+    """Fresh views (random symmetry, colours and demo order of the whole task) every candidate is also
+    scored under, added to its PoE score; with any, the scores are kept even under `select="vote"`."""
     sampling: Literal["greedy", "dfs"] = "greedy"
     """greedy: one answer per prompt; dfs: every answer of probability >= `min_prob`, each a candidate."""
     min_prob: float = 0.1
@@ -82,6 +86,7 @@ class InferArgs:
     def check(self) -> Iterator[tuple[str, str]]:
         for name in ("n_color", "orders", "max_new_tokens", "batch_size", "max_len"):
             yield from at_least(name, getattr(self, name), 1)
+        yield from at_least("score_views", self.score_views, 0)
         if not 0 < self.min_prob <= 1:  # also catches NaN
             yield "min_prob", f"must be in (0, 1], not {self.min_prob}"
 

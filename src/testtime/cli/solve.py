@@ -20,6 +20,7 @@ FIELDS: common.Fields = {
     "ttt-warmup": "train.warmup_steps", "transforms": "infer.transforms", "infer-batch-size": "infer.batch_size",
     "max-new-tokens": "infer.max_new_tokens", "max-len": "infer.max_len",
     "orders": "infer.orders", "infer-prompts": "infer.prompts", "select": "infer.select",
+    "score-views": "infer.score_views",
     "ttt-leave-two-out": "data.leave_two_out", "ttt-augment": "data.augmentations",
     "ttt-size-prob": "data.size_augment_prob",
     "ttt-weight-decay": "train.weight_decay",
@@ -43,7 +44,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "ttt-size-prob": 0.5, "loss-on": "outputs",
         "ttt-max-len": 8192,
         "orders": 2, "infer-prompts": "leave-one-out", "transforms": "geometric", "max-len": 8192, "select": "vote",
-        "sampling": "greedy",
+        "score-views": 0, "sampling": "greedy",
     },
     # This CPU's budget: the defaults of every option (a 135M model trains a task in about a minute).
     "small": {
@@ -54,7 +55,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "ttt-leave-two-out": False, "ttt-augment": "", "ttt-size-prob": 0.5, "loss-on": "answer",
         "ttt-max-len": 2048,
         "orders": 1, "infer-prompts": "full", "transforms": "geometric", "max-len": 8192, "select": "vote",
-        "sampling": "greedy",
+        "score-views": 0, "sampling": "greedy",
     },
 }
 """`--preset NAME`: option values by long name. They become the defaults: `--config` and flags override them."""
@@ -92,11 +93,15 @@ def solve(
     infer_batch_size: int = typer.Option(8, help="Inference: prompts decoded together."),
     max_new_tokens: int = typer.Option(931, help="Inference: decoding bound (931 = a 30x30 answer)."),
     max_len: int = typer.Option(8192, help="Inference: maximum prompt+answer tokens (demos dropped to fit)."),
-    orders: int = typer.Option(1, help="Inference: demonstration orders per transform (one prompt each)."),
+    orders: int = typer.Option(1, help="Inference: demonstration orders per transform and left-out demo (one "
+                               "prompt each)."),
     infer_prompts: str = typer.Option("full", help="Inference: prompts with every demo (`full`), one per left-out "
                                       "demo (`leave-one-out`, n-1 demos: TTT's format) or `both`."),
     select: str = typer.Option("vote", help="Attempts by `vote` (hierarchical), `poe` (product of experts over "
                                "the views) or `vote+poe` (groups first, then PoE)."),
+    score_views: int = typer.Option(0, help="PoE: also score every candidate under this many fresh views (random "
+                                    "symmetry, colours and demo order of the whole task), summed into its score; "
+                                    "the scores are recorded even under --select vote."),
     ttt_leave_two_out: bool = typer.Option(False, "--ttt-leave-two-out/--no-ttt-leave-two-out",
                                            help="TTT: top up with leave-two-out tasks when leave-one-out falls short."),
     ttt_augment: str = typer.Option("", help="TTT: extra size augmentations, comma-separated: upscale, tile."),
