@@ -42,7 +42,7 @@ def test_small_is_every_default_and_both_presets_name_real_options():
     assert set(PRESETS["paper"]) == set(PRESETS["small"])  # the same options, so each value is shown in both
     assert {k for k in PRESETS["paper"] if PRESETS["paper"][k] != defaults[k]} >= {
         "lora-rank", "lora-alpha", "lora-targets", "ttt-lr", "ttt-epochs", "ttt-batch-size", "ttt-weight-decay",
-        "ttt-sequences", "ttt-leave-two-out", "ttt-augment", "loss-on", "orders", "infer-leave-one-out"}
+        "ttt-sequences", "ttt-leave-two-out", "ttt-augment", "loss-on", "orders", "infer-prompts"}
 
 
 @pytest.mark.slow
@@ -56,12 +56,13 @@ def test_paper_preset_is_resolved_printed_saved_and_flags_override_it(tmp_path, 
     assert (s["config.data.n_sequences"], s["config.data.leave_two_out"], s["config.data.loss_on"]) == (
         250, True, "outputs")
     assert s["config.data.augmentations"] == ["upscale", "tile"]
-    assert (s["config.infer.orders"], s["config.infer.leave_one_out"]) == (2, True)
+    assert (s["config.infer.orders"], s["config.infer.prompts"]) == (2, "leave-one-out")
     assert config["options"]["preset"] == "paper" and config["options"]["lora-rank"] == 128
     text = " ".join(result.output.split())
     assert "preset paper: lora-rank 128" in text and "ttt-lr 0.001 (overridden; preset 5e-05)" in text
     record = json.loads((tmp_path / "paper" / "tasks" / "t0.json").read_text())
-    assert record["predict"]["prompts"] > 8  # 2 orders and leave-one-out prompts, not one prompt per symmetry
+    # 8 symmetries x 3 left-out demos x 2 orders of the other two, not one prompt per symmetry
+    assert record["predict"]["prompts"] == 48
 
     _, plain = solve(tasks_dir, tiny_model_dir, tmp_path / "plain")
     assert (plain["settings"]["config.train.gradient_checkpointing"], plain["settings"]["config.data.colors"]) == (
@@ -84,7 +85,7 @@ def test_a_config_file_beats_the_preset_in_either_order(tmp_path, tasks_dir, tin
                                                                            else flags[::-1], []))
     s = config["settings"]
     assert (s["config.data.n_sequences"], s["config.infer.orders"]) == (7, 1)  # from the file
-    assert s["config.lora.r"] == 128 and s["config.infer.leave_one_out"] is True  # from the preset
+    assert s["config.lora.r"] == 128 and s["config.infer.prompts"] == "leave-one-out"  # from the preset
 
 
 def test_an_unknown_preset_names_the_choices():
@@ -102,3 +103,12 @@ def test_sampling_flags_reach_the_config_and_a_bad_threshold_names_the_flag(tmp_
     bad = invoke("arc", "solve", str(tasks_dir), "--model", str(tiny_model_dir), "--sampling", "dfs",
                  "--min-prob", "0")
     assert bad.exit_code == 2 and "--min-prob" in " ".join(bad.output.split())
+
+
+def test_bad_prompts_score_views_and_size_probability_each_name_their_flag(tasks_dir):
+    bad = invoke("arc", "solve", str(tasks_dir), "--no-ttt", "--infer-prompts", "some", "--score-views", "-1",
+                 "--ttt-size-prob", "1.5")
+    text = " ".join(bad.output.split())
+    assert bad.exit_code == 2
+    assert "--infer-prompts must be one of full, leave-one-out, both" in text
+    assert "--score-views must be at least 0" in text and "--ttt-size-prob must be in [0, 1]" in text

@@ -242,7 +242,7 @@ def test_a_prompt_that_cannot_fit_is_counted_not_decoded(random_model, tokenizer
 
 
 def test_several_demo_orders_and_leave_one_out_prompts_each_give_a_kept_prediction(fixed_model, tokenizer, counter):
-    args = InferArgs(orders=3, leave_one_out=True, batch_size=8)
+    args = InferArgs(orders=3, prompts="both", batch_size=8)
     outcomes = predict_task(fixed_model, tokenizer, TASK, args, counter=counter)
     n = len(TASK.train)
     for outcome in outcomes:
@@ -257,6 +257,44 @@ def test_several_demo_orders_and_leave_one_out_prompts_each_give_a_kept_predicti
             assert c.group == geometric_part(t).name and c.tokens == 4  # "1", "2", "\n", "."
     names = [t.name for t, _ in outcomes[0].experts]
     assert len(set(names)) > 8  # the orders differ (2 demos: both orders of each symmetry)
+
+
+def test_the_leave_one_out_plan_leaves_every_demonstration_out_once_per_transform_and_order():
+    from testtime.arc.predict import task_plan
+
+    def plan(prompts: str, n_train: int = 3, **kw):
+        return task_plan(InferArgs(prompts=prompts, orders=2, **kw), n_train, np.random.default_rng(7))
+
+    loo = plan("leave-one-out")
+    assert len(loo) == 8 * 3 * 2  # symmetries x left-out demo x orders
+    for t, k, j in loo:
+        assert j in (0, 1, 2) and k in (0, 1)
+        orders = [p.order for p in (t.parts if isinstance(t, Compose) else (t,)) if isinstance(p, DemoOrder)]
+        assert len(orders) <= 1 and all(sorted(o) == [0, 1] for o in orders)  # of the n-1 demos (compose drops
+        # the identity order)
+    for geo in GEOMETRIC_NAMES:  # per symmetry: each demo left out once in each order
+        assert sorted((j, k) for t, k, j in loo if geometric_part(t).name == geo) == [
+            (j, k) for j in range(3) for k in range(2)]
+    full, both = plan("full"), plan("both")
+    assert len(full) == 16 and all(j is None for _, _, j in full)
+    assert [(t.name, k, j) for t, k, j in both[:16]] == [(t.name, k, j) for t, k, j in full]  # "both" adds to "full"
+    assert sorted((k, j) for _, k, j in both[16:]) == sorted((k, j) for _, k, j in loo)
+    # n-1 = 1 demo has one order; one demo has nothing to leave out, so its prompts stay full
+    assert len(plan("leave-one-out", 2)) == 8 * 2 and {k for _, k, _ in plan("leave-one-out", 2)} == {0}
+    assert [j for _, _, j in plan("leave-one-out", 1)] == [None] * 16
+
+
+def test_leave_one_out_prompts_alone_predict_and_map_back(fixed_model, tokenizer, counter):
+    outcomes = predict_task(fixed_model, tokenizer, TASK, InferArgs(prompts="leave-one-out"), counter=counter)
+    for outcome in outcomes:
+        assert outcome.n_prompts == 8 * 2 and outcome.n_unfit == 0
+        assert outcome.candidates
+        assert {c.prompt for c in outcome.candidates} <= {"loo:0", "loo:1"}
+        for c in outcome.candidates:  # the answer in the prompt's frame, mapped back to the task's
+            assert grids_equal(parse_transform(c.transform).grid(c.grid), ANSWER), c.transform
+        assert len(outcome.experts) == 16  # PoE re-reads candidates under the prompts that made them
+    assert {c.prompt for o in outcomes for c in o.candidates} == {"loo:0", "loo:1"}
+    assert problems(InferArgs(prompts="some"))[0].field == "prompts"  # type: ignore[arg-type]
 
 
 def test_a_leave_one_out_prompt_holds_the_other_demonstrations(tokenizer, counter):

@@ -316,7 +316,44 @@ def test_size_augmentations_are_used_inverted_and_bounded(tokenizer):
         assert all(max(g.shape) <= 30 for s in data.sequences for g in _grids_of(tokenizer, s))
 
 
+def _resized(name: str) -> bool:
+    return any(kind in name for kind in ("upscale:", "tile:"))
+
+
+@pytest.mark.parametrize("prob", [0.2, 0.7])
+def test_a_size_change_is_drawn_with_the_set_probability(prob):
+    from testtime.arc.transforms import EXTRA_AUGMENTATIONS, Compose, random_transform
+    from testtime.arc.ttt_data import with_size_change
+
+    extras = [r for family in EXTRA_AUGMENTATIONS.values() for r in family]  # 6 changes, all fit 3x3 grids
+    item = Task("i", _task(n=3).train[:2], _task(n=3).train[2:])
+    rng = np.random.default_rng(1)
+    drawn = [with_size_change(random_transform(rng, 2), extras, item, rng, prob) for _ in range(2000)]
+    changed = [t for t in drawn if isinstance(t, Compose) and t.parts[-1] in extras]
+    assert len(changed) / len(drawn) == pytest.approx(prob, abs=0.035)  # 3.4 sigma of 2000 draws at p=0.5
+    assert {t.parts[-1] for t in changed} == set(extras)  # every change is reachable
+    assert all(len(t.parts) == 3 for t in drawn if t not in changed)  # geometric|colors|order, nothing added
+
+
+def test_size_probability_zero_and_one_are_exact(tokenizer):
+    task = _task(n=3, side=3)  # 3x3 grids: every change fits, so p=1 must resize every augmented sequence
+    args = TTTArgs(n_sequences=40, augmentations=("upscale", "tile"))
+    never = build_ttt_data(task, tokenizer, TTTArgs(**{**vars(args), "size_augment_prob": 0.0}))
+    always = build_ttt_data(task, tokenizer, TTTArgs(**{**vars(args), "size_augment_prob": 1.0}))
+    for data in (never, always):
+        assert len(data.sequences) == 40 and data.transforms[:3] == ["identity"] * 3  # each item first as it is
+        assert _inverts(tokenizer, data)
+    assert not any(_resized(n) for n in never.transforms)
+    assert all(_resized(n) for n in always.transforms[3:])
+    # the default is the authors' one in two: about half of the augmented sequences
+    half = build_ttt_data(task, tokenizer, args)
+    assert 0.25 < sum(_resized(n) for n in half.transforms[3:]) / 37 < 0.75
+    assert TTTArgs().size_augment_prob == 0.5
+
+
 def test_unknown_augmentations_are_named():
     from testtime.config import problems
 
     assert [p.field for p in problems(TTTArgs(augmentations=("upscale", "warp")))] == ["augmentations"]
+    for bad in (-0.1, 1.5, float("nan")):
+        assert [p.field for p in problems(TTTArgs(size_augment_prob=bad))] == ["size_augment_prob"]

@@ -11,6 +11,9 @@ log-probability. On it rest:
 - `poe_scores` (Franzen, Disselhoff, Hartmann 2025, "Product of Experts with LLMs"): a candidate's
   score is the sum of its log-likelihoods under every inference view, the prompt and the
   candidate transformed together (a product of the views' probabilities).
+- `fresh_views`: K further views for that score, as the ARChitects score every candidate: each a
+  random symmetry, colour permutation and demonstration order of the whole task, drawn from the
+  seed and the task id alone, so every candidate is read under views that did not generate it.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, format_answer
-from testtime.arc.task import Grid, Task
-from testtime.arc.transforms import Transform
+from testtime.arc.task import Example, Grid, Task
+from testtime.arc.transforms import Transform, random_transform
 from testtime.arc.ttt_data import fit_demos
 from testtime.batching import IGNORE_INDEX
 from testtime.precision import compute_context
@@ -38,6 +41,12 @@ log = logging.getLogger(__name__)
 
 Row = tuple[list[int], int]
 """(token ids of prompt + answer, how many of the last ids are the answer)."""
+
+View = tuple[Transform, list[int]]
+"""(transform of the task, token ids of the prompt it gives): one product-of-experts view."""
+
+VIEWS_STREAM = 1
+"""Mixed into the fresh views' seed, so their draws never repeat those of the inference prompts."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,7 +132,7 @@ def truth_bits(model: Any, task: Task, rows: Sequence[Row | None], *, batch_size
     return out
 
 
-def poe_scores(model: Any, tokenizer: Any, grids: Sequence[Grid], experts: Sequence[tuple[Transform, list[int]]],
+def poe_scores(model: Any, tokenizer: Any, grids: Sequence[Grid], experts: Sequence[View],
                *, batch_size: int = 8, fmt: TextFormat = DEFAULT_FORMAT) -> list[float]:
     """Per grid (in the task's frame): the sum over the views of log p(t(grid) | view t's prompt);
     -inf for every grid when there is no view."""
@@ -137,3 +146,21 @@ def poe_scores(model: Any, tokenizer: Any, grids: Sequence[Grid], experts: Seque
     scores = score_answers(model, rows, batch_size=batch_size)
     n = len(experts)
     return [math.fsum(scores[k * n:(k + 1) * n]) for k in range(len(grids))]
+
+
+def fresh_views(tokenizer: Any, task: Task, test_index: int, k: int, *, counter: TokenCounter, max_len: int,
+                reserve: int, seed: int, fmt: TextFormat = DEFAULT_FORMAT) -> list[View]:
+    """`k` views of `task.test[test_index]` for product-of-experts scoring, drawn from (seed, task id, test
+    index) alone: each a random symmetry, colour permutation (0 kept) and order of every demonstration,
+    applied to the whole task, its demos fitted to `max_len` with `reserve` tokens left for the answer.
+    A view whose prompt cannot fit is left out. Test outputs are never read."""
+    rng = np.random.default_rng([seed, name_key(task.id), test_index, VIEWS_STREAM])
+    query = Task(task.id, task.train, (Example(task.test[test_index].input),))  # the test input alone
+    views: list[View] = []
+    for _ in range(k):
+        t = random_transform(rng, len(task.train))
+        moved = t.task(query)
+        demos = fit_demos(moved.train, moved.test[0].input, None, counter, max_len, rng, reserve=reserve)
+        if demos is not None:
+            views.append((t, encode(tokenizer, demos, moved.test[0].input, None, fmt)[0]))
+    return views

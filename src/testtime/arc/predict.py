@@ -2,8 +2,9 @@
 
 For every transform `t` of `inference_transforms` (the 8 symmetries of the square, optionally
 with colour permutations) and each of `orders` demonstration orders, the task becomes
-`t.task(task)`; with `leave_one_out`, each demonstration in turn is also left out of the prompt
-(the TTT format: n-1 demonstrations). The model answers the transformed test input by greedy
+`t.task(task)`. `prompts` says which demonstrations a prompt holds: all n ("full"), all but one,
+each demonstration left out in turn ("leave-one-out": the format TTT trains on, n-1
+demonstrations), or both kinds. The model answers the transformed test input by greedy
 decoding; the answer is parsed and mapped back with `t.inverse().grid`, giving one
 `vote.Candidate` per prompt, with its transform, order, prompt kind and log-probability. With
 `sampling="dfs"` (Franzen et al. 2025) a prompt gives every answer of probability >= `min_prob`
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,10 @@ from testtime.seeds import name_key
 
 log = logging.getLogger(__name__)
 
+Plan = list[tuple[Transform, int, int | None]]
+"""(transform, order index, left-out demonstration or None) per prompt of a test input."""
+
+
 @dataclass
 class InferArgs:
     """How to predict a task's test inputs."""
@@ -54,11 +60,16 @@ class InferArgs:
     demo_order: bool = True
     """Shuffle the demonstrations' order per transform (seeded)."""
     orders: int = 1
-    """Demonstration orders per transform (each its own prompt; beyond the first they are random)."""
-    leave_one_out: bool = False
-    """Also one prompt per left-out demonstration per transform (n-1 demos, as TTT trains)."""
+    """Demonstration orders per transform and left-out demonstration (each its own prompt; beyond the first
+    they are random)."""
+    prompts: Literal["full", "leave-one-out", "both"] = "full"
+    """full: every demonstration in each prompt; leave-one-out: one prompt per left-out demonstration (n-1
+    demos, the format TTT trains on; a task with one demonstration keeps it); both: the two kinds."""
     select: Literal["vote", "poe", "vote+poe"] = "vote"
     """How the two attempts are picked: hierarchical vote, product of experts, or the vote with PoE tie-breaks."""
+    score_views: int = 0
+    """Fresh views (random symmetry, colours and demo order of the whole task) every candidate is also
+    scored under, added to its PoE score; with any, the scores are kept even under `select="vote"`."""
     sampling: Literal["greedy", "dfs"] = "greedy"
     """greedy: one answer per prompt; dfs: every answer of probability >= `min_prob`, each a candidate."""
     min_prob: float = 0.1
@@ -75,6 +86,7 @@ class InferArgs:
     def check(self) -> Iterator[tuple[str, str]]:
         for name in ("n_color", "orders", "max_new_tokens", "batch_size", "max_len"):
             yield from at_least(name, getattr(self, name), 1)
+        yield from at_least("score_views", self.score_views, 0)
         if not 0 < self.min_prob <= 1:  # also catches NaN
             yield "min_prob", f"must be in (0, 1], not {self.min_prob}"
 
@@ -95,8 +107,9 @@ class PredictOutcome:
     seconds: float
     """Wall time: an equal share of preparing the prompts plus a share, by prompts, of the batched decoding."""
     experts: list[tuple[Transform, list[int]]] = dataclasses.field(default_factory=list)
-    """(transform, prompt token ids) of each decoded prompt with every (fitted) demonstration: the
-    views product-of-experts scoring re-reads a candidate under."""
+    """(transform, prompt token ids) of each decoded full prompt (every fitted demonstration), or of each
+    leave-one-out prompt when there is no full one: the views product-of-experts scoring re-reads a
+    candidate under."""
 
 
 def inference_transforms(args: InferArgs, n_train: int, rng: np.random.Generator) -> list[Transform]:
@@ -130,17 +143,30 @@ def inference_plan(variants: Sequence[Transform], args: InferArgs, n_train: int,
 
 
 def leave_one_out_plan(variants: Sequence[Transform], args: InferArgs, n_train: int,
-                       rng: np.random.Generator) -> list[tuple[Transform, int]]:
-    """(transform over the n-1 remaining demos, the left-out demo) per variant and demo; [] unless
-    `leave_one_out` and the task has two demos or more."""
-    if not args.leave_one_out or n_train < 2:
+                       rng: np.random.Generator) -> list[tuple[Transform, int, int]]:
+    """(transform over the n-1 remaining demos, order index, the left-out demo) per variant, left-out demo
+    and demo order (`args.orders`, at most the (n-1)! distinct ones); [] when the task has fewer than two
+    demos."""
+    if n_train < 2:
         return []
     out = []
     for t in variants:
         for j in range(n_train):
-            order = rng.permutation(n_train - 1) if args.demo_order else range(n_train - 1)
-            out.append((compose(t, DemoOrder(tuple(int(i) for i in order))), j))
+            for k in range(min(args.orders, math.factorial(n_train - 1))):
+                order = rng.permutation(n_train - 1) if args.demo_order or k > 0 else range(n_train - 1)
+                out.append((compose(t, DemoOrder(tuple(int(i) for i in order))), k, j))
     return out
+
+
+def task_plan(args: InferArgs, n_train: int, rng: np.random.Generator) -> Plan:
+    """Every prompt of a task under `args.prompts`: full prompts first, then leave-one-out ones (the rng
+    is drawn in that order, so "both" starts with "full"'s prompts)."""
+    variants = _variants(args, rng)
+    loo_only = args.prompts == "leave-one-out" and n_train >= 2  # one demonstration: nothing to leave out
+    plan: Plan = [] if loo_only else [(t, k, None) for t, k in inference_plan(variants, args, n_train, rng)]
+    if args.prompts != "full":
+        plan += leave_one_out_plan(variants, args, n_train, rng)
+    return plan
 
 
 # --- prediction ---------------------------------------------------------------------------------
@@ -152,10 +178,6 @@ class _Prompt:
     token_ids: list[int]
     order: int = 0
     label: str = "all"  # "all" demonstrations, or "loo:J" with demonstration J left out
-
-
-Plan = list[tuple[Transform, int, int | None]]
-"""(transform, order index, left-out demonstration or None) per prompt of a test input."""
 
 
 def predict_test(model: Any, tokenizer: Any, task: Task, test_index: int, transforms: Sequence[Transform],
@@ -170,9 +192,7 @@ def predict_task(model: Any, tokenizer: Any, task: Task, args: InferArgs, *, cou
     """One outcome per test input; every prompt of the task goes through one batched decoding."""
     validate(args)
     rng = np.random.default_rng([args.seed, name_key(task.id)])
-    variants = _variants(args, rng)
-    plan: Plan = [(t, k, None) for t, k in inference_plan(variants, args, len(task.train), rng)]
-    plan += [(t, 0, j) for t, j in leave_one_out_plan(variants, args, len(task.train), rng)]
+    plan = task_plan(args, len(task.train), rng)
     return _predict(model, tokenizer, task, range(len(task.test)), plan, args, counter, fmt)
 
 
@@ -228,11 +248,17 @@ def _predict(model: Any, tokenizer: Any, task: Task, test_indices: Sequence[int]
         seconds = prep / len(unfit) + decode_seconds * share
         outcome = PredictOutcome(candidates=candidates, n_prompts=len(mine), n_unparsed=per_prompt.count([]),
                                  n_unfit=unfit[i], seconds=seconds,
-                                 experts=[(p.transform, p.token_ids) for p, _ in mine if p.label == "all"])
+                                 experts=_experts([p for p, _ in mine]))
         log.debug("task %s test %d: %d prompts, %d candidates, %d unparsed, %d unfit, %.2f s", task.id, i,
                   outcome.n_prompts, len(candidates), outcome.n_unparsed, outcome.n_unfit, outcome.seconds)
         outcomes.append(outcome)
     return outcomes
+
+
+def _experts(prompts: Sequence[_Prompt]) -> list[tuple[Transform, list[int]]]:
+    """The PoE views: the full prompts; under leave-one-out only (no full prompt), the leave-one-out ones."""
+    full = [p for p in prompts if p.label == "all"]
+    return [(p.transform, p.token_ids) for p in full or prompts]
 
 
 def _decode(model: Any, tokenizer: Any, prompts: list[list[int]], stop_id: int,

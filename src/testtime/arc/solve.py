@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter
-from testtime.arc.likelihood import poe_scores, truth_bits, truth_rows
+from testtime.arc.likelihood import fresh_views, poe_scores, truth_bits, truth_rows
 from testtime.arc.predict import InferArgs, PredictOutcome, predict_task
 from testtime.arc.records import record_problems
 from testtime.arc.score import build_submission, truth_means, write_submission
@@ -137,7 +137,7 @@ class Solver:
                            losses=[float(x) for x in stats.losses])
         infer_args = dataclasses.replace(self.config.infer, seed=seed)
         outcomes = predict_task(self.host.model, self.tokenizer, task, infer_args, counter=self.counter, fmt=self.fmt)
-        tests = [self._test_record(outcome) for outcome in outcomes]
+        tests = [self._test_record(task, i, outcome) for i, outcome in enumerate(outcomes)]
         trained = self.config.ttt and (self.config.shared or bool(ttt.get("steps")))
         after = self._truth(task) if trained else before
         if before is not None or after is not None:
@@ -147,13 +147,11 @@ class Solver:
         fits = ttt.get("fits", True) and predict["unfit"] < max(predict["prompts"], 1)
         return {"status": "ok", "error": None, "fits": fits, "ttt": ttt, "predict": predict, "tests": tests}
 
-    def _test_record(self, outcome: PredictOutcome) -> dict[str, Any]:
-        """Vote, score by PoE when the selection uses it, pick the attempts; every score is kept."""
+    def _test_record(self, task: Task, test_index: int, outcome: PredictOutcome) -> dict[str, Any]:
+        """Vote, score by PoE when the selection or --score-views asks, pick the attempts; every score is kept."""
         ranked = vote(outcome.candidates)
         how = self.config.infer.select
-        poe = None if how == "vote" else poe_scores(self.host.model, self.tokenizer, [r.grid for r in ranked],
-                                                    outcome.experts, batch_size=self.config.infer.batch_size,
-                                                    fmt=self.fmt)
+        poe, views = self._poe(task, test_index, outcome, [r.grid for r in ranked])
         order = selection(ranked, how, poe)
         index = {grid_key(r.grid): k for k, r in enumerate(ranked)}
         return {
@@ -161,13 +159,35 @@ class Solver:
             "selection": order,
             "candidates": [{"grid": r.grid.tolist(), "votes": r.votes, "groups": r.groups, "identity": r.identity,
                             "logprob": r.logprob, "token_logprob": r.token_logprob, "transforms": r.transforms,
-                            "poe": None if poe is None else poe[k]} for k, r in enumerate(ranked)],
+                            "poe": None if poe is None else poe[k],
+                            **({} if views is None else {"poe_prompts": views["prompts"][k],
+                                                         "poe_views": views["views"][k]})}
+                           for k, r in enumerate(ranked)],
+            **({} if views is None else {"score_views": views["names"]}),
             "predictions": [{"candidate": index[grid_key(c.grid)], "transform": c.transform,
                              "order": c.order, "prompt": c.prompt, "logprob": c.logprob, "tokens": c.tokens,
                              **({} if c.decoding == "greedy" else {"decoding": c.decoding})}  # greedy records as before
                             for c in outcome.candidates],
             "prompts": outcome.n_prompts, "unparsed": outcome.n_unparsed, "unfit": outcome.n_unfit,
         }
+
+    def _poe(self, task: Task, test_index: int, outcome: PredictOutcome,
+             grids: list) -> tuple[list[float] | None, dict[str, list] | None]:
+        """Each grid's PoE score (None when neither the selection nor --score-views asks for one) and, with
+        score views, its parts: under the prompts that made candidates, and under the fresh views."""
+        infer = self.config.infer
+        if infer.select == "vote" and not infer.score_views:
+            return None, None
+        model, kw = self.host.model, {"batch_size": infer.batch_size, "fmt": self.fmt}
+        prompts = poe_scores(model, self.tokenizer, grids, outcome.experts, **kw)
+        if not infer.score_views:
+            return prompts, None
+        views = fresh_views(self.tokenizer, task, test_index, infer.score_views, counter=self.counter,
+                            max_len=infer.max_len, reserve=infer.max_new_tokens,
+                            seed=task_seed(self.config.seed, task.id), fmt=self.fmt)
+        fresh = poe_scores(model, self.tokenizer, grids, views, **kw) if views else [0.0] * len(grids)
+        total = [a + b for a, b in zip(prompts, fresh, strict=True)]
+        return total, {"prompts": prompts, "views": fresh, "names": [t.name for t, _ in views]}
 
 
 def _add_truth(tests: list[dict[str, Any]], task: Task, before: list | None, after: list | None) -> None:

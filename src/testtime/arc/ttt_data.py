@@ -4,8 +4,8 @@ For a task with n train demonstrations, the leave-one-out items make each demons
 the query, with the other n-1 (in their order) as context (the paper's in-context format,
 "icl"); the end-to-end items are each demonstration alone ("e2e"). Every item is first used
 as it is, then under random invertible transforms (geometric x colour permutation x demo
-order, optionally followed by a size change from `augmentations`, skipped when a grid would
-exceed 30x30), each fitted to `max_len` tokens by dropping random context demos (Barbadillo's
+order, followed with probability `size_augment_prob` by a size change from `augmentations`,
+skipped when a grid would exceed 30x30), each fitted to `max_len` tokens by dropping random context demos (Barbadillo's
 recipe), encoded, and deduplicated by token ids until the budget is met. With `leave_two_out`,
 when the leave-one-out items times the augmentations (8 symmetries x (1 + size changes)) are
 fewer than the budget, they get that many sequences and leave-two-out items (n-2 context
@@ -69,6 +69,9 @@ class TTTArgs:
     """Top leave-one-out up with leave-two-out items when it falls short of the budget."""
     augmentations: tuple[str, ...] = ()
     """Size changes drawn besides the symmetries: names of `transforms.EXTRA_AUGMENTATIONS` (upscale, tile)."""
+    size_augment_prob: float = 0.5
+    """With `augmentations`: the probability that an augmented sequence gets a size change (one of them,
+    uniformly; none when it would make a grid exceed 30x30). The authors' augmenters: about half."""
     max_len: int = 2048
     """Maximum tokens per sequence; context demos are dropped to fit."""
     seed: int = 0
@@ -80,6 +83,8 @@ class TTTArgs:
         unknown = [a for a in self.augmentations if a not in EXTRA_AUGMENTATIONS]
         if unknown:
             yield "augmentations", f"has no {', '.join(unknown)}; choose from {', '.join(EXTRA_AUGMENTATIONS)}"
+        if not 0 <= self.size_augment_prob <= 1:  # also catches NaN
+            yield "size_augment_prob", f"must be in [0, 1], not {self.size_augment_prob}"
 
     def extras(self) -> list[Resize]:
         """Every size change the `augmentations` families hold, in a fixed order."""
@@ -282,7 +287,7 @@ def _draw(data: TTTData, indices: range, budget: int, tokenizer, args: TTTArgs, 
             transform = random_transform(rng, len(context), geometric=args.geometric, colors=args.colors,
                                          keep_zero=args.keep_zero, demo_order=args.demo_order)
             if extras:
-                transform = _with_size_change(transform, extras, item, rng)
+                transform = with_size_change(transform, extras, item, rng, args.size_augment_prob)
         small = transform.task(item)
         moved = small.test[0]
         kept = fit_demos(small.train, moved.input, moved.output, counter, args.max_len, rng,
@@ -304,11 +309,11 @@ def _draw(data: TTTData, indices: range, budget: int, tokenizer, args: TTTArgs, 
         data.format_counts[kind] = data.format_counts.get(kind, 0) + 1
 
 
-def _with_size_change(transform: Compose, extras: list[Resize], item: Task, rng: np.random.Generator) -> Transform:
-    """`transform`, followed by a random size change or none (each equally likely); none when the
-    change would make any grid of the item exceed 30x30."""
-    k = int(rng.integers(len(extras) + 1))
-    if k == len(extras):
+def with_size_change(transform: Compose, extras: Sequence[Resize], item: Task, rng: np.random.Generator,
+                     prob: float) -> Transform:
+    """`transform`, followed with probability `prob` by one of `extras` drawn uniformly; `transform`
+    alone otherwise, or when the change would make any grid of the item exceed 30x30."""
+    if not extras or rng.random() >= prob:  # prob 0: never; prob 1: always (random() < 1)
         return transform
-    grown = Compose((*transform.parts, extras[k]))
+    grown = Compose((*transform.parts, extras[int(rng.integers(len(extras)))]))
     return grown if fits_side(grown.task(item)) else transform

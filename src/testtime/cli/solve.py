@@ -19,8 +19,10 @@ FIELDS: common.Fields = {
     "ttt-batch-size": "train.batch_size", "grad-accum": "train.grad_accum", "ttt-schedule": "train.schedule",
     "ttt-warmup": "train.warmup_steps", "transforms": "infer.transforms", "infer-batch-size": "infer.batch_size",
     "max-new-tokens": "infer.max_new_tokens", "max-len": "infer.max_len",
-    "orders": "infer.orders", "infer-leave-one-out": "infer.leave_one_out", "select": "infer.select",
+    "orders": "infer.orders", "infer-prompts": "infer.prompts", "select": "infer.select",
+    "score-views": "infer.score_views",
     "ttt-leave-two-out": "data.leave_two_out", "ttt-augment": "data.augmentations",
+    "ttt-size-prob": "data.size_augment_prob",
     "ttt-weight-decay": "train.weight_decay",
     "ttt-geometric": "data.geometric", "ttt-colors": "data.colors", "ttt-demo-order": "data.demo_order",
     "ttt-gradient-checkpointing": "train.gradient_checkpointing",
@@ -32,16 +34,17 @@ PRESETS: dict[str, dict[str, object]] = {
     # The authors' run (Akyuerek et al. 2024; ekinakyurek/marc: README, configs/ttt, test_time_train.py and
     # predict.py): LoRA r128 / alpha 16 on q, v and the MLP, AdamW lr 5e-5 with weight decay 0.01 and 5
     # warm-up steps, 2 epochs of batch 2, up to 250 sequences (leave-one-out topped up with leave-two-out,
-    # size augmentations), loss on every demo output after the first; inference on leave-one-out prompts
-    # in 2 demo orders per transform.
+    # size augmentations, a size change for about half of the augmented sequences), loss on every demo output
+    # after the first; inference on leave-one-out prompts in 2 demo orders per transform.
     "paper": {
         "lora-rank": 128, "lora-alpha": 16, "lora-dropout": 0.0,
         "lora-targets": "q_proj,v_proj,gate_proj,up_proj,down_proj",
         "ttt-lr": 5e-5, "ttt-epochs": 2, "ttt-batch-size": 2, "grad-accum": 1, "ttt-weight-decay": 0.01,
         "ttt-schedule": "cosine", "ttt-warmup": 5, "ttt-sequences": 250, "ttt-format": "icl",
-        "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "loss-on": "outputs", "ttt-max-len": 8192,
-        "orders": 2, "infer-leave-one-out": True, "transforms": "geometric", "max-len": 8192, "select": "vote",
-        "sampling": "greedy",
+        "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "ttt-size-prob": 0.5, "loss-on": "outputs",
+        "ttt-max-len": 8192,
+        "orders": 2, "infer-prompts": "leave-one-out", "transforms": "geometric", "max-len": 8192, "select": "vote",
+        "score-views": 0, "sampling": "greedy",
     },
     # This CPU's budget: the defaults of every option (a 135M model trains a task in about a minute).
     "small": {
@@ -49,9 +52,10 @@ PRESETS: dict[str, dict[str, object]] = {
         "lora-targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
         "ttt-lr": 1e-4, "ttt-epochs": 1, "ttt-batch-size": 1, "grad-accum": 1, "ttt-weight-decay": 0.0,
         "ttt-schedule": "cosine", "ttt-warmup": 0, "ttt-sequences": 32, "ttt-format": "icl",
-        "ttt-leave-two-out": False, "ttt-augment": "", "loss-on": "answer", "ttt-max-len": 2048,
-        "orders": 1, "infer-leave-one-out": False, "transforms": "geometric", "max-len": 8192, "select": "vote",
-        "sampling": "greedy",
+        "ttt-leave-two-out": False, "ttt-augment": "", "ttt-size-prob": 0.5, "loss-on": "answer",
+        "ttt-max-len": 2048,
+        "orders": 1, "infer-prompts": "full", "transforms": "geometric", "max-len": 8192, "select": "vote",
+        "score-views": 0, "sampling": "greedy",
     },
 }
 """`--preset NAME`: option values by long name. They become the defaults: `--config` and flags override them."""
@@ -89,14 +93,20 @@ def solve(
     infer_batch_size: int = typer.Option(8, help="Inference: prompts decoded together."),
     max_new_tokens: int = typer.Option(931, help="Inference: decoding bound (931 = a 30x30 answer)."),
     max_len: int = typer.Option(8192, help="Inference: maximum prompt+answer tokens (demos dropped to fit)."),
-    orders: int = typer.Option(1, help="Inference: demonstration orders per transform (one prompt each)."),
-    infer_leave_one_out: bool = typer.Option(False, "--infer-leave-one-out/--no-infer-leave-one-out",
-                                             help="Inference: also prompts with each demo left out (TTT's format)."),
+    orders: int = typer.Option(1, help="Inference: demonstration orders per transform and left-out demo (one "
+                               "prompt each)."),
+    infer_prompts: str = typer.Option("full", help="Inference: prompts with every demo (`full`), one per left-out "
+                                      "demo (`leave-one-out`, n-1 demos: TTT's format) or `both`."),
     select: str = typer.Option("vote", help="Attempts by `vote` (hierarchical), `poe` (product of experts over "
                                "the views) or `vote+poe` (groups first, then PoE)."),
+    score_views: int = typer.Option(0, help="PoE: also score every candidate under this many fresh views (random "
+                                    "symmetry, colours and demo order of the whole task), summed into its score; "
+                                    "the scores are recorded even under --select vote."),
     ttt_leave_two_out: bool = typer.Option(False, "--ttt-leave-two-out/--no-ttt-leave-two-out",
                                            help="TTT: top up with leave-two-out tasks when leave-one-out falls short."),
     ttt_augment: str = typer.Option("", help="TTT: extra size augmentations, comma-separated: upscale, tile."),
+    ttt_size_prob: float = typer.Option(0.5, help="TTT with --ttt-augment: the probability that an augmented "
+                                        "sequence gets a size change, in [0, 1]."),
     ttt_weight_decay: float = typer.Option(0.0, help="TTT: AdamW weight decay."),
     ttt_geometric: bool = typer.Option(True, "--ttt-geometric/--no-ttt-geometric",
                                        help="TTT: augment with the 8 rotations/flips."),
