@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from testtime.arc.predict import InferArgs
+from testtime.arc.records import record_problems
 from testtime.arc.solve import ArcJob, SolveConfig, Solver, solve_tasks, summarize
 from testtime.arc.task import Example, Task, as_grid
 from testtime.arc.ttt_data import TTTArgs
@@ -82,6 +83,8 @@ def test_ttt_solves_tasks_the_base_model_cannot_and_nothing_leaks(host, tokenize
     after, submission = run(Solver(host, tokenizer, config(ttt=True, epochs=16)), tasks, None)
     assert all(r["status"] == "ok" and r["ttt"]["steps"] > 0 for r in after)
     assert [solved(r) for r in after] == [True, True]  # bbb answers 7, not aaa's 5: A's LoRA did not leak
+    assert all(r["tests"][0]["candidates"] for r in after)
+    assert [record_problems(r) for r in after] == [[], []]  # real records with candidates fit their schema
     assert submission["aaa"][0]["attempt_1"] == [[5]] and submission["bbb"][0]["attempt_1"] == [[7]]
     assert summarize(after)["score"] == 1.0 and summarize(before)["score"] == 0.0
 

@@ -17,7 +17,7 @@ GRID = [[int]]
 CORRECT = {"attempt_1": bool, "any_attempt": bool, "oracle": bool}
 TRUTH = {"bits_per_token_before": Maybe(Number), "bits_per_token_after": Maybe(Number),
          "bits_per_cell_before": Maybe(Number), "bits_per_cell_after": Maybe(Number), "rank": Maybe(int)}
-CANDIDATE = {"grid": GRID, "votes?": int, "groups?": int, "identity?": bool, "logprob?": Maybe(Number),
+CANDIDATE = {"grid": GRID, "votes?": int, "groups?": int, "identity?": int, "logprob?": Maybe(Number),
              "token_logprob?": Maybe(Number), "transforms?": [str], "poe?": Maybe(Number)}
 TEST = {"attempts": [GRID], "candidates": [CANDIDATE], "selection?": [int], "predictions?": [dict],
         "prompts?": int, "unparsed?": int, "unfit?": int, "correct?": CORRECT, "truth?": TRUTH}
