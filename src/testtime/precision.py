@@ -57,10 +57,43 @@ def compute_context(model: Any, *, train: bool = False, float32_head: bool = Tru
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     stack.enter_context(torch.autocast(model_device(model).type, dtype=dtype))
-    stack.enter_context(_no_peft_input_cast(model))
+    from peft.helpers import disable_input_dtype_casting  # heavy import; restores each layer's own setting
+
+    stack.enter_context(disable_input_dtype_casting(model))
     if float32_head:
         stack.enter_context(_float32_head(model))
     return stack
+
+
+@contextlib.contextmanager
+def _float32_head(model: Any):
+    """The output head computes float32 logits for the block (from a float32 copy of its weight).
+
+    bf16 logits are rounded to 8 significant bits: 0.125 apart for logits between 16 and 32, so
+    every token's log-probability would carry an error of up to ~0.06 nats, enough to reorder
+    candidates that PoE or the truth's bits compare. The copy is kept on the module and made
+    again whenever the weight changes (its version counter moves). A head that is not a plain
+    frozen `nn.Linear` (e.g. peft's trainable-token rows) is left alone."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or head.weight.requires_grad or head.weight.dtype == torch.float32:
+        yield
+        return
+    head.forward = functools.partial(_head_forward, head)  # an instance attribute shadows Linear.forward
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _head_forward(head: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    key = (head.weight.data_ptr(), head.weight._version)
+    cached = getattr(head, "_testtime_float32", None)
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False):  # made under inference_mode, it could not serve a training step later
+            cached = (key, head.weight.detach().float(), None if head.bias is None else head.bias.detach().float())
+        head._testtime_float32 = cached
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.nn.functional.linear(x.float(), cached[1], cached[2])
 
 
 @contextlib.contextmanager
