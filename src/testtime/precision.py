@@ -57,9 +57,7 @@ def compute_context(model: Any, *, train: bool = False, float32_head: bool = Tru
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     stack.enter_context(torch.autocast(model_device(model).type, dtype=dtype))
-    from peft.helpers import disable_input_dtype_casting  # heavy import; restores each layer's own setting
-
-    stack.enter_context(disable_input_dtype_casting(model))
+    stack.enter_context(_no_peft_input_cast(model))
     if float32_head:
         stack.enter_context(_float32_head(model))
     return stack
@@ -94,3 +92,20 @@ def _head_forward(head: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         head._testtime_float32 = cached
     with torch.autocast(x.device.type, enabled=False):
         return torch.nn.functional.linear(x.float(), cached[1], cached[2])
+
+
+@contextlib.contextmanager
+def _no_peft_input_cast(model: Any):
+    """peft's `cast_input_dtype_enabled` off on every LoRA layer for the block (autocast casts instead).
+
+    Not `peft.helpers.disable_input_dtype_casting`: in peft 0.21 it reads the flag without a default and
+    fails on trainable-token layers, which never set it (`arc pretrain --train-token-rows`)."""
+    layers = [m for m in model.modules() if hasattr(m, "_cast_input_dtype")]
+    saved = [getattr(m, "cast_input_dtype_enabled", True) for m in layers]
+    for m in layers:
+        m.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, saved):
+            m.cast_input_dtype_enabled = flag
