@@ -17,6 +17,7 @@ from testtime.arc.pretrain import PretrainConfig, default_adapter, format_token_
 from testtime.arc.pretrain_data import InContextSampler, SamplerArgs, evaluation_ids, load_examples, split_validation
 from testtime.arc.task import Example, TaskError, as_grid, grids_equal
 from testtime.arc.transforms import parse_transform
+from testtime.config import problems
 from testtime.finetune import LoraArgs, TrainArgs
 from testtime.lora import AdapterHost
 from testtime.models import LoadedModel
@@ -76,6 +77,19 @@ def test_the_stream_is_a_function_of_seed_and_position(tokenizer):
         [[s.input_ids for s in next(resumed)] for _ in range(6)]
     other = InContextSampler(tasks, tokenizer, SamplerArgs(max_len=400, seed=2))
     assert other.sequence(17).input_ids != a.sequence(17).input_ids
+
+
+def test_later_outputs_labels_every_output_but_the_first_demos(tokenizer):
+    tasks = random_tasks()
+    seqs = {mode: InContextSampler(tasks, tokenizer, SamplerArgs(max_len=400, seed=1, loss_on=mode)).sequence(5)
+            for mode in ("answer", "outputs", "later-outputs")}
+    assert len({tuple(s.input_ids) for s in seqs.values()}) == 1  # the same draw, only the labels differ
+    counts = {mode: sum(x != -100 for x in s.labels) for mode, s in seqs.items()}
+    assert counts["answer"] < counts["later-outputs"] < counts["outputs"]
+    first_labelled = {mode: next(i for i, x in enumerate(s.labels) if x != -100) for mode, s in seqs.items()}
+    assert first_labelled["outputs"] < first_labelled["later-outputs"] < first_labelled["answer"]
+    wrong = problems(PretrainConfig(sources=["x"], data=SamplerArgs(loss_on="all")))
+    assert [p.field for p in wrong] == ["data.loss_on"] and "later-outputs" in wrong[0].message
 
 
 def _arc_task(rows: int) -> dict:

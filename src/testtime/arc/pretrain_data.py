@@ -58,8 +58,10 @@ class SamplerArgs:
     """Augment with random colour permutations."""
     keep_zero: bool = True
     """Colour permutations leave the background colour 0 in place."""
-    loss_on: Literal["answer", "outputs"] = "outputs"
-    """Train on the query's output only, or on every demonstration's output too."""
+    loss_on: Literal["answer", "outputs", "later-outputs"] = "outputs"
+    """Train on the query's output only (`answer`), on every demonstration's output too (`outputs`),
+    or on every output after the first demonstration's (`later-outputs`: nothing before the first
+    shows the rule, as in the TTT paper's training)."""
     seed: int = 0
     """Sequence i is drawn from numpy's generator seeded with (seed, i)."""
 
@@ -225,8 +227,9 @@ class InContextSampler:
         drawn = self.draw(index)
         if drawn is None:
             return None
+        later = self.args.loss_on == "later-outputs"
         ids, labels = encode(self.tokenizer, drawn.demos, drawn.query.input, drawn.query.output, self.fmt,
-                             loss_on=self.args.loss_on)
+                             loss_on="outputs" if later else self.args.loss_on, first_output=not later)
         return TrainingSequence(ids, labels)
 
     def sequences(self, start: int, count: int) -> list[TrainingSequence]:

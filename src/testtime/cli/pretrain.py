@@ -35,7 +35,8 @@ def pretrain(
     max_len: int = typer.Option(2048, help="Maximum tokens per sequence (demos dropped to fit)."),
     min_demos: int = typer.Option(2, help="Fewest demonstrations per sampled task."),
     max_demos: int = typer.Option(5, help="Most demonstrations per sampled task."),
-    loss_on: str = typer.Option("outputs", help="Loss on every demo `outputs` or the query `answer` only."),
+    loss_on: str = typer.Option("outputs", help="Loss on every demo `outputs`, on "
+                                 "`later-outputs` (every output after the first demo's) or the query `answer` only."),
     colors: bool = typer.Option(True, "--colors/--no-colors", help="Augment with colour permutations."),
     lora_rank: int = typer.Option(16, help="LoRA rank (any; 16 keeps the SmolLM2 adapter under 20 MB)."),
     lora_alpha: int = typer.Option(32, help="LoRA alpha."),

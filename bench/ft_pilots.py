@@ -1,0 +1,182 @@
+"""Benchmark: choose the ARC fine-tuning recipe by measurement.
+
+Each arm is one `testtime arc pretrain` run on the same data stream (re-ARC + ARC-AGI-1 training,
+seed 0), with the same number of optimizer steps (so the same tokens, except where an arm changes
+the sequence length: its steps are scaled to match), `--dtype` pinned. Each arm's adapter is then
+scored on the tuning split: the true outputs' bits per cell before TTT (the identity prompt, as
+`arc solve` records `bits_per_cell_before`) on the 20 ARC-AGI-1 evaluation tasks that follow the
+20 smallest by cells (`arc.solve.task_cells`; the 20 smallest are the reporting set and are not
+used here). Two reference rows need no training: `base` (no adapter) and `shipped` (the adapter
+in the package).
+
+Results: one JSON line per arm in `bench/results/ft_pilots.jsonl`, appended when the arm is
+scored; an arm already there is skipped, and an arm's pretraining resumes from its checkpoints
+in `--work`, so the same command continues after an interruption. Run it on one core in the
+background (`OMP_NUM_THREADS=1`).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/ft_pilots.py                 # every arm not yet scored
+    .venv/bin/python bench/ft_pilots.py --arms base,r16 --steps 10         # a quick look
+    .venv/bin/python bench/ft_pilots.py --table                            # print the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REARC = "../shared/data/re-arc/re_arc_120.json.gz"
+RESULTS = Path(__file__).parent / "results" / "ft_pilots.jsonl"
+
+ARMS: dict[str, list[str]] = {
+    "base": [],
+    "shipped": [],
+    "r16": ["--lora-rank", "16", "--lora-alpha", "32"],
+    "r64": ["--lora-rank", "64", "--lora-alpha", "128"],
+    "r16-lr1e-3": ["--lora-rank", "16", "--lora-alpha", "32", "--lr", "1e-3"],
+    "r16-later-outputs": ["--lora-rank", "16", "--lora-alpha", "32", "--loss-on", "later-outputs"],
+    "r128": ["--lora-rank", "128", "--lora-alpha", "256"],
+    "r16-len2048": ["--lora-rank", "16", "--lora-alpha", "32", "--max-len", "2048"],
+}
+"""Arm name -> the `arc pretrain` flags that differ from the common ones (`base` and `shipped` train
+nothing)."""
+COMMON = ["--lr", "2e-4", "--max-len", "1024", "--val-every", "25", "--checkpoint-every", "25",
+          "--seed", "0"]
+"""Flags of every arm (an arm's own flags come after these and win)."""
+STEP_SCALE = {"r16-len2048": 0.75}
+"""Arms whose sequences are longer: fewer steps for the same tokens (measured: see the jsonl's tokens)."""
+
+
+def tuning_tasks(n: int = 20, skip: int = 20) -> list[str]:
+    """The ARC-AGI-1 evaluation tasks ranked `skip`..`skip+n` by cells (ties by id)."""
+    from testtime.arc.solve import task_cells
+    from testtime.arc.task import load_tasks
+
+    tasks = sorted(load_tasks("arc-agi-1/evaluation").tasks, key=lambda t: (task_cells(t), t.id))
+    return [t.id for t in tasks[skip:skip + n]]
+
+
+def truth_bits_per_cell(adapter: str | None, task_ids: list[str], dtype: str) -> dict[str, float | None]:
+    """Per task: the mean over its test inputs of the true output's bits per cell, identity prompt, max 8192
+    tokens (`arc solve`'s default inference length), the base model with `adapter` merged."""
+    from testtime.arc.format import DEFAULT_FORMAT, TokenCounter
+    from testtime.arc.likelihood import truth_bits, truth_rows
+    from testtime.arc.solve import task_seed
+    from testtime.arc.task import load_tasks
+    from testtime.finetune import LoraArgs
+    from testtime.lora import AdapterHost
+    from testtime.models import load_model
+
+    loaded = load_model(None, dtype=dtype)
+    host = AdapterHost(loaded.model, LoraArgs(), start_adapter=adapter)
+    counter = TokenCounter(loaded.tokenizer, DEFAULT_FORMAT)
+    tasks = {t.id: t for t in load_tasks("arc-agi-1/evaluation").tasks}
+    out: dict[str, float | None] = {}
+    for tid in task_ids:
+        task = tasks[tid]
+        rows = truth_rows(loaded.tokenizer, task, counter=counter, max_len=8192, seed=task_seed(0, tid))
+        bits = [b["bits_per_cell"] for b in truth_bits(host.model, task, rows, batch_size=1) if b]
+        out[tid] = sum(bits) / len(bits) if bits else None
+    return out
+
+
+def train_arm(name: str, work: Path, steps: int, dtype: str) -> Path:
+    out = work / name
+    flags = [*COMMON, *ARMS[name], "--steps", str(max(1, round(steps * STEP_SCALE.get(name, 1.0)))),
+             "--warmup", str(max(1, steps // 10)), "--dtype", dtype]
+    exe = Path(sys.executable).with_name("testtime")
+    cmd = [str(exe), "arc", "pretrain", REARC, "arc-agi-1/training", "--out", str(out), *flags]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "COLUMNS": "120"})
+    return out
+
+
+def machine() -> str:
+    """The CPU's model name and its bf16 matmul features (they decide the speed of every figure)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = sorted({f for f in ("amx_bf16", "avx512_bf16") if f in text.split()})
+    return f"{name} ({', '.join(flags) or 'no bf16 matmul'})"
+
+
+def done_arms() -> dict[str, dict]:
+    if not RESULTS.exists():
+        return {}
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    return {r["arm"]: r for r in rows}
+
+
+def append(row: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:  # one line, one write: a killed run leaves whole lines
+        f.write(json.dumps(row) + "\n")
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| arm | steps | tokens | minutes | val loss first -> last | truth bits/cell before TTT, mean of 20 "
+             "| vs base | tasks better than base |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = rows.get("base")
+    for name, r in rows.items():
+        val = f"{r['val_first']:.4f} -> {r['val_last']:.4f}" if r.get("val_first") is not None else "-"
+        vs = better = "-"
+        if base and name != "base":
+            vs = f"{100 * r['mean_bits'] / base['mean_bits']:.1f}%"
+            better = str(sum(r["bits"][t] < base["bits"][t] for t in r["bits"] if r["bits"][t] is not None))
+        lines.append(f"| {name} | {r.get('steps') or '-'} | {r.get('tokens') or '-'} | "
+                     f"{r['minutes']:.1f} | {val} | {r['mean_bits']:.4f} | {vs} | {better} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per arm (4 sequences each)")
+    parser.add_argument("--dtype", default="bfloat16", help="pinned base-model dtype of training and scoring")
+    parser.add_argument("--work", type=Path, default=Path(".bench-data/pilots"), help="adapters and checkpoints")
+    parser.add_argument("--table", action="store_true", help="print the results table and stop")
+    args = parser.parse_args()
+    if args.table:
+        print(table(done_arms()))
+        return
+    task_ids = tuning_tasks()
+    for name in args.arms.split(","):
+        if name not in ARMS:
+            raise SystemExit(f"unknown arm {name!r}; known: {', '.join(ARMS)}")
+        if name in done_arms():
+            print(f"{name}: already in {RESULTS}, skipped", flush=True)
+            continue
+        t0 = time.time()
+        row: dict = {"arm": name, "flags": ARMS[name], "dtype": args.dtype, "tasks": task_ids,
+                     "machine": machine(),
+                     "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d")}
+        adapter: str | None = None
+        if name == "shipped":
+            from testtime.arc.pretrain import default_adapter
+            adapter = str(default_adapter("embedded"))
+        elif name != "base":
+            out = train_arm(name, args.work, args.steps, args.dtype)
+            card = json.loads((out / "card.json").read_text())
+            hist = card.get("val_history") or []
+            row.update(common=COMMON, steps=card["steps"], tokens=card["tokens_seen"],
+                       train_seconds=card["seconds"], val_history=hist,
+                       val_first=hist[0][1] if hist else None, val_last=hist[-1][1] if hist else None)
+            adapter = str(out)
+        bits = truth_bits_per_cell(adapter, task_ids, args.dtype)
+        known = [b for b in bits.values() if b is not None]
+        row.update(bits=bits, mean_bits=sum(known) / len(known), minutes=(time.time() - t0) / 60)
+        append(row)
+        print(f"{name}: mean truth bits/cell {row['mean_bits']:.4f} ({row['minutes']:.1f} min)", flush=True)
+    print(table(done_arms()))
+
+
+if __name__ == "__main__":
+    main()
