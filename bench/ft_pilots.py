@@ -107,11 +107,14 @@ def machine() -> str:
     return f"{name} ({', '.join(flags) or 'no bf16 matmul'})"
 
 
-def done_arms() -> dict[str, dict]:
+def done_arms(on: str | None = None) -> dict[str, dict]:
+    """The scored arms measured on the CPU named `on` (default: this one). Figures from another kind of
+    CPU are kept in the file but never mixed into this machine's table or its skip list."""
     if not RESULTS.exists():
         return {}
+    on = on or machine()
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-    return {r["arm"]: r for r in rows}
+    return {r["arm"]: r for r in rows if r.get("machine") == on}
 
 
 def append(row: dict) -> None:
@@ -143,9 +146,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", help="pinned base-model dtype of training and scoring")
     parser.add_argument("--work", type=Path, default=Path(".bench-data/pilots"), help="adapters and checkpoints")
     parser.add_argument("--table", action="store_true", help="print the results table and stop")
+    parser.add_argument("--machine", help="with --table: the CPU whose rows to print (default: this one)")
     args = parser.parse_args()
     if args.table:
-        print(table(done_arms()))
+        print(f"machine: {args.machine or machine()}")
+        print(table(done_arms(args.machine)))
         return
     task_ids = tuning_tasks()
     for name in args.arms.split(","):
