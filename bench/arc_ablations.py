@@ -7,7 +7,7 @@ an arm that fails stops the script with the end of its log, OUT/logs/ARM.log).
 Arms: `no-ttt`; `ttt` (leave-one-out in context, the default); `ttt-e2e`; `ttt-no-aug` (no
 geometric, colour or demo-order augmentation of the TTT data); `shared` (one LoRA on all the
 tasks' TTT data); with `--adapter DIR` the same five again on the fine-tuned adapter (`ft-...`).
-Base arms run with `--no-adapter`. Every arm uses `--select vote+poe`, so each record holds the
+Base arms run with `--no-adapter`. Every arm uses `--rank vote+poe`, so each record holds the
 PoE score of every candidate, and the table compares three selections on the same candidates.
 
     .venv/bin/python bench/arc_ablations.py --out runs/ablations                           # 5 arms, 20 tasks
@@ -82,7 +82,7 @@ def common_flags(args: argparse.Namespace) -> list[str]:
     return ["arc-agi-1/evaluation", "--tasks", ",".join(args.tasks), "--model", args.model, "--seed", "0",
             "--ttt-sequences", str(args.ttt_sequences), "--ttt-epochs", str(args.ttt_epochs),
             "--ttt-max-len", str(args.ttt_max_len), "--max-new-tokens", str(args.max_new_tokens),
-            "--select", "vote+poe", "--dtype", args.dtype]
+            "--rank", "vote+poe", "--dtype", args.dtype]
 
 
 def finished(out: Path, tasks: list[str]) -> int:
@@ -237,7 +237,7 @@ def arm_row(arm: Arm, sol: dict[str, list], walls: dict) -> dict[str, Any]:
     for name, per_task in guesses.items():
         row[name] = fraction_correct(per_task, sol) if records else None
     if poe_missing:
-        row["poe"] = None  # records made without --select vote+poe: no PoE column rather than a wrong one
+        row["poe"] = None  # records made without --rank vote+poe: no PoE column rather than a wrong one
     return row
 
 

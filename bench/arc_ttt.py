@@ -99,9 +99,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
         from testtime.batching import TrainingSequence
     except ImportError:  # before the job-layer redesign it lived in finetune
         from testtime.finetune import Sequence as TrainingSequence
-    from testtime.finetune import LoraArgs, TrainArgs, train
+    from testtime.finetune import train
     from testtime.lora import AdapterHost
     from testtime.models import load_model
+    from testtime.settings import LoraArgs, TrainArgs
 
     kwargs = {"dtype": args.dtype} if args.dtype else {}
     loaded = load_model(args.model, **kwargs)

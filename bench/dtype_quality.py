@@ -29,12 +29,14 @@ def first_losses(dtype: str, task_ids: list[str], args: argparse.Namespace) -> d
     over a base loaded in `dtype`."""
     from testtime.arc.format import DEFAULT_FORMAT, TokenCounter
     from testtime.arc.pretrain import default_adapter
+    from testtime.arc.settings import TTTArgs
     from testtime.arc.solve import task_seed
     from testtime.arc.task import load_tasks
-    from testtime.arc.ttt_data import TTTArgs, build_ttt_data
-    from testtime.finetune import LoraArgs, TrainArgs, evaluate_loss, train
+    from testtime.arc.ttt_data import build_ttt_data
+    from testtime.finetune import evaluate_loss, train
     from testtime.lora import AdapterHost
     from testtime.models import load_model
+    from testtime.settings import LoraArgs, TrainArgs
 
     loaded = load_model(None, dtype=dtype)
     host = AdapterHost(loaded.model, LoraArgs(), start_adapter=default_adapter("embedded"))

@@ -68,9 +68,9 @@ def truth_bits_per_cell(adapter: str | None, task_ids: list[str], dtype: str) ->
     from testtime.arc.likelihood import truth_bits, truth_rows
     from testtime.arc.solve import task_seed
     from testtime.arc.task import load_tasks
-    from testtime.finetune import LoraArgs
     from testtime.lora import AdapterHost
     from testtime.models import load_model
+    from testtime.settings import LoraArgs
 
     loaded = load_model(None, dtype=dtype)
     host = AdapterHost(loaded.model, LoraArgs(), start_adapter=adapter)

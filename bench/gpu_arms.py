@@ -152,8 +152,8 @@ def adapter_from_checkpoint(run: Path, lora: dict[str, Any]) -> Path | None:
     from safetensors.torch import load_file, save_file
 
     from testtime.checkpoint import latest_checkpoint
-    from testtime.finetune import LoraArgs
     from testtime.lora import lora_config
+    from testtime.settings import LoraArgs
 
     ckpt = latest_checkpoint(run / "checkpoints")
     if ckpt is None:
@@ -223,9 +223,9 @@ def merge_check(s: Any, _d: Any) -> dict:
     from peft import PeftModel
 
     from testtime.arc.task import load_tasks
-    from testtime.finetune import LoraArgs
     from testtime.lora import AdapterHost
     from testtime.models import load_model
+    from testtime.settings import LoraArgs
 
     adapter = s.state["adapter"]
     by_id = {t.id: t for t in load_tasks("arc-agi-1/evaluation").tasks}

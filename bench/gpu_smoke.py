@@ -75,7 +75,8 @@ class Smoke:
         return load_model(str(self.model_dir), device=self.device, dtype=dtype)
 
     def sequences(self, n: int = 4) -> list:
-        from testtime.arc.pretrain_data import InContextSampler, SamplerArgs
+        from testtime.arc.pretrain_data import InContextSampler
+        from testtime.arc.settings import SamplerArgs
         from testtime.models import load_tokenizer
 
         examples, _ = self.examples()
@@ -145,8 +146,8 @@ class Smoke:
             r["ok"] = math.isfinite(loss) and r["rel_diff"] < 0.05 and seen[0] == want
 
     def adapter_dtype(self) -> None:
-        from testtime.finetune import LoraArgs
         from testtime.lora import AdapterHost
+        from testtime.settings import LoraArgs
 
         with self.check("adapter_dtype") as r:
             host = AdapterHost(self.tiny("bfloat16").model, LoraArgs(r=8, alpha=16))
@@ -160,9 +161,9 @@ class Smoke:
                   seen: list | None = None, every: int = 2) -> dict:
         import torch
 
-        from testtime.arc.pretrain import PretrainConfig, pretrain
-        from testtime.arc.pretrain_data import SamplerArgs
-        from testtime.finetune import LoraArgs, TrainArgs
+        from testtime.arc.pretrain import pretrain
+        from testtime.arc.settings import PretrainConfig, SamplerArgs
+        from testtime.settings import LoraArgs, TrainArgs
 
         class Stop(Exception):
             pass
@@ -224,8 +225,8 @@ class Smoke:
         import torch
         from peft import PeftModel
 
-        from testtime.finetune import LoraArgs
         from testtime.lora import AdapterHost
+        from testtime.settings import LoraArgs
 
         with self.check("merge") as r:
             assert self.adapter is not None, "no adapter was trained (train_checkpointing_off failed)"

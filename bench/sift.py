@@ -36,10 +36,10 @@ import torch
 from testtime.jobs import Finished
 from testtime.lm import compare
 from testtime.lm.embed import load_embedder
-from testtime.lm.evaluate import EvalConfig, PromptLora, make_host, read_prompts, run_eval
+from testtime.lm.evaluate import make_host, read_prompts, run_eval
 from testtime.lm.memory import Memory
 from testtime.lm.select import select_nn, select_sift
-from testtime.lm.ttft import TTFTArgs
+from testtime.lm.settings import EvalConfig, PromptLora, TTFTArgs
 from testtime.models import load_model
 
 ALIASES = {"nn-f": "nn-repeats", "adaptive": "sift-adaptive", "adaptive-sift": "sift-adaptive"}

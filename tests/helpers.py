@@ -12,8 +12,8 @@ def save_random_adapter(model_dir: Path, out: Path) -> Path:
     """A LoRA with random (non-zero) B matrices: merging it changes every output of the tiny model."""
     from transformers import AutoModelForCausalLM
 
-    from testtime.finetune import LoraArgs
     from testtime.lora import AdapterHost
+    from testtime.settings import LoraArgs
 
     host = AdapterHost(AutoModelForCausalLM.from_pretrained(model_dir), LoraArgs(r=4, alpha=8))
     host.fresh(seed=0)
@@ -48,7 +48,8 @@ def arc_model_answering(tokenizer, task, answers, *, vocab_size: int, prompts: i
     from testtime.arc.format import encode
     from testtime.arc.transforms import random_transform
     from testtime.batching import TrainingSequence
-    from testtime.finetune import TrainArgs, train
+    from testtime.finetune import train
+    from testtime.settings import TrainArgs
 
     model = make_tiny_model(vocab_size=vocab_size, seed=0)
     with torch.no_grad():  # larger tied embeddings, so logits can become confident in few steps

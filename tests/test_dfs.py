@@ -19,7 +19,8 @@ from conftest import make_tiny_model
 from helpers import arc_model_answering, two_demo_task  # tests/ is on sys.path under pytest
 from testtime.arc.decoding import AnswerPaths, AnswerShape
 from testtime.arc.format import TokenCounter
-from testtime.arc.predict import InferArgs, end_token_id, predict_task
+from testtime.arc.predict import end_token_id, predict_task
+from testtime.arc.settings import InferArgs
 from testtime.arc.task import grids_equal
 from testtime.arc.transforms import geometric_part, parse_transform
 from testtime.arc.vote import vote

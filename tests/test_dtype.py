@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 from testtime import models
 from testtime.batching import TrainingSequence
 from testtime.cli import app
-from testtime.finetune import LoraArgs, TrainArgs, train
+from testtime.finetune import train
 from testtime.lora import AdapterHost
 from testtime.models import resolve_dtype
+from testtime.settings import LoraArgs, TrainArgs
 
 
 def test_auto_follows_the_cpu_and_explicit_values_are_kept(monkeypatch):

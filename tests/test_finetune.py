@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from conftest import make_tiny_model
 from testtime.batching import IGNORE_INDEX, TrainingSequence, make_batches
-from testtime.finetune import LoraArgs, StepInfo, TrainArgs, lr_factor, total_steps, train
+from testtime.finetune import StepInfo, lr_factor, total_steps, train
 from testtime.lora import AdapterHost, lora_config
+from testtime.settings import LoraArgs, TrainArgs
 
 VOCAB = 64
 LORA = LoraArgs(r=8, alpha=16)

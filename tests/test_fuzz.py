@@ -186,8 +186,8 @@ def unaccounted(source: Path, files: list[Path], loaded: set[str], errors: list[
 @pytest.fixture(scope="module")
 def arc_job(tiny_model_dir):
     """One ArcJob holding the tiny model (no TTT, 2 new tokens), reused by every example."""
-    from testtime.arc.predict import InferArgs
-    from testtime.arc.solve import ArcJob, SolveConfig, Solver
+    from testtime.arc.settings import InferArgs, SolveConfig
+    from testtime.arc.solve import ArcJob, Solver
     from testtime.lora import AdapterHost
     from testtime.models import load_model
 
@@ -199,8 +199,8 @@ def arc_job(tiny_model_dir):
 @pytest.fixture(scope="module")
 def lm_job(tiny_model_dir):
     """One LmJob (select none) holding the tiny model, reused by every example."""
-    from testtime.lm.evaluate import EvalConfig, LmJob
-    from testtime.lm.ttft import TTFTArgs
+    from testtime.lm.evaluate import LmJob
+    from testtime.lm.settings import EvalConfig, TTFTArgs
     from testtime.lora import AdapterHost
     from testtime.models import load_model
 

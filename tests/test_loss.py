@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from testtime.batching import IGNORE_INDEX
-from testtime.finetune import LoraArgs, labelled_loss
+from testtime.finetune import labelled_loss
 from testtime.lora import AdapterHost
+from testtime.settings import LoraArgs
 
 
 def tiny(vocab: int = 97):

@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from testtime.cli import app
-from testtime.cli.common import long_name
 from testtime.cli.solve import PRESETS
 
 
@@ -33,16 +32,19 @@ def solve(tasks_dir, model_dir, out, *flags: str):
     return result, json.loads((out / "config.json").read_text())
 
 
-def test_small_is_every_default_and_both_presets_name_real_options():
-    import typer.main
+def test_small_is_the_defaults_and_paper_overrides_real_settings():
+    from testtime.arc.settings import SolveConfig
+    from testtime.cli.solve import OPTIONS
+    from testtime.config import as_json, flatten
 
-    command = typer.main.get_command(app).commands["arc"].commands["solve"]
-    defaults = {long_name(p): p.default for p in command.params}
-    assert PRESETS["small"] == {k: defaults[k] for k in PRESETS["small"]}  # today's CPU budget, unchanged
-    assert set(PRESETS["paper"]) == set(PRESETS["small"])  # the same options, so each value is shown in both
-    assert {k for k in PRESETS["paper"] if PRESETS["paper"][k] != defaults[k]} >= {
-        "lora-rank", "lora-alpha", "lora-targets", "ttt-lr", "ttt-epochs", "ttt-batch-size", "ttt-weight-decay",
-        "ttt-sequences", "ttt-leave-two-out", "ttt-augment", "loss-on", "orders", "infer-prompts"}
+    assert PRESETS["small"] == {}  # today's CPU budget: the dataclass defaults, not a copy of them
+    defaults = flatten(as_json(SolveConfig()))
+    paper = {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS["paper"].items()}
+    assert set(paper) <= {o.path for o in OPTIONS}  # every key is a setting with a flag
+    assert {k for k in paper if paper[k] != defaults[k]} >= {
+        "lora.r", "lora.alpha", "lora.target_modules", "train.lr", "train.epochs", "train.batch_size",
+        "train.weight_decay", "data.n_sequences", "data.leave_two_out", "data.augmentations", "data.loss_on",
+        "infer.orders", "infer.prompts"}
 
 
 @pytest.mark.slow
@@ -112,3 +114,11 @@ def test_bad_prompts_score_views_and_size_probability_each_name_their_flag(tasks
     assert bad.exit_code == 2
     assert "--infer-prompts must be one of full, leave-one-out, both" in text
     assert "--score-views must be at least 0" in text and "--ttt-size-prob must be in [0, 1]" in text
+
+
+def test_select_is_the_old_name_of_rank_and_warns(tmp_path, tasks_dir, tiny_model_dir):
+    result, config = solve(tasks_dir, tiny_model_dir, tmp_path / "old", "--select", "poe")
+    assert "--select is now --rank" in " ".join(result.output.split())
+    assert config["settings"]["config.infer.select"] == "poe"
+    result, config = solve(tasks_dir, tiny_model_dir, tmp_path / "new", "--rank", "vote+poe")
+    assert "--select" not in result.output and config["settings"]["config.infer.select"] == "vote+poe"

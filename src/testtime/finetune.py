@@ -22,80 +22,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from testtime.batching import IGNORE_INDEX, TrainingSequence, collate, labelled_tokens, micro_batches, usable_sequences
-from testtime.config import at_least, in_range, positive, validate
+from testtime.config import validate
 from testtime.precision import compute_context
+from testtime.settings import TrainArgs
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class LoraArgs:
-    """LoRA hyper-parameters (the same for every task adapter)."""
-
-    r: int = 16
-    """Rank of the update B @ A."""
-    alpha: int = 32
-    """Scale: the update is multiplied by alpha / r."""
-    dropout: float = 0.0
-    """Dropout on the adapter's input during training."""
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    """Leaf module names that get an adapter; names the model lacks are skipped with a warning."""
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        yield from at_least("r", self.r, 1)
-        yield from positive("alpha", self.alpha)
-        yield from in_range("dropout", self.dropout, 0.0, 1.0)
-        if not self.target_modules:
-            yield "target_modules", "names no module"
-
-
-@dataclass
-class TrainArgs:
-    """Optimisation settings of one `train` call."""
-
-    lr: float = 1e-4
-    """Peak learning rate."""
-    epochs: int = 1
-    """Passes over the sequences (ignored when `max_steps` is set)."""
-    max_steps: int | None = None
-    """Optimizer steps to take; overrides `epochs` (the data is cycled, reshuffled each pass)."""
-    batch_size: int = 1
-    """Sequences per micro-batch (one forward/backward)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    """Learning-rate decay after warm-up."""
-    warmup_steps: int = 0
-    """Steps of linear warm-up from lr/(warmup_steps+1) to lr."""
-    weight_decay: float = 0.0
-    """Decoupled for AdamW, L2 for Adam and SGD."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (0 = no clipping)."""
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    """Optimizer; SGD is plain (no momentum)."""
-    seed: int = 0
-    """Seeds batch order and dropout: same inputs + same seed on CPU give bit-identical results."""
-    group_by_length: bool = True
-    """Batch sequences of similar length together so padding wastes little compute."""
-    log_every: int = 10
-    """Log one line every this many steps (and at the last step); 0 = never."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, ~30% slower."""
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        yield from positive("lr", self.lr)
-        for name in ("epochs", "batch_size", "grad_accum"):
-            yield from at_least(name, getattr(self, name), 1)
-        yield from at_least("max_steps", self.max_steps, 1)
-        for name in ("warmup_steps", "weight_decay", "max_grad_norm", "log_every"):
-            yield from at_least(name, getattr(self, name), 0)
-
 
 @dataclass
 class StepInfo:

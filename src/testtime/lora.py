@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from testtime.finetune import LoraArgs, cuda_indices, si_format
+from testtime.finetune import cuda_indices, si_format
+from testtime.settings import LoraArgs
 
 log = logging.getLogger(__name__)
 

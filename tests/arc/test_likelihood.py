@@ -11,7 +11,8 @@ import torch
 from conftest import make_tiny_model
 from testtime.arc.format import TokenCounter, encode, format_answer, format_prompt
 from testtime.arc.likelihood import poe_scores, score_answers, truth_bits, truth_rows
-from testtime.arc.predict import InferArgs, inference_transforms
+from testtime.arc.predict import inference_transforms
+from testtime.arc.settings import InferArgs
 from testtime.arc.task import Example, Task
 
 VOCAB = 8192  # every id of the ARC format is below it
@@ -104,12 +105,13 @@ def test_score_views_add_each_candidates_hand_computed_log_probs_under_fresh_vie
     keeps both parts and the PoE score the selection uses is their sum."""
     import testtime.arc.solve as solve_module
     from testtime.arc.likelihood import fresh_views
-    from testtime.arc.solve import SolveConfig, Solver, task_seed
+    from testtime.arc.settings import SolveConfig
+    from testtime.arc.solve import Solver, task_seed
     from testtime.arc.task import as_grid
     from testtime.arc.transforms import ColorPermutation, Compose, DemoOrder, Geometric, parse_transform
     from testtime.arc.vote import Candidate
-    from testtime.finetune import LoraArgs
     from testtime.lora import AdapterHost
+    from testtime.settings import LoraArgs
 
     real = solve_module.predict_task
 

@@ -13,14 +13,15 @@ import torch
 from conftest import make_tiny_model
 from testtime.arc import pretrain as pretrain_module
 from testtime.arc.format import TokenCounter
-from testtime.arc.pretrain import PretrainConfig, default_adapter, format_token_ids, pretrain
-from testtime.arc.pretrain_data import InContextSampler, SamplerArgs, evaluation_ids, load_examples, split_validation
+from testtime.arc.pretrain import default_adapter, format_token_ids, pretrain
+from testtime.arc.pretrain_data import InContextSampler, evaluation_ids, load_examples, split_validation
+from testtime.arc.settings import PretrainConfig, SamplerArgs
 from testtime.arc.task import Example, TaskError, as_grid, grids_equal
 from testtime.arc.transforms import parse_transform
 from testtime.config import problems
-from testtime.finetune import LoraArgs, TrainArgs
 from testtime.lora import AdapterHost
 from testtime.models import LoadedModel
+from testtime.settings import LoraArgs, TrainArgs
 
 
 def random_tasks(n_tasks: int = 6, per_task: int = 8, seed: int = 0) -> dict[str, list[Example]]:
@@ -332,9 +333,11 @@ def test_the_cli_maps_the_new_flags_and_names_them(tmp_path, tiny_model_dir):
     from typer.testing import CliRunner
 
     from testtime.cli import app
-    from testtime.cli.pretrain import FIELDS
+    from testtime.cli.pretrain import OPTIONS
+    from testtime.config import flags
 
-    assert FIELDS["init-adapter"] == "init_adapter" and FIELDS["max-minutes"] == "max_minutes"
+    assert flags(OPTIONS)["init_adapter"] == "--init-adapter" and flags(OPTIONS)["max_minutes"] == "--max-minutes"
+    assert {o.path for o in OPTIONS if o.runtime} == {"max_minutes"}  # left out of the settings a rerun compares
     data = tmp_path / "tasks.json.gz"
     with gzip.open(data, "wt") as f:
         json.dump({tid: [{"input": ex.input.tolist(), "output": ex.output.tolist()} for ex in exs]

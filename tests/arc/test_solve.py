@@ -10,14 +10,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from testtime.arc.predict import InferArgs
 from testtime.arc.records import record_problems
-from testtime.arc.solve import ArcJob, SolveConfig, Solver, solve_tasks, summarize
+from testtime.arc.settings import InferArgs, SolveConfig, TTTArgs
+from testtime.arc.solve import ArcJob, Solver, solve_tasks, summarize
 from testtime.arc.task import Example, Task, as_grid
-from testtime.arc.ttt_data import TTTArgs
-from testtime.finetune import LoraArgs, TrainArgs
 from testtime.jobs import Finished, RunDir, ignore
 from testtime.lora import AdapterHost
+from testtime.settings import LoraArgs, TrainArgs
 
 
 def run(solver, tasks, run_dir, emit=ignore):

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testtime.arc.format import TokenCounter, format_answer, format_prompt, grid_to_text, parse_answer, text_to_grid
+from testtime.arc.settings import TTTArgs
 from testtime.arc.task import Example, Task, as_grid, grids_equal
 from testtime.arc.transforms import parse_transform
-from testtime.arc.ttt_data import TTTArgs, build_ttt_data, end_to_end, fit_demos, leave_one_out, leave_two_out
+from testtime.arc.ttt_data import build_ttt_data, end_to_end, fit_demos, leave_one_out, leave_two_out
 from testtime.batching import IGNORE_INDEX
 
 

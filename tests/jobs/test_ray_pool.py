@@ -22,10 +22,11 @@ from faults import faults, injected  # tests/ is on sys.path under pytest
 from testtime.arc.solve import task_cells
 from testtime.arc.task import Task
 from testtime.cli import app
-from testtime.cli.common import RUNTIME, scale_of
+from testtime.cli.common import runtime_flags, scale_of, scale_options
 from testtime.jobs import INSTALL, OK, RayExecutor, ScaleArgs
 
 TASKS = ("task0", "task1", "task2")
+RUNTIME = runtime_flags(scale_options())
 
 
 def invoke(*args: str, env=None):

@@ -11,10 +11,11 @@ from test_ttft import CONTINUATION, MEMORY, LetterEmbedder, ListMemory
 
 from conftest import make_tiny_model
 from testtime.config import problems
-from testtime.finetune import LoraArgs
-from testtime.lm.evaluate import EvalConfig, PromptLora, make_host
-from testtime.lm.ttft import TTFTArgs, ttft_prompt
+from testtime.lm.evaluate import make_host
+from testtime.lm.settings import EvalConfig, PromptLora, TTFTArgs
+from testtime.lm.ttft import ttft_prompt
 from testtime.lora import AdapterHost, FullHost
+from testtime.settings import LoraArgs
 
 
 def tiny(tokenizer):

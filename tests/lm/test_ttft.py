@@ -11,13 +11,14 @@ import torch
 
 from conftest import make_tiny_model
 from testtime.batching import IGNORE_INDEX
-from testtime.finetune import LoraArgs
 from testtime.jobs import Finished, record_name
 from testtime.lm.bpb import continuation_bits, encode_pair
 from testtime.lm.evaluate import Prompt, read_prompts, run_eval
 from testtime.lm.select import preselect
-from testtime.lm.ttft import TTFTArgs, select_chunks, summarize, ttft_prompt
+from testtime.lm.settings import TTFTArgs
+from testtime.lm.ttft import select_chunks, summarize, ttft_prompt
 from testtime.lora import AdapterHost
+from testtime.settings import LoraArgs
 
 
 class LetterEmbedder:

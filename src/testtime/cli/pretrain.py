@@ -6,57 +6,22 @@ from pathlib import Path
 
 import typer
 
+from testtime.arc.settings import PretrainConfig
 from testtime.cli import common
 from testtime.cli.common import console, fail, safe
+from testtime.config import flags, options
 
-FIELDS: common.Fields = {
-    "model": "model", "dtype": "dtype", "train-token-rows": "train_token_rows", "allow-evaluation": "allow_evaluation",
-    "lora-rank": "lora.r", "lora-alpha": "lora.alpha", "lora-targets": "lora.target_modules",
-    "steps": "train.max_steps", "lr": "train.lr", "warmup": "train.warmup_steps", "batch-size": "train.batch_size",
-    "grad-accum": "train.grad_accum", "seed": ("train.seed", "data.seed"),
-    "gradient-checkpointing": "train.gradient_checkpointing",
-    "min-demos": "data.min_demos", "max-demos": "data.max_demos", "max-len": "data.max_len", "colors": "data.colors",
-    "loss-on": "data.loss_on", "val-tasks": "val_tasks", "val-sequences": "val_sequences", "val-every": "val_every",
-    "checkpoint-every": "checkpoint_every", "init-adapter": "init_adapter", "max-minutes": "max_minutes",
-}
-"""Each option of `arc pretrain` that goes into PretrainConfig, and the field(s) it sets."""
+OPTIONS = options(PretrainConfig())
+"""Every setting of `arc pretrain` as an option (flag, default, help, panel: declared once, on the dataclasses)."""
 
 
+@common.with_settings(OPTIONS)
 def pretrain(
     ctx: typer.Context,
     sources: list[str] = typer.Argument(..., help="re-ARC files (.json/.json.gz), data set names, ARC files or dirs."),
     out: Path = typer.Option(..., "--out", "-o", help="Output adapter directory (checkpoints go inside)."),
-    model: str = typer.Option("embedded", "--model", "-m", help="Base model: `embedded`, HF id or local dir."),
-    steps: int = typer.Option(1000, help="Optimizer steps."),
-    lr: float = typer.Option(2e-4, help="Peak learning rate (cosine decay after warm-up)."),
-    warmup: int = typer.Option(50, help="Warm-up steps."),
-    batch_size: int = typer.Option(1, help="Sequences per micro-batch (length-grouped)."),
-    grad_accum: int = typer.Option(4, help="Micro-batches per optimizer step."),
-    max_len: int = typer.Option(2048, help="Maximum tokens per sequence (demos dropped to fit)."),
-    min_demos: int = typer.Option(2, help="Fewest demonstrations per sampled task."),
-    max_demos: int = typer.Option(5, help="Most demonstrations per sampled task."),
-    loss_on: str = typer.Option("outputs", help="Loss on every demo `outputs`, on "
-                                 "`later-outputs` (every output after the first demo's) or the query `answer` only."),
-    colors: bool = typer.Option(True, "--colors/--no-colors", help="Augment with colour permutations."),
-    lora_rank: int = typer.Option(16, help="LoRA rank (any; 16 keeps the SmolLM2 adapter under 20 MB)."),
-    lora_alpha: int = typer.Option(32, help="LoRA alpha."),
-    lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                                     help="Comma-separated module names that get a LoRA."),
-    train_token_rows: bool = typer.Option(False, "--train-token-rows/--no-train-token-rows",
-                                          help="Also train the embedding/head rows of the format's tokens."),
-    gradient_checkpointing: bool = typer.Option(False, help="Recompute activations (less memory, slower)."),
-    val_tasks: int = typer.Option(8, help="Whole tasks held out for the validation loss."),
-    val_sequences: int = typer.Option(32, help="Validation sequences drawn from them."),
-    val_every: int = typer.Option(100, help="Validation loss every N steps."),
-    checkpoint_every: int = typer.Option(100, help="Checkpoint every N steps."),
-    allow_evaluation: bool = typer.Option(False, help="Allow ARC evaluation-set tasks in the training data."),
-    seed: int = typer.Option(0, help="Seed of the data stream, validation split and adapter init."),
-    init_adapter: Path = typer.Option(None, "--init-adapter", help="Start the LoRA from this adapter (same rank, "
-                                      "alpha, targets); fresh optimizer and schedule; its lineage goes in card.json."),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop after the last step that ends within M "
-                                      "minutes; the adapter and card are still written (run again to continue)."),
-    restart: bool = typer.Option(False, "--restart", help="Delete OUT's checkpoints and config and start over."),
-    dtype: str = common.DTYPE,
+    restart: bool = typer.Option(False, "--restart", help="Delete OUT's checkpoints and config and start over.",
+                                 rich_help_panel="Run directory"),
     config: Path = common.CONFIG,
 ) -> None:
     """Fine-tune the base model on in-context ARC tasks before test-time training.
@@ -67,29 +32,29 @@ def pretrain(
 
     Example: testtime arc pretrain ../shared/data/re-arc/re_arc_120.json.gz arc-agi-1/training --steps 20 --out runs/pt
     """
-    from testtime.arc.pretrain import PretrainConfig  # heavy imports
-    from testtime.arc.pretrain import pretrain as run_pretrain
+    from testtime.arc.pretrain import pretrain as run_pretrain  # heavy imports
     from testtime.arc.pretrain_data import load_examples
     from testtime.arc.task import TaskError
     from testtime.jobs import WriteFailed
     from testtime.models import ModelLoadError, load_model
 
     params = common.options_of(ctx)
-    settings, problems = common.build(PretrainConfig(model=model, sources=list(sources)), params, FIELDS,
-                                      parse={"lora-targets": common.comma_list, "dtype": common.concrete_dtype,
-                                             "init-adapter": lambda v: str(v) if v else None})
+    settings, problems = common.build(PretrainConfig(sources=list(sources)), params, OPTIONS,
+                                      parse={"dtype": common.concrete_dtype})
+    model, init_adapter, max_minutes = settings.model, settings.init_adapter, settings.max_minutes
+    steps, batch_size, grad_accum = settings.train.max_steps, settings.train.batch_size, settings.train.grad_accum
     if problems:
         fail("; ".join(problems))
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a directory")
     try:
-        examples, info = load_examples(list(sources), allow_evaluation=allow_evaluation)
+        examples, info = load_examples(list(sources), allow_evaluation=settings.allow_evaluation)
     except TaskError as err:
         fail(str(err))
     # the arithmetic of one step, as recipes show it
     console.print(f"[bold]testtime arc pretrain[/]: {len(examples)} tasks, "
                   f"{sum(len(v) for v in examples.values()):,} examples; {steps} steps x {batch_size} seq x "
-                  f"{grad_accum} accum (<= {max_len} tokens each) -> out {safe(out)}"
+                  f"{grad_accum} accum (<= {settings.data.max_len} tokens each) -> out {safe(out)}"
                   + (f"; LoRA from {safe(init_adapter)}" if init_adapter else "")
                   + (f"; at most {max_minutes:g} minutes" if max_minutes else ""))
     weights = common.weights(model=model)  # before anything is deleted or loaded
@@ -137,7 +102,7 @@ def _run(run_pretrain, loaded, examples, config, out, info, params, restart, wei
                                        f"{val}{saved}")
 
         return run_pretrain(loaded, examples, config, out, info=info, on_progress=on_progress,
-                            flags=common.flags_of(FIELDS), options=params, restart=restart, weights=weights)
+                            flags=flags(OPTIONS), options=params, restart=restart, weights=weights)
 
 
 def _summary(card: dict, out: Path) -> None:

@@ -6,29 +6,13 @@ from pathlib import Path
 
 import typer
 
+from testtime.arc.settings import SolveConfig
 from testtime.cli import common
 from testtime.cli.common import console, fail, safe
+from testtime.config import options
 
-FIELDS: common.Fields = {
-    "model": "model", "dtype": "dtype", "adapter": "adapter", "ttt": "ttt", "shared": "shared",
-    "seed": ("seed", "train.seed", "data.seed", "infer.seed"),
-    "lora-rank": "lora.r", "lora-alpha": "lora.alpha", "lora-dropout": "lora.dropout",
-    "lora-targets": "lora.target_modules",
-    "ttt-sequences": "data.n_sequences", "ttt-format": "data.formats", "ttt-max-len": "data.max_len",
-    "loss-on": "data.loss_on", "ttt-epochs": "train.epochs", "ttt-lr": "train.lr",
-    "ttt-batch-size": "train.batch_size", "grad-accum": "train.grad_accum", "ttt-schedule": "train.schedule",
-    "ttt-warmup": "train.warmup_steps", "transforms": "infer.transforms", "infer-batch-size": "infer.batch_size",
-    "max-new-tokens": "infer.max_new_tokens", "max-len": "infer.max_len",
-    "orders": "infer.orders", "infer-prompts": "infer.prompts", "select": "infer.select",
-    "score-views": "infer.score_views",
-    "ttt-leave-two-out": "data.leave_two_out", "ttt-augment": "data.augmentations",
-    "ttt-size-prob": "data.size_augment_prob",
-    "ttt-weight-decay": "train.weight_decay",
-    "ttt-geometric": "data.geometric", "ttt-colors": "data.colors", "ttt-demo-order": "data.demo_order",
-    "ttt-gradient-checkpointing": "train.gradient_checkpointing",
-    "sampling": "infer.sampling", "min-prob": "infer.min_prob",
-}
-"""Each option of `arc solve` that goes into SolveConfig, and the field(s) it sets."""
+OPTIONS = options(SolveConfig())
+"""Every setting of `arc solve` as an option (flag, default, help, panel: declared once, on the dataclasses)."""
 
 PRESETS: dict[str, dict[str, object]] = {
     # The authors' run (Akyuerek et al. 2024; ekinakyurek/marc: README, configs/ttt, test_time_train.py and
@@ -37,100 +21,35 @@ PRESETS: dict[str, dict[str, object]] = {
     # size augmentations, a size change for about half of the augmented sequences), loss on every demo output
     # after the first; inference on leave-one-out prompts in 2 demo orders per transform.
     "paper": {
-        "lora-rank": 128, "lora-alpha": 16, "lora-dropout": 0.0,
-        "lora-targets": "q_proj,v_proj,gate_proj,up_proj,down_proj",
-        "ttt-lr": 5e-5, "ttt-epochs": 2, "ttt-batch-size": 2, "grad-accum": 1, "ttt-weight-decay": 0.01,
-        "ttt-schedule": "cosine", "ttt-warmup": 5, "ttt-sequences": 250, "ttt-format": "icl",
-        "ttt-leave-two-out": True, "ttt-augment": "upscale,tile", "ttt-size-prob": 0.5, "loss-on": "outputs",
-        "ttt-max-len": 8192,
-        "orders": 2, "infer-prompts": "leave-one-out", "transforms": "geometric", "max-len": 8192, "select": "vote",
-        "score-views": 0, "sampling": "greedy",
+        "lora.r": 128, "lora.alpha": 16,
+        "lora.target_modules": ("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"),
+        "train.lr": 5e-5, "train.epochs": 2, "train.batch_size": 2, "train.weight_decay": 0.01,
+        "train.warmup_steps": 5, "data.n_sequences": 250, "data.leave_two_out": True,
+        "data.augmentations": ("upscale", "tile"), "data.loss_on": "outputs",
+        "data.max_len": 8192, "infer.orders": 2, "infer.prompts": "leave-one-out",
     },
-    # This CPU's budget: the defaults of every option (a 135M model trains a task in about a minute).
-    "small": {
-        "lora-rank": 16, "lora-alpha": 32, "lora-dropout": 0.0,
-        "lora-targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        "ttt-lr": 1e-4, "ttt-epochs": 1, "ttt-batch-size": 1, "grad-accum": 1, "ttt-weight-decay": 0.0,
-        "ttt-schedule": "cosine", "ttt-warmup": 0, "ttt-sequences": 32, "ttt-format": "icl",
-        "ttt-leave-two-out": False, "ttt-augment": "", "ttt-size-prob": 0.5, "loss-on": "answer",
-        "ttt-max-len": 2048,
-        "orders": 1, "infer-prompts": "full", "transforms": "geometric", "max-len": 8192, "select": "vote",
-        "score-views": 0, "sampling": "greedy",
-    },
+    # This CPU's budget: the defaults of every setting (a 135M model trains a task in about a minute).
+    "small": {},
 }
-"""`--preset NAME`: option values by long name. They become the defaults: `--config` and flags override them."""
+"""`--preset NAME`: a partial override of SolveConfig's fields. Its values become the defaults: `--config` and
+flags override them."""
 
 
+@common.with_settings(OPTIONS + common.scale_options())
 def solve(
     ctx: typer.Context,
     source: str = typer.Argument(..., help="Data set name, ARC JSON file, directory, or Kaggle *_challenges.json."),
-    model: str = typer.Option("embedded", "--model", "-m", help="Base model: `embedded`, HF id or local dir."),
-    adapter: str = typer.Option(None, "--adapter", help="Peft adapter dir merged into the base before TTT "
-                                "(default: the adapter shipped for the model, if any)."),
-    no_adapter: bool = typer.Option(False, "--no-adapter", help="Use the bare base model, no shipped adapter."),
-    ttt: bool = typer.Option(True, "--ttt/--no-ttt", help="Test-time train a LoRA per task."),
-    shared: bool = typer.Option(False, "--shared", help="One LoRA on all tasks' TTT data (Shared-TTT baseline)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory: config, one file per task, submission."),
     limit: int = common.LIMIT,
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated task ids to solve."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory: config, one file per task, submission."),
-    seed: int = typer.Option(0, "--seed", help="Run seed (per-task seeds derive from it and the task id)."),
-    ttt_sequences: int = typer.Option(32, help="TTT: training sequences per task (leave-one-out x transforms)."),
-    ttt_format: str = typer.Option("icl", help="TTT: icl (leave-one-out in context), e2e, or both."),
-    ttt_max_len: int = typer.Option(2048, help="TTT: maximum tokens per training sequence (demos dropped to fit)."),
-    ttt_epochs: int = typer.Option(1, help="TTT: passes over the task's sequences."),
-    ttt_lr: float = typer.Option(1e-4, help="TTT: peak learning rate (cosine schedule)."),
-    ttt_batch_size: int = typer.Option(1, help="TTT: sequences per micro-batch."),
-    grad_accum: int = typer.Option(1, help="TTT: micro-batches per optimiser step."),
-    lora_rank: int = typer.Option(16, help="LoRA rank."),
-    lora_alpha: int = typer.Option(32, help="LoRA alpha."),
-    lora_dropout: float = typer.Option(0.0, help="LoRA dropout."),
-    lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                                     help="Comma-separated module names that get a LoRA."),
-    ttt_schedule: str = typer.Option("cosine", help="TTT: learning-rate schedule: cosine, linear or constant."),
-    ttt_warmup: int = typer.Option(0, help="TTT: warm-up steps."),
-    loss_on: str = typer.Option("answer", help="TTT loss on the `answer` only or on all demo `outputs`."),
-    transforms: str = typer.Option("geometric", help="Inference: `geometric` (8 symmetries) or `geometric+color`."),
-    infer_batch_size: int = typer.Option(8, help="Inference: prompts decoded together."),
-    max_new_tokens: int = typer.Option(931, help="Inference: decoding bound (931 = a 30x30 answer)."),
-    max_len: int = typer.Option(8192, help="Inference: maximum prompt+answer tokens (demos dropped to fit)."),
-    orders: int = typer.Option(1, help="Inference: demonstration orders per transform and left-out demo (one "
-                               "prompt each)."),
-    infer_prompts: str = typer.Option("full", help="Inference: prompts with every demo (`full`), one per left-out "
-                                      "demo (`leave-one-out`, n-1 demos: TTT's format) or `both`."),
-    select: str = typer.Option("vote", help="Attempts by `vote` (hierarchical), `poe` (product of experts over "
-                               "the views) or `vote+poe` (groups first, then PoE)."),
-    score_views: int = typer.Option(0, help="PoE: also score every candidate under this many fresh views (random "
-                                    "symmetry, colours and demo order of the whole task), summed into its score; "
-                                    "the scores are recorded even under --select vote."),
-    ttt_leave_two_out: bool = typer.Option(False, "--ttt-leave-two-out/--no-ttt-leave-two-out",
-                                           help="TTT: top up with leave-two-out tasks when leave-one-out falls short."),
-    ttt_augment: str = typer.Option("", help="TTT: extra size augmentations, comma-separated: upscale, tile."),
-    ttt_size_prob: float = typer.Option(0.5, help="TTT with --ttt-augment: the probability that an augmented "
-                                        "sequence gets a size change, in [0, 1]."),
-    ttt_weight_decay: float = typer.Option(0.0, help="TTT: AdamW weight decay."),
-    ttt_geometric: bool = typer.Option(True, "--ttt-geometric/--no-ttt-geometric",
-                                       help="TTT: augment with the 8 rotations/flips."),
-    ttt_colors: bool = typer.Option(True, "--ttt-colors/--no-ttt-colors",
-                                    help="TTT: augment with colour permutations."),
-    ttt_demo_order: bool = typer.Option(True, "--ttt-demo-order/--no-ttt-demo-order",
-                                        help="TTT: shuffle the order of the context demos."),
-    ttt_gradient_checkpointing: bool = typer.Option(False, help="TTT: recompute activations in the backward pass "
-                                                    "(less memory, slower)."),
-    sampling: str = typer.Option("greedy", help="Inference: `greedy` (one answer per prompt) or `dfs` (every answer "
-                                 "of probability >= --min-prob, Franzen et al. 2025; one prompt at a time)."),
-    min_prob: float = typer.Option(0.1, help="Inference with --sampling dfs: the probability an answer needs, "
-                                   "in (0, 1]."),
-    preset: str = common.preset_option(PRESETS),
+    preset: str = common.preset_option(PRESETS, OPTIONS),
+    config: Path = common.CONFIG,
+    no_adapter: bool = typer.Option(False, "--no-adapter", help="Use the bare base model, no shipped adapter.",
+                                    rich_help_panel="Model"),
     restart: bool = common.RESTART,
     retry_failed: bool = common.RETRY_FAILED,
     ray: bool = common.RAY,
-    workers: int = common.WORKERS,
-    gpus_per_worker: float = common.GPUS_PER_WORKER,
-    threads_per_worker: int = common.THREADS_PER_WORKER,
-    ray_address: str = common.RAY_ADDRESS,
-    max_retries: int = common.MAX_RETRIES,
-    dtype: str = common.DTYPE,
-    config: Path = common.CONFIG,
+    select: str = typer.Option(None, "--select", hidden=True, help="Old name of --rank."),
 ) -> None:
     """Solve ARC tasks with per-task test-time training, augmented inference and voting.
 
@@ -142,15 +61,18 @@ def solve(
 
     Example: testtime arc solve arc-agi-1/evaluation --limit 5 --out runs/eval5
     """
-    from testtime.arc.solve import SolveConfig  # heavy imports only for this command
-
     params = common.options_of(ctx)
-    solve_config, problems = common.build(SolveConfig(), params, FIELDS,
-                                          parse={"lora-targets": common.comma_list, "ttt-augment": common.comma_list,
-                                                 "adapter": _resolve_adapter,
-                                                 "dtype": common.concrete_dtype})
+    if select is not None:
+        common.warn("--select is now --rank (it ranks the attempts); --select will go in a later release")
+        given = ctx.get_parameter_source("rank")  # typer's click may be its own copy: compare by name
+        if getattr(given, "name", "DEFAULT") == "DEFAULT":
+            params["rank"] = select
+    params.pop("select", None)
+    solve_config, problems = common.build(SolveConfig(), params, OPTIONS,
+                                          parse={"adapter": _resolve_adapter, "dtype": common.concrete_dtype})
     scale, scale_problems = common.scale_of(params)
     problems += scale_problems
+    adapter, shared, ttt, model = solve_config.adapter, solve_config.shared, solve_config.ttt, solve_config.model
     if adapter and no_adapter:
         problems.append("--adapter and --no-adapter contradict each other; give one")
     elif adapter and not (Path(adapter) / "adapter_config.json").is_file():
@@ -161,7 +83,7 @@ def solve(
     if problems:
         fail("; ".join(problems))
     if preset:
-        console.print(common.preset_line(preset, PRESETS[preset], params))
+        console.print(common.preset_line(preset, PRESETS[preset], params, OPTIONS))
     if not adapter and not no_adapter:
         from testtime.arc.pretrain import default_adapter
 
@@ -218,7 +140,7 @@ def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
     job = ArcJob(solve_config, shared_tasks=tasks if solve_config.shared else None)
     records, submission, counts = common.run_job(
         "arc solve", "task", _task_line, scale, out, run_dir,
-        {"source": source, "config": solve_config.to_json()}, params, FIELDS, restart=restart,
+        {"source": source, "config": solve_config.to_json()}, params, OPTIONS, restart=restart,
         weight_paths={"model": solve_config.model, "adapter": solve_config.adapter},
         work=lambda executor, emit: solve_tasks(job, tasks, run_dir, executor=executor, retry_failed=retry_failed,
                                                 emit=emit))

@@ -27,7 +27,7 @@ from testtime.jobs.job import (
     ignore,
     run_one,
 )
-from testtime.jobs.ray_pool import INSTALL, SCALE_FLAGS, RayExecutor, ScaleArgs, ScaleError, ray_session, require_ray
+from testtime.jobs.ray_pool import INSTALL, RayExecutor, ScaleArgs, ScaleError, ray_session, require_ray
 from testtime.jobs.run import Executor, LocalExecutor, SetupError, describe, executor_for, run_items
 from testtime.jobs.rundir import (
     RunDir,
@@ -41,7 +41,7 @@ from testtime.jobs.rundir import (
 )
 
 __all__ = [
-    "FAILED", "INSTALL", "OK", "SCALE_FLAGS", "Counts", "Emit", "Event", "Executor", "Finished", "Job",
+    "FAILED", "INSTALL", "OK", "Counts", "Emit", "Event", "Executor", "Finished", "Job",
     "LocalExecutor", "Notice", "RayExecutor", "RunDir", "RunDirError", "ScaleArgs", "ScaleError", "SettingsChanged",
     "SetupError", "Started", "Status", "Step", "changed_settings", "describe", "executor_for", "failure", "ignore",
     "record_name", "ray_session", "require_ray", "run_items", "run_one", "WriteFailed", "fingerprint", "write_output",

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from testtime.config import at_least
+from testtime.config import at_least, setting
 from testtime.jobs import hooks
 from testtime.jobs.job import OK, Emit, Job, Notice, Status, failure, ignore, run_one
 
@@ -35,20 +35,23 @@ class ScaleError(RuntimeError):
     """Ray is missing, the cluster cannot be reached, or no worker could start; the message says what to do."""
 
 
+_PANEL = "Scale-out"
+
+
 @dataclass
 class ScaleArgs:
-    """How work is spread over Ray actors (none of it changes results)."""
+    """How work is spread over Ray actors (none of it changes results: every field is a runtime setting)."""
 
-    workers: int = 2
-    """Actors, each holding one copy of the base model."""
-    gpus_per_worker: float = 0.0
-    """GPUs per actor; fractional (0.25) lets several small-model actors share one GPU."""
-    threads_per_worker: int = 1
-    """CPU threads per actor (torch intra-op threads, and the CPUs Ray reserves for it)."""
-    address: str | None = None
-    """An existing cluster (`ray start --head` prints it); None: RAY_ADDRESS, else a local instance."""
-    max_retries: int = 2
-    """Times an item is retried after its worker died, before it is recorded as failed."""
+    workers: int = setting(2, runtime=True, panel=_PANEL, help="Ray: actors, each loading the base model once.")
+    gpus_per_worker: float = setting(0.0, runtime=True, panel=_PANEL, help="Ray: GPUs per actor; fractional (0.25) "
+                                     "lets several small-model actors share one GPU.")
+    threads_per_worker: int = setting(1, runtime=True, panel=_PANEL, help="Ray: CPU threads per actor (torch "
+                                      "intra-op threads, and the CPUs Ray reserves for it).")
+    address: str | None = setting(None, runtime=True, panel=_PANEL, flag="ray-address", help="Ray: an existing "
+                                  "cluster (`ray start --head` prints it; default: RAY_ADDRESS, else a local "
+                                  "instance started and stopped by this command).")
+    max_retries: int = setting(2, runtime=True, panel=_PANEL, help="Ray: retries of an item whose worker died, "
+                               "before it is recorded as failed.")
 
     def check(self) -> Iterator[tuple[str, str]]:
         yield from at_least("workers", self.workers, 1)
@@ -57,9 +60,6 @@ class ScaleArgs:
         yield from at_least("max_retries", self.max_retries, 0)
 
 
-SCALE_FLAGS = {"workers": "--workers", "gpus_per_worker": "--gpus-per-worker",
-               "threads_per_worker": "--threads-per-worker", "address": "--ray-address",
-               "max_retries": "--max-retries"}
 
 
 def require_ray() -> Any:

@@ -15,16 +15,16 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from testtime.config import as_json
-from testtime.finetune import LoraArgs
 from testtime.jobs import FAILED, OK, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
-from testtime.lm.ttft import TTFTArgs, ttft_prompt
+from testtime.lm.settings import EvalConfig, TTFTArgs
+from testtime.lm.ttft import ttft_prompt
 from testtime.schema import Number, OneOf, mismatches
+from testtime.settings import LoraArgs
 
 log = logging.getLogger(__name__)
 
@@ -86,44 +86,11 @@ def read_prompts(path: str | Path) -> PromptFile:
     return PromptFile(prompts, errors)
 
 
-@dataclass
-class PromptLora(LoraArgs):
-    """The per-prompt fine-tuning: a LoRA of rank r, or with r = 0 every base weight (full fine-tuning)."""
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        if self.r == 0:  # full fine-tuning: alpha, dropout and the target modules do not apply
-            return
-        for name, message in super().check():
-            yield name, (f"must be 0 (full fine-tuning) or at least 1, not {self.r}" if name == "r" else message)
-
-
 def make_host(model: Any, lora: LoraArgs) -> Any:
     """The host that trains per prompt: `FullHost` for rank 0 (full fine-tuning), else an AdapterHost."""
     from testtime.lora import AdapterHost, FullHost  # heavy imports
 
     return FullHost(model) if lora.r == 0 else AdapterHost(model, lora)
-
-
-@dataclass
-class EvalConfig:
-    """Everything that determines one selector's results (saved in its run directory)."""
-
-    model: str = "embedded"
-    """Base model: `embedded`, a Hugging Face id or a local directory."""
-    index: str | None = None
-    """Memory directory from `testtime lm index` (None for `select none`)."""
-    prompts: str = ""
-    """The prompts file."""
-    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """Base model weights (the LoRA and its optimizer state stay float32); `lm eval` records the resolved one."""
-    lora: LoraArgs = field(default_factory=lambda: PromptLora(r=16, alpha=32))
-    """The per-prompt LoRA (alpha = 2 x rank); rank 0 = full fine-tuning (PromptLora)."""
-    ttft: TTFTArgs = field(default_factory=TTFTArgs)
-    """Selection and fine-tuning per prompt."""
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        if self.ttft.select != "none" and self.index is None:
-            yield "index", f"is needed by --select {self.ttft.select} (a memory from `testtime lm index`)"
 
 
 class LmJob:

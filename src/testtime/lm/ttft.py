@@ -14,71 +14,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from testtime.batching import TrainingSequence
-from testtime.config import at_least, in_range, positive
-from testtime.finetune import StepInfo, TrainArgs, train
+from testtime.finetune import StepInfo, train
 from testtime.lm.bpb import encode_pair, sequence_bits, utf8_bytes
 from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift, select_us
+from testtime.lm.settings import TTFTArgs
 from testtime.lora import AdapterHost, FullHost
 from testtime.seeds import derive_seed
+from testtime.settings import TrainArgs
 
 log = logging.getLogger(__name__)
 
-Method = Literal["none", "nn", "sift", "nn-repeats", "random", "us"]
 METHODS: tuple[str, ...] = ("none", "nn", "sift", "nn-repeats", "random", "us")
-
-
-@dataclass
-class TTFTArgs:
-    """Selection and fine-tuning settings for every prompt."""
-
-    select: Method = "sift"
-    """How chunks are picked: `none` evaluates the untouched model."""
-    n: int = 50
-    """Chunks to select = optimizer steps (the paper: 50)."""
-    k: int = 200
-    """Candidates faiss hands to the selector (top-K by |<x, x*>|)."""
-    lam: float = 0.01
-    """SIFT's noise lambda: large -> nearest neighbour with repeats, small -> never a duplicate."""
-    stop_below: float | None = None
-    """Adaptive stopping: no more picks (nor steps) once sigma_n < this."""
-    min_gain: float | None = None
-    """Adaptive stopping: no more picks once a pick would cut sigma by less than this fraction."""
-    adaptive: float | None = None
-    """Adaptive SIFT's alpha (the paper's rule): pick n is taken only while sigma_n <= 1 / (alpha n)."""
-    lr: float = 5e-4
-    """Learning rate of the per-prompt steps (constant)."""
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    """Optimizer of the per-prompt steps (the paper: Adam)."""
-    chunk_tokens: int = 1024
-    """A selected chunk is cut to this many tokens before its step."""
-    context: int = 2048
-    """Most tokens of prompt + continuation when measuring bits per byte."""
-    seed: int = 0
-    """Adapter init and random selection (mixed with the prompt id)."""
-
-    def check(self) -> Iterator[tuple[str, str]]:
-        for name in ("n", "k", "chunk_tokens", "context"):
-            yield from at_least(name, getattr(self, name), 1)
-        yield from positive("lam", self.lam)
-        yield from positive("lr", self.lr)
-        yield from at_least("stop_below", self.stop_below, 0)
-        yield from in_range("min_gain", 0.0 if self.min_gain is None else self.min_gain, 0.0, 1.0)
-        yield from positive("adaptive", self.adaptive)
-        for name in ("stop_below", "min_gain", "adaptive"):
-            if getattr(self, name) is not None and self.select != "sift":
-                yield name, f"applies to --select sift only, not {self.select}"
-
-    @property
-    def method(self) -> str:
-        """The method's name in tables and run directories: the selector, `sift-adaptive` with alpha."""
-        return f"{self.select}-adaptive" if self.adaptive is not None else self.select
 
 
 @dataclass
@@ -181,7 +134,7 @@ def ttft_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embed
             seqs = [chunk_sequence(tokenizer, t, args.chunk_tokens) for t in texts]
             stats = train(host.model, iter([[s] for s in seqs]),  # one step per chunk, in selection order
                           TrainArgs(lr=args.lr, max_steps=len(seqs), optimizer=args.optimizer, schedule="constant",
-                                    max_grad_norm=1.0, seed=seed, log_every=0),
+                                    seed=seed, log_every=0),
                           on_step=on_step)
             steps, tokens, train_s = stats.steps, stats.tokens, stats.seconds
         bits, n_bytes = sequence_bits(host.model, scored), utf8_bytes(continuation)
