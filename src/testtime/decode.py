@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StaticCache
 
-from testtime.precision import compute_context
+from testtime.precision import compute_context, model_device
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def greedy(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_
         return []
     if max_new_tokens < 1:
         return [Decoded([], []) for _ in prompts]
-    device = next(model.parameters()).device
+    device = model_device(model)
     batch, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((batch, width), pad_id, dtype=torch.long)
     mask = torch.zeros((batch, width + max_new_tokens), dtype=torch.long)  # grows one column per step
@@ -164,7 +164,7 @@ def dfs(model, prompt: Sequence[int], *, min_prob: float, max_new_tokens: int, s
 def _dfs(model, prompt: Sequence[int], min_prob: float, max_new_tokens: int, stop: PathStop | None,
          max_candidates: int) -> list[Completion]:
     floor = math.log(min_prob)
-    device = next(model.parameters()).device
+    device = model_device(model)
     cache = DynamicCache()
     keyword = _cache_keyword(model)
     out = model(input_ids=torch.as_tensor([list(prompt)], device=device), use_cache=True, logits_to_keep=1,

@@ -14,8 +14,6 @@ optimizer state: the learning rate and the dropout seed are functions of the ste
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import logging
 import math
 import time
@@ -26,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from testtime.batching import IGNORE_INDEX, TrainingSequence, collate, labelled_tokens, micro_batches, usable_sequences
+from testtime.batching import TrainingSequence, collate, labelled_tokens, micro_batches, usable_sequences
 from testtime.config import validate
-from testtime.precision import compute_context
+from testtime.logprob import eval_mode, labelled_logprob
+from testtime.precision import model_device
 from testtime.settings import TrainArgs
 
 log = logging.getLogger(__name__)
@@ -213,19 +211,15 @@ def evaluate_loss(model: Any, sequences: list[TrainingSequence], batch_size: int
     usable = usable_sequences(sequences)
     if not usable:
         raise ValueError("no sequence has a labelled token to evaluate")
-    was_training = model.training
-    model.eval()
-    device = _device_of(model)
+    device = model_device(model)
     pad_id = getattr(model.config, "pad_token_id", None) or 0
     total, n = 0.0, 0
-    try:
+    with eval_mode(model):
         for k in range(0, len(usable), batch_size):
             batch = usable[k : k + batch_size]
             input_ids, attention_mask, labels = collate(batch, pad_id, device)
             total += labelled_loss(model, input_ids, attention_mask, labels).item()
             n += sum(labelled_tokens(s) for s in batch)
-    finally:
-        model.train(was_training)
     return total / n
 
 
@@ -244,40 +238,9 @@ def _accumulate(model: Any, step_batches: list[list[TrainingSequence]], pad_id: 
 
 def labelled_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the labelled tokens (position t predicts token t+1), a 0-d float32 tensor.
-
-    The output head runs only at the positions that predict a labelled token in some row of the
-    batch (a few hundred of a TTT sequence's ~1,000), through the model's own `logits_to_keep`,
-    instead of at every position: the same value as the full computation without the (B, T, V)
-    logits. A model whose forward has no `logits_to_keep` takes the full path.
-    """
-    targets = labels[:, 1:]  # (B, T-1)
-    keep = _keeps_logits(model)
-    with compute_context(model, train=True):
-        if not keep:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (B, T, V)
-            return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX, reduction="sum")
-        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,) positions t < T-1
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                       logits_to_keep=positions).logits  # (B, P, V)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets[:, positions].reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def _keeps_logits(model: Any) -> bool:
-    """Whether the (peft-wrapped) model's forward takes `logits_to_keep` (asked once per model class)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _forward_takes_logits_to_keep(type(base))
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_takes_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-def _device_of(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    """Summed cross-entropy of the labelled tokens (position t predicts token t+1), a 0-d float32 tensor:
+    `testtime.logprob.labelled_logprob` negated (exactly), in the precision of a loss to train on."""
+    return -labelled_logprob(model, input_ids, attention_mask, labels, train=True)
 
 
 def cuda_indices(device: torch.device) -> list[int]:

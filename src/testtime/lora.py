@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from testtime.finetune import cuda_indices, si_format
+from testtime.precision import model_device
 from testtime.settings import LoraArgs
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class AdapterHost:
             base_model = merge_adapter(base_model, start_adapter)
         self.lora = lora
         self.config = lora_config(lora, base_model)
-        with torch.random.fork_rng(devices=cuda_indices(_device(base_model))), quiet_peft():
+        with torch.random.fork_rng(devices=cuda_indices(model_device(base_model))), quiet_peft():
             self._peft = get_peft_model(base_model, self.config, adapter_name=ADAPTER_NAME)  # throwaway init
         self._peft.base_model.disable_adapter_layers()  # off until the first `fresh`
         self._lora_layers = [m for m in self._peft.modules() if isinstance(m, LoraLayer) and ADAPTER_NAME in m.lora_A]
@@ -99,7 +100,7 @@ class AdapterHost:
         model's modules and parameters stay the same objects from task to task.
         """
         self.drop()
-        with torch.random.fork_rng(devices=cuda_indices(_device(self.model))), torch.no_grad():
+        with torch.random.fork_rng(devices=cuda_indices(model_device(self.model))), torch.no_grad():
             torch.manual_seed(seed)
             for layer in self._lora_layers:
                 _reinit(layer)
@@ -223,10 +224,6 @@ def quiet_peft() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
         yield
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
 
 
 def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") -> dict:

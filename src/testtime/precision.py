@@ -32,7 +32,7 @@ def base_dtype(model: Any) -> torch.dtype:
 
 
 def model_device(model: Any) -> torch.device:
-    """The device of the model's (first) parameter."""
+    """The device of the model's (first) parameter: where its inputs go (the one place this is asked)."""
     return next(model.parameters()).device
 
 

@@ -1,8 +1,8 @@
 """The likelihood of given answers: the true output's bits, and product-of-experts scores.
 
-`score_answers` is one batched forward pass per batch of (prompt + answer) sequences, the output
-head run only where an answer token is predicted; it returns each answer's summed natural
-log-probability. On it rest:
+`score_answers` returns each (prompt + answer) sequence's summed natural log-probability of the
+answer, batched, the output head run only where an answer token is predicted
+(`testtime.logprob`). On it rest:
 
 - `truth_bits`: the true test output's negative log-likelihood in bits, per answer token and per
   cell, under the identity prompt (the task's demonstrations in their order, fitted to
@@ -18,23 +18,19 @@ log-probability. On it rest:
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, format_answer
 from testtime.arc.task import Example, Grid, Task
 from testtime.arc.transforms import Transform, random_transform
 from testtime.arc.ttt_data import fit_demos
-from testtime.batching import IGNORE_INDEX
-from testtime.precision import compute_context
+from testtime.batching import IGNORE_INDEX, TrainingSequence
+from testtime.logprob import sequence_logprobs
 from testtime.seeds import name_key
 
 log = logging.getLogger(__name__)
@@ -49,49 +45,15 @@ VIEWS_STREAM = 1
 """Mixed into the fresh views' seed, so their draws never repeat those of the inference prompts."""
 
 
-@functools.lru_cache(maxsize=None)
-def _takes_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-@torch.inference_mode()
 def score_answers(model: Any, rows: Sequence[Row], *, batch_size: int = 8) -> list[float]:
-    """Summed log-probability (nats) of each row's answer tokens given the tokens before them.
-
-    Rows are sorted by length (longest first) and right-padded per batch; position t predicts
-    token t+1, so padding after a row is never attended to. Results are in the order given.
-    """
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-    out = [0.0] * len(rows)
-    device = next(model.parameters()).device
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    keep = _takes_logits_to_keep(type(base))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        width = max(len(rows[i][0]) for i in chunk)
-        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, T), right padded
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        targets = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)  # token predicted at t
-        for r, i in enumerate(chunk):
-            ids, n = rows[i]
-            if not 0 < n < len(ids):
-                raise ValueError(f"row {i}: {n} answer tokens in a sequence of {len(ids)}")
-            input_ids[r, :len(ids)] = torch.tensor(ids)
-            mask[r, :len(ids)] = 1
-            targets[r, len(ids) - n - 1:len(ids) - 1] = torch.tensor(ids[len(ids) - n:])
-        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1).to(device)  # (P,)
-        kwargs = {"logits_to_keep": positions} if keep else {}
-        with compute_context(model):
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                           **kwargs).logits  # (B, P, V) or (B, T, V)
-        if not keep:
-            logits = logits[:, positions]
-        wanted = targets.to(device)[:, positions]  # (B, P)
-        logp = F.log_softmax(logits.float(), dim=-1).gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        sums = torch.where(wanted != IGNORE_INDEX, logp, 0.0).double().sum(dim=1).tolist()  # note: a sync point
-        for r, i in enumerate(chunk):
-            out[i] = float(sums[r])
-    return out
+    """Summed log-probability (nats) of each row's answer tokens given the tokens before them, in the
+    order given (batched by `testtime.logprob.sequence_logprobs`)."""
+    sequences = []
+    for i, (ids, n) in enumerate(rows):
+        if not 0 < n < len(ids):
+            raise ValueError(f"row {i}: {n} answer tokens in a sequence of {len(ids)}")
+        sequences.append(TrainingSequence(list(ids), [IGNORE_INDEX] * (len(ids) - n) + list(ids[len(ids) - n:])))
+    return sequence_logprobs(model, sequences, batch_size=batch_size)
 
 
 def answer_ids(tokenizer: Any, grid: Grid, fmt: TextFormat = DEFAULT_FORMAT) -> list[int]:

@@ -50,6 +50,7 @@ from testtime.config import (
 from testtime.finetune import StepInfo, evaluate_loss, train
 from testtime.jobs import RunDir
 from testtime.lora import lora_config, quiet_peft
+from testtime.precision import model_device
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
     if not history["val"]:
         history["val"].append([0, evaluate_loss(model, val_seqs)])
     deadline = t_called + 60 * config.max_minutes if config.max_minutes else None
-    handler = _StepHandler(model, config, out, val_seqs, history, n_params, peak_flops(next(model.parameters()).device),
+    handler = _StepHandler(model, config, out, val_seqs, history, n_params, peak_flops(model_device(model)),
                            on_progress, clock, clock() - history["seconds"], deadline)
     batches = sampler.batches(config.train.batch_size, start_batch=start_step * config.train.grad_accum)
     stopped_by = "steps"

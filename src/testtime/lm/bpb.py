@@ -14,10 +14,10 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from testtime.batching import IGNORE_INDEX, TrainingSequence
-from testtime.precision import compute_context
+from testtime.batching import IGNORE_INDEX, TrainingSequence, collate
+from testtime.logprob import eval_mode, labelled_logprob
+from testtime.precision import model_device
 
 
 def encode_pair(tokenizer: Any, prompt: str, continuation: str, max_len: int) -> TrainingSequence:
@@ -38,18 +38,11 @@ def encode_pair(tokenizer: Any, prompt: str, continuation: str, max_len: int) ->
 
 @torch.no_grad()
 def sequence_bits(model: Any, seq: TrainingSequence) -> float:
-    """-sum log2 p of the labelled tokens of `seq` under `model` (eval mode)."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([seq.input_ids], device=device)
-    labels = torch.tensor([seq.labels], device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with compute_context(model):
-            logits = model(input_ids=ids, use_cache=False).logits  # (1, T, V)
-    finally:
-        model.train(was_training)
-    nats = F.cross_entropy(logits[0, :-1].float(), labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
+    """-sum log2 p of the labelled tokens of `seq` under `model` (eval mode; the float32 head run only
+    where a continuation token is predicted, `testtime.logprob`)."""
+    pad_id = getattr(model.config, "pad_token_id", None) or 0
+    with eval_mode(model):
+        nats = -labelled_logprob(model, *collate([seq], pad_id, model_device(model)))
     return nats.item() / math.log(2)
 
 
