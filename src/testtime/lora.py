@@ -230,8 +230,10 @@ def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") ->
     """Copy the adapter in `src` to `dst` with its weights cast to `dtype` (half the bytes in bfloat16).
 
     `dst` gets `adapter_config.json`, `adapter_model.safetensors` and `card.json`: the source's card
-    plus an `export` entry (the source directory, its weights' SHA-256, the dtype and the largest
-    absolute change the cast made), so a shipped adapter says what it was made from. Returns the card.
+    plus an `export` entry (the source directory, its weights' SHA-256, the dtype, the largest
+    absolute change the cast made and the SHA-256 of the weights written, `weights_sha256`), so a
+    shipped adapter says what it was made from and a check can tell its weights from others. Returns
+    the card.
     Raises ValueError naming the file when `src` is not an adapter directory.
     """
     import hashlib
@@ -263,6 +265,7 @@ def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") ->
                       "max_abs_change": change, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with atomic_path(dst / "adapter_model.safetensors") as tmp:
         save_file(cast, str(tmp), metadata={"format": "pt"})
+        card["export"]["weights_sha256"] = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
     write_json_atomic(dst / "adapter_config.json", config)
     write_json_atomic(dst / "card.json", card)
     return card

@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,25 @@ def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AMX or AVX-512 BF16), as torch reports it."""
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def machine(device: torch.device | None = None) -> str:
+    """What ran a stage, for cards and benchmark rows: the GPU's name on CUDA, else the CPU's model name
+    with its bf16 matmul units (they decide the speed of every CPU figure) and its core count."""
+    device = device or default_device()
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    units = [u for u in ("amx_bf16", "avx512_bf16") if caps.get(u)] or ["no bf16 matmul"]
+    return f"{name} ({', '.join(units)}; {os.cpu_count()} cores)"
 
 
 def resolve_dtype(name: str | torch.dtype | None = "auto", device: torch.device | None = None) -> str:

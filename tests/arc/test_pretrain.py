@@ -374,6 +374,9 @@ def test_export_casts_to_bf16_keeps_the_card_and_loads_as_the_source_does(tmp_pa
     on_disk = json.loads((dst / "card.json").read_text())
     assert on_disk == exported and {k: v for k, v in on_disk.items() if k != "export"} == card
     assert on_disk["export"]["dtype"] == "bfloat16" and len(on_disk["export"]["sha256"]) == 64
+    assert on_disk["export"]["weights_sha256"] == sha256_of(dst / "adapter_model.safetensors") != sha256_of(
+        src / "adapter_model.safetensors")
+    assert on_disk["machine"] and "cores" in on_disk["machine"]  # what ran the stage
     configs = [json.loads((d / "adapter_config.json").read_text()) for d in (src, dst)]
     assert configs[0] == configs[1]
 
@@ -383,6 +386,26 @@ def test_export_casts_to_bf16_keeps_the_card_and_loads_as_the_source_does(tmp_pa
     base = make_tiny_model(vocab_size=len(tokenizer))(ids).logits
     assert torch.allclose(logits[0], logits[1], atol=1e-2)  # the bf16 copy predicts as the source does
     assert not torch.allclose(logits[1], base, atol=1e-4)  # and is not the bare model
+
+
+def sha256_of(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_shipped_adapter_is_what_its_card_says():
+    """The card in the package describes these weights (its export entry's hash) and lists every stage."""
+    from testtime.arc.pretrain import default_adapter
+
+    shipped = default_adapter("embedded")
+    card = json.loads((shipped / "card.json").read_text())
+    assert card["export"]["weights_sha256"] == sha256_of(shipped / "adapter_model.safetensors")
+    stages = [*card["lineage"], card]
+    assert card["steps_with_lineage"] == sum(stage["steps"] for stage in stages)
+    for stage in stages:
+        assert stage["tokens_seen"] > 0 and stage["val_loss_final"] is not None
+        assert (stage.get("data") or {}).get("sources") or stage.get("data"), "a stage without its data"
 
 
 def test_export_names_a_directory_that_is_not_an_adapter(tmp_path):

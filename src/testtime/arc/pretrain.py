@@ -42,14 +42,11 @@ from testtime.arc.settings import PretrainConfig
 from testtime.arc.task import Example
 from testtime.atomic import read_json, write_json_atomic
 from testtime.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
-from testtime.config import (
-    as_json,
-    runtime_fields,
-    validate,
-)
+from testtime.config import as_json, runtime_fields, validate
 from testtime.finetune import StepInfo, evaluate_loss, train
 from testtime.jobs import RunDir
 from testtime.lora import lora_config, quiet_peft
+from testtime.models import machine
 from testtime.precision import model_device
 
 log = logging.getLogger(__name__)
@@ -265,7 +262,7 @@ def adapter_lineage(path: str | Path) -> list[dict]:
     """The ancestry of adapter directory `path`: its card's own lineage, then `path` itself.
 
     Each entry: the directory, the SHA-256 of its weights, and from its card.json (when it has
-    one) the base model, steps, tokens seen, final validation loss and creation time.
+    one) the stage's data sources, base model, steps, tokens seen, losses, machine and creation time.
     """
     path = Path(path)
     weights = path / "adapter_model.safetensors"
@@ -275,9 +272,11 @@ def adapter_lineage(path: str | Path) -> list[dict]:
         raise ValueError(f"--init-adapter {path}: cannot read {weights.name} ({err.strerror or err})") from None
     card = read_json(path / "card.json")
     card = card if isinstance(card, dict) else {}
+    data = card.get("data") if isinstance(card.get("data"), dict) else {}
     entry = {"adapter": str(path), "sha256": digest, "base_model": card.get("base_model"),
-             "steps": card.get("steps"), "tokens_seen": card.get("tokens_seen"),
-             "val_loss_final": card.get("val_loss_final"), "created": card.get("created")}
+             "data": data.get("sources"), "steps": card.get("steps"), "tokens_seen": card.get("tokens_seen"),
+             **{k: card.get(k) for k in ("train_loss_first", "train_loss_final", "val_loss_initial", "val_loss_final")},
+             "machine": card.get("machine") or card.get("device"), "created": card.get("created")}
     earlier = card.get("lineage") if isinstance(card.get("lineage"), list) else []
     return [*earlier, entry]
 
@@ -324,6 +323,7 @@ def _card(config: PretrainConfig, info: ExampleSources | None, history: dict, va
         "testtime_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(getattr(loaded, "device", "")),
+        "machine": machine(getattr(loaded, "device", None)),
         "data": {"sources": info.sources if info else config.sources, "validation_tasks": val_ids,
                  "draws_too_long": sampler.too_long},
         "steps": len(losses),
