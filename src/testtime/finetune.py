@@ -84,8 +84,13 @@ def total_steps(n_sequences: int, args: TrainArgs) -> int:
     return math.ceil(n_micro / args.grad_accum)
 
 
-def lr_factor(step: int, total: int, args: TrainArgs) -> float:
-    """Multiplier of `args.lr` at 0-based `step`: linear warm-up, then the decay of `args.schedule`."""
+def lr_factor(step: int, total: int, args: TrainArgs, ramp_from: int | None = None) -> float:
+    """Multiplier of `args.lr` at 0-based `step`: linear warm-up, then the decay of `args.schedule`.
+    `ramp_from`: a continuation that starts mid-schedule with a fresh optimizer; the scheduled value is
+    ramped up again over the `warmup_steps` steps after that step, so Adam's first (sign-sized) updates
+    are small."""
+    if ramp_from is not None and step - ramp_from < args.warmup_steps:
+        return lr_factor(step, total, args) * (step - ramp_from + 1) / (args.warmup_steps + 1)
     if step < args.warmup_steps:
         return (step + 1) / (args.warmup_steps + 1)
     progress = (step - args.warmup_steps) / max(1, total - args.warmup_steps)  # in [0, 1), never 0 lr
@@ -115,13 +120,15 @@ def train(
     on_step: Callable[[StepInfo], None] | None = None,
     start_step: int = 0,
     optimizer_state: dict | None = None,
+    ramp_from: int | None = None,
 ) -> TrainStats:
     """Train the parameters of `model` that require grad (the LoRA ones) on `data`.
 
     `data` is a list of sequences, or an iterator of micro-batches (then `args.max_steps` must be
     set, and the iterator must already be positioned at `start_step`). To resume a run stopped
     after step s, pass `start_step=s` and the optimizer state saved then (`StepInfo.optimizer`):
-    steps s+1... are then those of the uninterrupted run. The model is in train mode during the
+    steps s+1... are then those of the uninterrupted run. `ramp_from` (see `lr_factor`): this stage
+    continues a schedule from that step with a fresh optimizer. The model is in train mode during the
     loop and in eval mode afterwards.
     """
     validate(args)
@@ -142,7 +149,7 @@ def train(
         t_start = time.perf_counter()
         try:
             for step in range(start_step + 1, total + 1):
-                info = _step(model, batches, optimizer, params, args, step, total, pad_id, device)
+                info = _step(model, batches, optimizer, params, args, step, total, pad_id, device, ramp_from)
                 losses.append(info.loss)
                 n_tokens += info.tokens
                 _log_step(info, args.log_every)
@@ -185,10 +192,10 @@ def _plan(model: Any, data: list[TrainingSequence] | Iterator[list[TrainingSeque
 
 def _step(model: Any, batches: Iterator[list[TrainingSequence]], optimizer: torch.optim.Optimizer,
           params: list[torch.nn.Parameter], args: TrainArgs, step: int, total: int, pad_id: int,
-          device: torch.device) -> StepInfo:
+          device: torch.device, ramp_from: int | None = None) -> StepInfo:
     """One optimizer step (1-based `step`) over the next `grad_accum` micro-batches."""
     t0 = time.perf_counter()
-    lr = args.lr * lr_factor(step - 1, total, args)
+    lr = args.lr * lr_factor(step - 1, total, args, ramp_from)
     for group in optimizer.param_groups:
         group["lr"] = lr
     torch.manual_seed(args.seed * 1_000_003 + step)  # dropout of step s is the same after a resume

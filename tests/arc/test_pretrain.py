@@ -450,3 +450,21 @@ def test_the_shipped_embedded_adapter_fits_smollm2_135m_and_has_its_card():
     assert card["val_loss_final"] < card["val_loss_initial"]
     assert card["export"]["dtype"] == "bfloat16" and set(card["data"]["sources"])
     assert card["config"]["allow_evaluation"] is False  # no ARC evaluation task in its training data
+
+
+def test_a_continuation_carries_on_the_planned_schedule(tmp_path, tokenizer):
+    from testtime.finetune import lr_factor
+
+    first = pretrain(loaded_tiny(tokenizer), random_tasks(), small_config(steps=2), tmp_path / "a")
+    planned = small_config(steps=5, init_adapter=str(tmp_path / "a"), continue_schedule=True)
+    second = pretrain(loaded_tiny(tokenizer), random_tasks(), planned, tmp_path / "b")
+    assert (first["steps"], second["steps"], second["schedule_from"], second["steps_with_lineage"]) == (2, 3, 2, 5)
+    assert second["lineage"][-1]["steps"] == 2 and second["lineage"][-1]["machine"] == first["machine"]
+    # the learning rate: the cosine of the 5-step plan from step 2 on, ramped over the 1 warm-up step
+    args = planned.train
+    assert lr_factor(2, 5, args, ramp_from=2) == pytest.approx(lr_factor(2, 5, args) / 2)
+    assert lr_factor(3, 5, args, ramp_from=2) == lr_factor(3, 5, args) < lr_factor(2, 5, args)
+    with pytest.raises(ValueError, match="planned total of every stage"):
+        pretrain(loaded_tiny(tokenizer), random_tasks(),
+                 small_config(steps=2, init_adapter=str(tmp_path / "a"), continue_schedule=True), tmp_path / "c")
+    assert [name for name, _ in PretrainConfig(continue_schedule=True).check()] == ["continue_schedule"]

@@ -154,7 +154,8 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
              config.model, n_params / 1e6, trainable / 1e6, len(train_examples), len(val_examples))
 
     history: dict[str, Any] = {"losses": [], "val": [], "tokens": 0, "seconds": 0.0}
-    start_step, optimizer_state = 0, None
+    offset = continued_steps(config, lineage, flags)  # this stage's first step in the planned schedule
+    start_step, optimizer_state = offset, None
     ckpt_path = latest_checkpoint(out / "checkpoints")
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
@@ -169,7 +170,8 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
     batches = sampler.batches(config.train.batch_size, start_batch=start_step * config.train.grad_accum)
     stopped_by = "steps"
     try:
-        train(model, batches, config.train, on_step=handler, start_step=start_step, optimizer_state=optimizer_state)
+        train(model, batches, config.train, on_step=handler, start_step=start_step, optimizer_state=optimizer_state,
+              ramp_from=offset if offset else None)
     except _TimeUp:
         stopped_by = "max-minutes"
         log.info("stopped by --max-minutes %g after step %d of %d", config.max_minutes, len(history["losses"]),
@@ -179,11 +181,24 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
         model.save_pretrained(str(out), safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)  # peft's template card; ours is card.json
     card = _card(config, info, history, sorted(val_examples), sampler, loaded)
-    card.update(stopped_by=stopped_by, steps_planned=config.train.max_steps, lineage=lineage,
+    card.update(stopped_by=stopped_by, steps_planned=config.train.max_steps, schedule_from=offset, lineage=lineage,
                 steps_with_lineage=card["steps"] + sum(a.get("steps") or 0 for a in lineage))
     write_json_atomic(out / "card.json", card)
     run_dir.close()
     return card
+
+
+def continued_steps(config: PretrainConfig, lineage: list[dict], flags: Mapping[str, str] | None = None) -> int:
+    """Where this stage starts in the planned schedule: 0, or under `continue_schedule` the steps of
+    every stage before it (the init adapter's lineage), which must leave steps to take."""
+    if not config.continue_schedule:
+        return 0
+    done = sum(stage.get("steps") or 0 for stage in lineage)
+    if done >= (config.train.max_steps or 0):
+        name = (flags or {}).get("train.max_steps", "train.max_steps")
+        raise ValueError(f"{name} {config.train.max_steps} is the planned total of every stage, and the stages of "
+                         f"--init-adapter {config.init_adapter} took {done} already; give a larger total")
+    return done
 
 
 class _TimeUp(Exception):

@@ -160,6 +160,10 @@ class PretrainConfig:
     init_adapter: str | None = setting(None, panel="Model", help="Start the LoRA from this adapter directory (same "
                                        "rank, alpha and targets); fresh optimizer and schedule; its lineage goes in "
                                        "card.json.")
+    continue_schedule: bool = setting(False, panel="Model", help="With --init-adapter: carry on the planned "
+                                      "schedule. --steps is then the total of every stage; this stage starts at "
+                                      "the step its lineage reached, on the data stream's next sequences, with a "
+                                      "fresh optimizer whose learning rate ramps up again over --warmup steps.")
     allow_evaluation: bool = setting(False, panel="Data", help="Allow ARC evaluation-set tasks in the training data.")
     sources: list[str] = field(default_factory=list)
     """Where the training examples came from (recorded; `load_examples` reads them)."""
@@ -193,6 +197,8 @@ class PretrainConfig:
         if self.init_adapter is not None and not (Path(self.init_adapter) / "adapter_config.json").is_file():
             yield "init_adapter", f"{self.init_adapter}: no adapter_config.json there; give a directory written by " \
                                   "`testtime arc pretrain`"
+        if self.continue_schedule and self.init_adapter is None:
+            yield "continue_schedule", "needs --init-adapter (the adapter whose schedule goes on)"
         if self.max_minutes is not None and not (self.max_minutes > 0 and self.max_minutes < float("inf")):
             yield "max_minutes", f"must be a positive number of minutes, not {self.max_minutes}"
         for name in ("val_every", "checkpoint_every", "val_tasks", "val_sequences"):
