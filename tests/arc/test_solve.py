@@ -12,7 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from testtime.arc.predict import InferArgs
 from testtime.arc.records import record_problems
-from testtime.arc.solve import ArcJob, SolveConfig, Solver, solve_tasks, summarize
+from testtime.arc.score import summarize
+from testtime.arc.solve import ArcJob, SolveConfig, Solver, solve_tasks
 from testtime.arc.task import Example, Task, as_grid
 from testtime.arc.ttt_data import TTTArgs
 from testtime.finetune import LoraArgs, TrainArgs
@@ -128,8 +129,8 @@ def test_resume_after_interrupt_gives_the_same_submission(host, tokenizer, tmp_p
 
     computed = []
     original = Solver.solve_task
-    monkeypatch.setattr(Solver, "solve_task", lambda self, task, on_step=None: computed.append(task.id)
-                        or original(self, task, on_step))
+    monkeypatch.setattr(Solver, "solve_task", lambda self, task, on_step=None, **kw: computed.append(task.id)
+                        or original(self, task, on_step, **kw))
     records, submission = run(solver, tasks, tmp_path / "part")
     assert computed == ["t3", "t4"]  # finished tasks were not recomputed
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())

@@ -135,8 +135,9 @@ RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray: an existing cluster
 MAX_RETRIES = typer.Option(2, "--max-retries", help="Ray: retries of an item whose worker died.")
 
 RUNTIME = ("config", "restart", "retry-failed", "ray", "workers", "gpus-per-worker", "threads-per-worker",
-           "ray-address", "max-retries")
-"""Options that never change results (where and how items run), so they may differ on a rerun."""
+           "ray-address", "max-retries", "time-budget")
+"""Options that are no result-affecting setting (where and how items run; how long a run may take, where each
+record says which path made it), so they may differ on a rerun."""
 
 
 def long_name(param: click.Parameter) -> str:
