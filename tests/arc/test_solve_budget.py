@@ -180,6 +180,16 @@ def test_a_task_whose_full_path_fails_keeps_its_fallback_attempts(host, tokenize
     assert complete(submission, tasks)
 
 
+def test_shared_ttt_under_a_budget_is_refused_before_anything_runs(host, tokenizer, tmp_path):
+    cfg = config()
+    cfg.shared = True
+    job = ArcJob(cfg, solver=Solver(host, tokenizer, cfg))
+    with pytest.raises(ValueError, match="one LoRA on all"):
+        solve_tasks(job, [square_task("a", 2, 1)], RunDir(tmp_path / "run", records="tasks"),
+                    budget=Budget.starting_now(60))
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_deadline_is_checked_at_every_decoded_token(host, tokenizer, monkeypatch):
     from testtime.arc.decoding import AnswerShape, generate
 

@@ -347,6 +347,8 @@ def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = Non
     budget's `Plan`, their deadline the budget's (`Counts.not_started`: those left on their fallback
     without a start).
     """
+    if budget is not None and job.config.ttt and job.config.shared:
+        raise ValueError("a time budget runs the tasks' TTT one by one; shared TTT trains one LoRA on all first")
     if run_dir is not None and not run_dir.opened:
         run_dir.open("arc solve", {"config": job.config.to_json()})
     executor = executor or LocalExecutor()
