@@ -135,7 +135,7 @@ class FallbackJob:
     def setup(self) -> str:
         return self.job.setup()
 
-    def run(self, task: Task, emit: Any) -> dict[str, Any]:
+    def run(self, task: Task, emit: Emit) -> dict[str, Any]:
         self.job.setup()
         return self.job.solver.fallback(task, self.job.deadline)
 
