@@ -63,3 +63,24 @@ def arc_model_answering(tokenizer, task, answers, *, vocab_size: int, prompts: i
             sequences.append(TrainingSequence(input_ids=ids, labels=labels))
     stats = train(model, sequences, TrainArgs(lr=1e-2, max_steps=steps, batch_size=4, schedule="constant", log_every=0))
     return model, stats
+
+
+class VirtualClock:
+    """Time that passes only when a test says so (`sleep`), for the job layer's budget: `install` makes it the
+    `time` module of `testtime.jobs.budget` (deadlines, plans) and `testtime.jobs.run` (item timings)."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    perf_counter = time
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def install(self, monkeypatch) -> VirtualClock:
+        for module in ("testtime.jobs.budget", "testtime.jobs.run"):
+            monkeypatch.setattr(f"{module}.time", self)
+        return self

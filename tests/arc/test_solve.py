@@ -11,8 +11,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from testtime.arc.records import record_problems
+from testtime.arc.score import summarize
 from testtime.arc.settings import InferArgs, SolveConfig, TTTArgs
-from testtime.arc.solve import ArcJob, Solver, solve_tasks, summarize
+from testtime.arc.solve import ArcJob, Solver, solve_tasks
 from testtime.arc.task import Example, Task, as_grid
 from testtime.jobs import Finished, RunDir, ignore
 from testtime.lora import AdapterHost
@@ -127,8 +128,8 @@ def test_resume_after_interrupt_gives_the_same_submission(host, tokenizer, tmp_p
 
     computed = []
     original = Solver.solve_task
-    monkeypatch.setattr(Solver, "solve_task", lambda self, task, on_step=None: computed.append(task.id)
-                        or original(self, task, on_step))
+    monkeypatch.setattr(Solver, "solve_task", lambda self, task, on_step=None, **kw: computed.append(task.id)
+                        or original(self, task, on_step, **kw))
     records, submission = run(solver, tasks, tmp_path / "part")
     assert computed == ["t3", "t4"]  # finished tasks were not recomputed
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ import torch
 from typer.testing import CliRunner
 
 from faults import faults, injected  # tests/ is on sys.path under pytest
-from testtime.arc.solve import task_cells
+from testtime.arc.format import task_tokens
+from testtime.arc.settings import SolveConfig
+from testtime.arc.solve import ArcJob, task_cells
 from testtime.arc.task import Task
 from testtime.cli import app
 from testtime.cli.common import runtime_flags, scale_of, scale_options
@@ -206,6 +209,28 @@ def test_an_interrupted_run_resumes_on_ray_and_back_without_recomputing(ray_loca
 
 
 @pytest.mark.slow
+def test_a_time_budget_on_ray_gives_ttt_while_there_is_time_and_every_task_its_fallback(ray_local, tmp_path, tasks_dir,
+                                                                                      tiny_model_dir, in_process):
+    roomy = invoke(*solve_args(tasks_dir, tiny_model_dir, tmp_path / "roomy"), "--ray", "--time-budget", "5m")
+    assert roomy.exit_code == 0, roomy.output
+    assert "every task has its fallback" in flat(roomy) and "3 ok, 0 failed" in flat(roomy)
+    for task_id in TASKS:  # the workers' TTT under a budget: the in-process answers, short attempts padded
+        record, reference = task_record(tmp_path / "roomy", task_id), task_record(in_process, task_id)
+        assert record["path"] == "full" and record["tests"][0]["candidates"] == reference["tests"][0]["candidates"]
+        attempts = reference["tests"][0]["attempts"]
+        assert record["tests"][0]["attempts"][:len(attempts)] == attempts and len(record["tests"][0]["attempts"]) == 2
+
+    t0 = time.time()
+    tight = invoke(*solve_args(tasks_dir, tiny_model_dir, tmp_path / "tight"), "--ray", "--time-budget", "2s")
+    took = time.time() - t0
+    assert tight.exit_code == 0, tight.output
+    assert took <= 2 + 60  # starting the workers alone may take longer than 2 s; the margin is max(60 s, 3%)
+    assert [task_record(tmp_path / "tight", t)["path"] for t in TASKS] == ["fallback"] * 3
+    assert list(submission(tmp_path / "tight")) == list(TASKS)
+    assert all(entry[0]["attempt_1"] and entry[0]["attempt_2"] for entry in submission(tmp_path / "tight").values())
+
+
+@pytest.mark.slow
 def test_lm_eval_on_ray_writes_the_in_process_results_and_saves_skips_and_retries_failures(ray_local, tmp_path,
                                                                                            tiny_model_dir):
     memory = tmp_path / "memory.jsonl"
@@ -305,7 +330,11 @@ def test_tasks_go_to_the_pool_largest_first_counting_what_the_prompt_holds():
     # a large hidden answer is not in the prompt: it does not make a task run longer
     answer_only = task("answer-only", 2, 2, 30)
     assert task_cells(big) == 25 + 25 + 9 and task_cells(small) == task_cells(answer_only) == 4 + 4 + 4
-    ordered = sorted([small, big, answer_only, tie], key=task_cells, reverse=True)  # how the pool orders them
+    # the pool's cost: tokens, a grid of r x c being r * (c + 1) + 2 with its marker line, and per test input an
+    # answer the size of the largest demonstration output
+    assert task_tokens(big) == 32 + 32 + 14 + 32 and task_tokens(small) == task_tokens(answer_only) == 8 * 4
+    job = ArcJob(SolveConfig())
+    ordered = sorted([small, big, answer_only, tie], key=job.cost, reverse=True)  # how the pool orders them
     assert [t.id for t in ordered] == ["big", "small", "answer-only", "tie"]
 
 

@@ -118,7 +118,7 @@ def test_hostile_task_ids_are_escaped(tmp_path):
 
 
 def test_the_summary_agrees_with_arc_solve(tmp_path):
-    from testtime.arc.solve import summarize
+    from testtime.arc.score import summarize
     from testtime.report.arc import load_arc_run, summarize_run
 
     run_dir, _ = write_arc_run(tmp_path, 10, failed=("00000004",))

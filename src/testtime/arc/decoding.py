@@ -10,11 +10,14 @@ decoder (`testtime.decode.greedy`: a preallocated KV cache, finished rows leave 
 `generate_dfs` is the alternative to greedy search: every continuation of probability >=
 `min_prob` (`testtime.decode.dfs`), one prompt at a time, each path ended by the same rule
 (`AnswerPaths` keeps an `AnswerShape` row per depth of the path being explored).
+
+With a `deadline` (epoch seconds), both check the clock at every decoded token and raise
+`TimeUp` once it has passed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ from transformers import StoppingCriteria
 
 from testtime.arc.format import MAX_SIDE
 from testtime.decode import dfs, greedy
+from testtime.jobs.budget import check_deadline
 
 DIGITS = frozenset("0123456789")
 
@@ -118,13 +122,25 @@ class AnswerShape(StoppingCriteria):
         return True
 
 
+def _in_time(rule: Callable[..., Any], deadline: float | None) -> Callable[..., Any]:
+    """`rule`, after raising TimeUp once `deadline` has passed (asked once per decoded token)."""
+    if deadline is None:
+        return rule
+
+    def checked(*args: Any) -> Any:
+        check_deadline(deadline, "decoding")
+        return rule(*args)
+    return checked
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_id: int, max_new_tokens: int,
-             batch_size: int, check_answer: bool = True) -> list[Generation]:
+             batch_size: int, check_answer: bool = True, deadline: float | None = None) -> list[Generation]:
     """Greedy continuations of `prompts` (token ids), in the order given.
 
     Prompts are sorted by length (longest first: memory errors show at once, and batches pad
     little) and decoded `batch_size` at a time with left padding. A row ends at `stop_id`, at
     `max_new_tokens`, or (with `check_answer`) as soon as its text cannot be an answer grid.
+    TimeUp once `deadline` (epoch seconds) passes.
     """
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
@@ -132,8 +148,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_i
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         shape = AnswerShape(tokenizer, len(chunk), stop_id, check=check_answer)
+        check_deadline(deadline, "decoding")
         decoded = greedy(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, pad_id=pad_id,
-                         stop=shape.done)
+                         stop=_in_time(shape.done, deadline))
         for row, (i, d) in enumerate(zip(chunk, decoded, strict=True)):
             results[i] = Generation(token_ids=d.token_ids, text=tokenizer.decode(d.token_ids),
                                     logprob=float(sum(d.logprobs)), stopped=shape.stopped[row])
@@ -167,7 +184,8 @@ class AnswerPaths:
 
 
 def generate_dfs(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, stop_id: int, max_new_tokens: int,
-                 min_prob: float, check_answer: bool = True, max_candidates: int = 64) -> list[list[Generation]]:
+                 min_prob: float, check_answer: bool = True, max_candidates: int = 64,
+                 deadline: float | None = None) -> list[list[Generation]]:
     """Per prompt, every continuation of probability >= `min_prob`, the most probable first.
 
     A path ends where `generate`'s rows end (at `stop_id`, at `max_new_tokens`, or with
@@ -175,8 +193,9 @@ def generate_dfs(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, st
     """
     out = []
     for prompt in prompts:
+        check_deadline(deadline, "decoding")
         rule = AnswerPaths(tokenizer, stop_id, max_new_tokens, check=check_answer)
-        found = dfs(model, prompt, min_prob=min_prob, max_new_tokens=max_new_tokens, stop=rule,
+        found = dfs(model, prompt, min_prob=min_prob, max_new_tokens=max_new_tokens, stop=_in_time(rule, deadline),
                     max_candidates=max_candidates)
         gens = []
         for c in found:

@@ -258,3 +258,16 @@ def encode(
         input_ids.extend(ids)
         labels.extend(ids if loss else [IGNORE_INDEX] * len(ids))
     return input_ids, labels
+
+
+def task_tokens(task: Task) -> int:
+    """About the tokens of a task's prompts and answers in the default format, by arithmetic (no tokenizer):
+    every demonstration and test input, and per test input an answer the size of the largest demonstration
+    output (the hidden answer is never read). A grid of r rows, c columns: r * (c + 1) - 1 tokens, plus
+    its marker line and newline."""
+    def tokens(grid: Any) -> int:
+        rows, cols = grid.shape
+        return rows * (cols + 1) + 2
+    answer = max((tokens(ex.output) for ex in task.train), default=0)
+    return sum(tokens(ex.input) + tokens(ex.output) for ex in task.train) + \
+        sum(tokens(ex.input) + answer for ex in task.test)

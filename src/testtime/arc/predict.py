@@ -140,19 +140,22 @@ class _Prompt:
 
 
 def predict_test(model: Any, tokenizer: Any, task: Task, test_index: int, transforms: Sequence[Transform],
-                 args: InferArgs, *, counter: TokenCounter, fmt: TextFormat = DEFAULT_FORMAT) -> PredictOutcome:
-    """Candidates for `task.test[test_index]`, one per transform whose prompt fits and answer parses."""
+                 args: InferArgs, *, counter: TokenCounter, fmt: TextFormat = DEFAULT_FORMAT,
+                 deadline: float | None = None) -> PredictOutcome:
+    """Candidates for `task.test[test_index]`, one per transform whose prompt fits and answer parses;
+    TimeUp once `deadline` (epoch seconds) passes during decoding."""
     plan: Plan = [(t, 0, None) for t in transforms]
-    return _predict(model, tokenizer, task, [test_index], plan, args, counter, fmt)[0]
+    return _predict(model, tokenizer, task, [test_index], plan, args, counter, fmt, deadline)[0]
 
 
 def predict_task(model: Any, tokenizer: Any, task: Task, args: InferArgs, *, counter: TokenCounter,
-                 fmt: TextFormat = DEFAULT_FORMAT) -> list[PredictOutcome]:
-    """One outcome per test input; every prompt of the task goes through one batched decoding."""
+                 fmt: TextFormat = DEFAULT_FORMAT, deadline: float | None = None) -> list[PredictOutcome]:
+    """One outcome per test input; every prompt of the task goes through one batched decoding (TimeUp once
+    `deadline`, epoch seconds, passes)."""
     validate(args)
     rng = np.random.default_rng([args.seed, name_key(task.id)])
     plan = task_plan(args, len(task.train), rng)
-    return _predict(model, tokenizer, task, range(len(task.test)), plan, args, counter, fmt)
+    return _predict(model, tokenizer, task, range(len(task.test)), plan, args, counter, fmt, deadline)
 
 
 def end_token_id(tokenizer: Any, fmt: TextFormat = DEFAULT_FORMAT) -> int:
@@ -188,14 +191,15 @@ def _prompts(tokenizer: Any, task: Task, test_indices: Sequence[int], plan: Plan
 
 
 def _predict(model: Any, tokenizer: Any, task: Task, test_indices: Sequence[int], plan: Plan,
-             args: InferArgs, counter: TokenCounter, fmt: TextFormat) -> list[PredictOutcome]:
+             args: InferArgs, counter: TokenCounter, fmt: TextFormat,
+             deadline: float | None = None) -> list[PredictOutcome]:
     t0 = time.perf_counter()
     stop_id = end_token_id(tokenizer, fmt)
     prompts, unfit = _prompts(tokenizer, task, test_indices, plan, args, counter, fmt)
     prep = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    gens = _decode(model, tokenizer, [p.token_ids for p in prompts], stop_id, args)
+    gens = _decode(model, tokenizer, [p.token_ids for p in prompts], stop_id, args, deadline)
     decode_seconds = time.perf_counter() - t1
 
     outcomes = []
@@ -220,14 +224,14 @@ def _experts(prompts: Sequence[_Prompt]) -> list[tuple[Transform, list[int]]]:
     return [(p.transform, p.token_ids) for p in full or prompts]
 
 
-def _decode(model: Any, tokenizer: Any, prompts: list[list[int]], stop_id: int,
-            args: InferArgs) -> list[list[Generation]]:
+def _decode(model: Any, tokenizer: Any, prompts: list[list[int]], stop_id: int, args: InferArgs,
+            deadline: float | None = None) -> list[list[Generation]]:
     """Each prompt's answers: greedy's one, or under dfs every one of probability >= min_prob."""
     if args.sampling == "dfs":
         return generate_dfs(model, tokenizer, prompts, stop_id=stop_id, max_new_tokens=args.max_new_tokens,
-                            min_prob=args.min_prob)
+                            min_prob=args.min_prob, deadline=deadline)
     gens = generate(model, tokenizer, prompts, stop_id=stop_id, max_new_tokens=args.max_new_tokens,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, deadline=deadline)
     return [[gen] for gen in gens]
 
 

@@ -20,16 +20,23 @@ TRUTH = {"bits_per_token_before": Maybe(Number), "bits_per_token_after": Maybe(N
 CANDIDATE = {"grid": GRID, "votes?": int, "groups?": int, "identity?": int, "logprob?": Maybe(Number),
              "token_logprob?": Maybe(Number), "transforms?": [str], "poe?": Maybe(Number)}
 TEST = {"attempts": [GRID], "candidates": [CANDIDATE], "selection?": [int], "predictions?": [dict],
-        "prompts?": int, "unparsed?": int, "unfit?": int, "correct?": CORRECT, "truth?": TRUTH}
+        "prompts?": int, "unparsed?": int, "unfit?": int, "correct?": CORRECT, "truth?": TRUTH,
+        "fallback?": OneOf("greedy", "input"), "padded?": int}
 TTT = {"enabled": bool, "shared": bool, "sequences?": int, "fits?": bool, "steps?": int, "tokens?": int,
        "seconds?": Number, "data_seconds?": Number, "tokens_per_s?": Number, "first_loss?": Maybe(Number),
        "final_loss?": Maybe(Number), "losses?": [Number]}
 PREDICT = {"seconds": Number, "prompts": int, "unparsed": int, "unfit": int}
 
-OK_RECORD = {"task_id": str, "status": OneOf("ok"), "fits": bool, "ttt": TTT, "predict": PREDICT, "tests": [TEST],
-             "seconds": Number}
-FAILED_RECORD = {"task_id": str, "status": OneOf("failed"), "error": str, "traceback": str, "tests": [TEST],
-                 "seconds": Number}
+PATH = OneOf("full", "fallback")
+"""What made a record's attempts: the full path (TTT, augmented inference, vote) or the fallback (`arc.fallback`);
+absent in records written before there was a fallback (all full)."""
+CUT = {"at": str, "seconds": Number}
+"""On a fallback record: where the deadline cut the task's full path, and after how long."""
+
+OK_RECORD = {"task_id": str, "status": OneOf("ok"), "path?": PATH, "fits": bool, "ttt": TTT, "predict": PREDICT,
+             "tests": [TEST], "seconds": Number, "cut?": CUT}
+FAILED_RECORD = {"task_id": str, "status": OneOf("failed"), "path?": PATH, "error": str, "traceback": str,
+                 "tests": [TEST], "seconds": Number}
 
 
 def record_problems(record: Any) -> list[str]:

@@ -7,7 +7,9 @@ every task, every test input and both keys, so a missing prediction is written a
 The official rule: a test output is solved if either attempt equals it exactly (shape and
 cells); a task scores the fraction of its test outputs solved; the data set score is the mean
 over the tasks of the solutions. `fraction_correct` applies the same averaging to any number of
-guesses per output: pass@1 with `[attempt_1]`, the oracle with every candidate.
+guesses per output: pass@1 with `[attempt_1]`, the oracle with every candidate. A run's task
+records are marked against the known outputs (`add_correctness`, `add_truth`) and summed up
+(`summarize`: the figures of `arc solve`'s summary).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testtime.arc.task import Grid, TaskError, as_grid, grids_equal
+from testtime.arc.task import Grid, Task, TaskError, as_grid, grids_equal
 from testtime.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -217,3 +219,68 @@ def run_records(submission: str | Path, task_ids: Sequence[str] | None = None) -
         if isinstance(record, dict) and (task_ids is None or record.get("task_id") in task_ids):
             records.append(record)
     return records
+
+
+# ---- a run's records against the known outputs ---------------------------------------------
+
+def add_correctness(record: dict[str, Any], task: Task) -> None:
+    """With known test outputs: was attempt 1 / either attempt / any candidate right, per test input."""
+    if not task.has_solutions:
+        return
+    for i, ex in enumerate(task.test):
+        if i >= len(record["tests"]):
+            record["tests"].append({"attempts": [], "candidates": []})
+        test = record["tests"][i]
+        attempts = [as_grid(a) for a in test["attempts"]]
+        cands = [as_grid(c["grid"]) for c in test["candidates"]]
+        test["correct"] = {
+            "attempt_1": bool(attempts) and grids_equal(attempts[0], ex.output),
+            "any_attempt": any(grids_equal(a, ex.output) for a in attempts[:2]),
+            "oracle": any(grids_equal(c, ex.output) for c in cands),
+        }
+
+
+def add_truth(tests: list[dict[str, Any]], task: Task, before: list | None, after: list | None) -> None:
+    """tests[i]["truth"]: the true output's bits before and after TTT and its rank in the selection."""
+    for i, ex in enumerate(task.test):
+        if ex.output is None or i >= len(tests):
+            continue
+        test = tests[i]
+        grids = [as_grid(test["candidates"][k]["grid"]) for k in test["selection"]]
+        truth: dict[str, Any] = {}
+        for when, bits in (("before", before), ("after", after)):
+            measured = (bits[i] if bits else None) or {}
+            for unit in ("token", "cell"):
+                truth[f"bits_per_{unit}_{when}"] = measured.get(f"bits_per_{unit}")
+        truth["rank"] = next((n + 1 for n, g in enumerate(grids) if grids_equal(g, ex.output)), None)
+        test["truth"] = truth
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Score, pass@1 and oracle (when outputs are known), failures, fits and timings over a run; `truth`:
+    the true outputs' mean bits before/after TTT and mean rank (`score.truth_means`)."""
+    def task_mean(key: str) -> float | None:
+        scored = [r for r in records if r["tests"] and all("correct" in t for t in r["tests"])]
+        if not scored:
+            return None
+        return sum(sum(t["correct"][key] for t in r["tests"]) / len(r["tests"]) for r in scored) / len(scored)
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    trained = [r for r in ok if r["ttt"].get("steps")]
+    ttt_s = [r["ttt"].get("seconds", 0.0) + r["ttt"].get("data_seconds", 0.0) for r in ok]
+    tokens = sum(r["ttt"].get("tokens", 0) for r in trained)
+    train_s = sum(r["ttt"].get("seconds", 0.0) for r in trained)
+    return {
+        "tasks": len(records),
+        "failed": len(records) - len(ok),
+        "full": sum(r.get("path", "full") == "full" for r in ok),
+        "fallback": sum(r.get("path") == "fallback" for r in ok),
+        "did_not_fit": sum(not r.get("fits", True) for r in ok),
+        "score": task_mean("any_attempt"),
+        "pass@1": task_mean("attempt_1"),
+        "oracle": task_mean("oracle"),
+        "ttt_seconds_per_task": sum(ttt_s) / len(ok) if ok else 0.0,
+        "infer_seconds_per_task": sum(r["predict"]["seconds"] for r in ok) / len(ok) if ok else 0.0,
+        "train_tokens_per_s": tokens / train_s if train_s else None,
+        "truth": truth_means(ok),
+    }

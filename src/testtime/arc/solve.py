@@ -5,6 +5,11 @@ from the task's own demonstrations, train a fresh LoRA on it, predict every test
 invertible transforms, map back, vote, keep two attempts, drop the LoRA. Each finished task is
 written atomically to `RUN_DIR/tasks/TASK_ID.json`; re-running skips finished tasks and rebuilds
 `submission.json` from the task files, so a crash loses at most the task in progress.
+
+Under a time budget (`jobs.Budget`) every task first gets a fallback record (`arc.fallback`: a
+greedy answer, no TTT) and the submission is written; then the full path runs on the tasks while
+time allows (`jobs.budget.Plan`), checked at every training step and decoded token: a task cut
+by the deadline keeps its fallback.
 """
 
 from __future__ import annotations
@@ -16,17 +21,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter
+from testtime.arc.fallback import (
+    FALLBACK,
+    FULL,
+    budget_counts,
+    copied_input,
+    fallback_pass,
+    fallback_record,
+    is_fallback,
+    pad_attempts,
+)
+from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, task_tokens
 from testtime.arc.likelihood import fresh_views, poe_scores, truth_bits, truth_rows
 from testtime.arc.predict import PredictOutcome, predict_task
 from testtime.arc.records import record_problems
-from testtime.arc.score import build_submission, truth_means, write_submission
+from testtime.arc.score import add_correctness, add_truth, build_submission, write_submission
 from testtime.arc.settings import SolveConfig, TTTArgs
-from testtime.arc.task import Task, as_grid, grids_equal
+from testtime.arc.task import Task, as_grid
 from testtime.arc.ttt_data import build_ttt_data
 from testtime.arc.vote import grid_key, selection, vote
 from testtime.finetune import StepInfo, train
 from testtime.jobs import Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items, write_output
+from testtime.jobs.budget import Budget, TimeUp, check_deadline, steps_in_time
 from testtime.lora import AdapterHost
 from testtime.seeds import derive_seed
 from testtime.settings import TrainArgs
@@ -79,21 +95,34 @@ class Solver:
         stats = train(self.host.model, sequences, self._ttt_args(seed)[1], on_step=on_step)
         return {"sequences": len(sequences), "steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds}
 
-    def solve_task(self, task: Task, on_step: Callable[[StepInfo], None] | None = None) -> dict[str, Any]:
-        """Solve one task (a raising task is the job layer's to record); the task's LoRA is dropped after."""
+    def solve_task(self, task: Task, on_step: Callable[[StepInfo], None] | None = None,
+                   deadline: float | None = None) -> dict[str, Any]:
+        """Solve one task (a raising task is the job layer's to record); the task's LoRA is dropped after.
+
+        TimeUp once `deadline` (epoch seconds) passes, or once the training steps left cannot end by it."""
         t0 = time.perf_counter()
         try:
-            record = self._solve(task, on_step)
+            record = self._solve(task, on_step, deadline)
         finally:
             if self.config.ttt and not self.config.shared:
                 self.host.drop()
         record = {"task_id": task.id, **record, "seconds": time.perf_counter() - t0}
-        _add_correctness(record, task)
+        add_correctness(record, task)
         return record
 
-    def _solve(self, task: Task, on_step: Callable[[StepInfo], None] | None) -> dict[str, Any]:
+    def fallback(self, task: Task, deadline: float | None = None) -> dict[str, Any]:
+        """The task's fallback record (`arc.fallback`): the greedy answer to its identity prompt."""
+        infer = dataclasses.replace(self.config.infer, seed=task_seed(self.config.seed, task.id), sampling="greedy")
+        record = fallback_record(self.host.model, self.tokenizer, task, infer, counter=self.counter, fmt=self.fmt,
+                                 deadline=deadline)
+        add_correctness(record, task)
+        return record
+
+    def _solve(self, task: Task, on_step: Callable[[StepInfo], None] | None,
+               deadline: float | None) -> dict[str, Any]:
         seed = task_seed(self.config.seed, task.id)
         ttt: dict[str, Any] = {"enabled": self.config.ttt, "shared": self.config.shared}
+        check_deadline(deadline, "before the task")
         before = self._before.get(task.id) if self.config.ttt and self.config.shared else self._truth(task)
         if self.config.ttt and not self.config.shared:
             data_args, train_args = self._ttt_args(seed)
@@ -102,24 +131,29 @@ class Solver:
             ttt.update(sequences=len(data.sequences), fits=data.fits, fallback=data.fallback,
                        dropped_demos=data.n_dropped_demos, data_seconds=time.perf_counter() - t0)
             if data.sequences:
+                check_deadline(deadline, "before training")
                 self.host.fresh(seed)
-                stats = train(self.host.model, data.sequences, train_args, on_step=on_step)
+                stats = train(self.host.model, data.sequences, train_args, on_step=steps_in_time(on_step, deadline))
                 ttt.update(steps=stats.steps, tokens=stats.tokens, seconds=stats.seconds,
                            tokens_per_s=stats.tokens_per_s,
                            first_loss=stats.losses[0] if stats.losses else None,
                            final_loss=stats.losses[-1] if stats.losses else None,
                            losses=[float(x) for x in stats.losses])
         infer_args = dataclasses.replace(self.config.infer, seed=seed)
-        outcomes = predict_task(self.host.model, self.tokenizer, task, infer_args, counter=self.counter, fmt=self.fmt)
+        outcomes = predict_task(self.host.model, self.tokenizer, task, infer_args, counter=self.counter, fmt=self.fmt,
+                                deadline=deadline)
+        check_deadline(deadline, "before scoring the candidates")
         tests = [self._test_record(task, i, outcome) for i, outcome in enumerate(outcomes)]
         trained = self.config.ttt and (self.config.shared or bool(ttt.get("steps")))
+        check_deadline(deadline, "before scoring the true outputs")
         after = self._truth(task) if trained else before
         if before is not None or after is not None:
-            _add_truth(tests, task, before, after)
+            add_truth(tests, task, before, after)
         predict = {"seconds": sum(o.seconds for o in outcomes), "prompts": sum(o.n_prompts for o in outcomes),
                    "unparsed": sum(o.n_unparsed for o in outcomes), "unfit": sum(o.n_unfit for o in outcomes)}
         fits = ttt.get("fits", True) and predict["unfit"] < max(predict["prompts"], 1)
-        return {"status": "ok", "error": None, "fits": fits, "ttt": ttt, "predict": predict, "tests": tests}
+        return {"status": "ok", "error": None, "path": FULL, "fits": fits, "ttt": ttt, "predict": predict,
+                "tests": tests}
 
     def _test_record(self, task: Task, test_index: int, outcome: PredictOutcome) -> dict[str, Any]:
         """Vote, score by PoE when the selection or --score-views asks, pick the attempts; every score is kept."""
@@ -164,44 +198,17 @@ class Solver:
         return total, {"prompts": prompts, "views": fresh, "names": [t.name for t, _ in views]}
 
 
-def _add_truth(tests: list[dict[str, Any]], task: Task, before: list | None, after: list | None) -> None:
-    """tests[i]["truth"]: the true output's bits before and after TTT and its rank in the selection."""
-    for i, ex in enumerate(task.test):
-        if ex.output is None or i >= len(tests):
-            continue
-        test = tests[i]
-        grids = [as_grid(test["candidates"][k]["grid"]) for k in test["selection"]]
-        truth: dict[str, Any] = {}
-        for when, bits in (("before", before), ("after", after)):
-            measured = (bits[i] if bits else None) or {}
-            for unit in ("token", "cell"):
-                truth[f"bits_per_{unit}_{when}"] = measured.get(f"bits_per_{unit}")
-        truth["rank"] = next((n + 1 for n, g in enumerate(grids) if grids_equal(g, ex.output)), None)
-        test["truth"] = truth
-
-
-def _add_correctness(record: dict[str, Any], task: Task) -> None:
-    """With known test outputs: was attempt 1 / either attempt / any candidate right, per test input."""
-    if not task.has_solutions:
-        return
-    for i, ex in enumerate(task.test):
-        if i >= len(record["tests"]):
-            record["tests"].append({"attempts": [], "candidates": []})
-        test = record["tests"][i]
-        attempts = [as_grid(a) for a in test["attempts"]]
-        cands = [as_grid(c["grid"]) for c in test["candidates"]]
-        test["correct"] = {
-            "attempt_1": bool(attempts) and grids_equal(attempts[0], ex.output),
-            "any_attempt": any(grids_equal(a, ex.output) for a in attempts[:2]),
-            "oracle": any(grids_equal(c, ex.output) for c in cands),
-        }
-
-
-def failed_record(task: Task, error: str, trace: str = "", seconds: float = 0.0) -> dict[str, Any]:
-    """The record of a task that failed outside `Solver.solve_task` (e.g. its Ray worker kept dying)."""
+def failed_record(task: Task, error: str, trace: str = "", seconds: float = 0.0,
+                  kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record of a task that failed outside `Solver.solve_task` (e.g. its Ray worker kept dying); with
+    `kept` (its fallback record, or {} under a budget before it has one) its attempts are the fallback's,
+    or the test inputs copied: a run with a budget always ends with two attempts per test input."""
+    tests = [{"attempts": [], "candidates": []} for _ in task.test]
+    if kept is not None:
+        tests = kept.get("tests") or [copied_input(ex.input) for ex in task.test]
     record = {"task_id": task.id, "status": "failed", "error": error, "traceback": trace,
-              "tests": [{"attempts": [], "candidates": []} for _ in task.test], "seconds": seconds}
-    _add_correctness(record, task)
+              **({} if kept is None else {"path": FALLBACK}), "tests": tests, "seconds": seconds}
+    add_correctness(record, task)
     return record
 
 
@@ -231,6 +238,10 @@ class ArcJob:
         self.solver = solver
         self.shared_tasks = list(shared_tasks or [])
         """Shared-TTT only: the tasks whose data the one LoRA is trained on."""
+        self.deadline: float | None = None
+        """Epoch seconds by which every task must end (a run's time budget), else None."""
+        self.kept: dict[str, dict[str, Any]] = {}
+        """Task id -> its fallback record: what the task keeps when its full path fails or runs out of time."""
         self._ready = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -240,7 +251,7 @@ class ArcJob:
         return task.id
 
     def cost(self, task: Task) -> float:
-        return task_cells(task)
+        return task_tokens(task)
 
     def not_parallel(self) -> str | None:
         if self.config.ttt and self.config.shared:
@@ -266,12 +277,25 @@ class ArcJob:
         return message
 
     def run(self, task: Task, emit: Emit) -> dict[str, Any]:
+        """The task's full record; its fallback record, saying where the deadline cut it, when time ran out."""
         self.setup()
         assert self.solver is not None
-        return self.solver.solve_task(task, on_step=lambda info: emit(Step(task.id, info)))
+        t0, kept = time.perf_counter(), self.kept.get(task.id)
+        try:
+            record = self.solver.solve_task(task, on_step=lambda info: emit(Step(task.id, info)),
+                                            deadline=self.deadline)
+        except TimeUp as up:
+            if kept is None:
+                raise
+            return {**kept, "cut": {"at": up.at, "seconds": time.perf_counter() - t0}}
+        if kept is not None:
+            pad_attempts(record, kept)
+            add_correctness(record, task)
+        return record
 
     def failed(self, task: Task, error: str, trace: str, seconds: float) -> dict[str, Any]:
-        return failed_record(task, error, trace, seconds)
+        kept = self.kept.get(task.id, {} if self.deadline is not None else None)
+        return failed_record(task, error, trace, seconds, kept)
 
     def accepts(self, task: Task, record: dict[str, Any]) -> bool:
         """A record that fits the schema (`arc.records`), with one entry per test input of the task."""
@@ -284,18 +308,43 @@ class ArcJob:
 
 
 def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = None, *,
-                executor: Executor | None = None, retry_failed: bool = False,
-                emit: Emit = ignore) -> tuple[list[dict[str, Any]], dict, Counts]:
+                executor: Executor | None = None, retry_failed: bool = False, emit: Emit = ignore,
+                budget: Budget | None = None) -> tuple[list[dict[str, Any]], dict, Counts]:
     """Solve `tasks`, resuming from `run_dir`; returns the records, the submission and the counts.
 
     An unopened `run_dir` is opened with the job's settings (the CLI opens it first, with its
     flags and options). The submission covers every task, failed ones included, and with a run
-    directory every task finished there under these settings, whatever subset `tasks` is.
+    directory every task finished there under these settings, whatever subset `tasks` is. A
+    fallback record (`arc.fallback`) is never a finished task: its task runs again, and keeps it
+    when it does not get to the end. With a `budget`, every task without a record first gets its
+    fallback and the submission is written; then the tasks on their fallback run in the order of the
+    budget's `Plan`, their deadline the budget's (`Counts.not_started`: those left on their fallback
+    without a start).
     """
+    if budget is not None and job.config.ttt and job.config.shared:
+        raise ValueError("a time budget runs the tasks' TTT one by one; shared TTT trains one LoRA on all first")
     if run_dir is not None and not run_dir.opened:
         run_dir.open("arc solve", {"config": job.config.to_json()})
-    records, counts = run_items(job, tasks, executor or LocalExecutor(), run_dir, retry_failed=retry_failed,
-                                emit=emit)
+    executor = executor or LocalExecutor()
+    first, before = {}, None
+    if budget is not None:
+        first, before = fallback_pass(job, tasks, executor, run_dir, budget, retry_failed=retry_failed, emit=emit)
+        write_run_submission(tasks, first, run_dir)  # whole from here on, whatever happens next
+    else:  # fallbacks of an earlier run with a budget: what their tasks keep if they fail now
+        saved = run_dir.finished("task_id", valid=lambda r: not record_problems(r)) if run_dir is not None else {}
+        job.kept = {tid: r for tid, r in saved.items() if is_fallback(r)}
+    todo = [t for t in tasks if t.id in job.kept] if budget is not None else list(tasks)
+    found, counts = run_items(job, todo, executor, run_dir, retry_failed=retry_failed and budget is None, emit=emit,
+                              provisional=is_fallback, budget=budget)
+    records = {t.id: found[t.id] if t.id in found else first[t.id] for t in tasks}
+    if before is not None:
+        counts = budget_counts(before, counts, records, emit)
+    return list(records.values()), write_run_submission(tasks, records, run_dir), counts
+
+
+def write_run_submission(tasks: Sequence[Task], records: dict[str, dict[str, Any]], run_dir: RunDir | None) -> dict:
+    """The submission of `records`, and with a run directory of every other task finished there under its
+    settings, written to RUN_DIR/submission.json."""
     submission = submission_of(tasks, records)
     if run_dir is not None:
         every = run_dir.finished("task_id", valid=lambda r: not record_problems(r))
@@ -304,32 +353,4 @@ def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = Non
             {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in others.items()},
             {tid: len(r["tests"]) for tid, r in others.items()}))
         write_output(run_dir.path / "submission.json", lambda path: write_submission(path, submission))
-    return list(records.values()), submission, counts
-
-
-def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Score, pass@1 and oracle (when outputs are known), failures, fits and timings over a run; `truth`:
-    the true outputs' mean bits before/after TTT and mean rank (`score.truth_means`)."""
-    def task_mean(key: str) -> float | None:
-        scored = [r for r in records if r["tests"] and all("correct" in t for t in r["tests"])]
-        if not scored:
-            return None
-        return sum(sum(t["correct"][key] for t in r["tests"]) / len(r["tests"]) for r in scored) / len(scored)
-
-    ok = [r for r in records if r.get("status") == "ok"]
-    trained = [r for r in ok if r["ttt"].get("steps")]
-    ttt_s = [r["ttt"].get("seconds", 0.0) + r["ttt"].get("data_seconds", 0.0) for r in ok]
-    tokens = sum(r["ttt"].get("tokens", 0) for r in trained)
-    train_s = sum(r["ttt"].get("seconds", 0.0) for r in trained)
-    return {
-        "tasks": len(records),
-        "failed": len(records) - len(ok),
-        "did_not_fit": sum(not r.get("fits", True) for r in ok),
-        "score": task_mean("any_attempt"),
-        "pass@1": task_mean("attempt_1"),
-        "oracle": task_mean("oracle"),
-        "ttt_seconds_per_task": sum(ttt_s) / len(ok) if ok else 0.0,
-        "infer_seconds_per_task": sum(r["predict"]["seconds"] for r in ok) / len(ok) if ok else 0.0,
-        "train_tokens_per_s": tokens / train_s if train_s else None,
-        "truth": truth_means(ok),
-    }
+    return submission

@@ -146,9 +146,10 @@ def scale_options() -> list[Option]:
 
 
 def runtime_flags(opts: list[Option]) -> tuple[str, ...]:
-    """The long names of the options that never change results (where and how items run, when a run
-    pauses), so they may differ on a rerun: the shared ones and the runtime settings of `opts`."""
-    return ("config", "restart", "retry-failed", "ray", *(o.flag for o in opts if o.runtime))
+    """The long names of the options that are no result-affecting setting (where and how items run; how long
+    a run may take, where each record says which path made it), so they may differ on a rerun: the shared
+    ones, `--time-budget` and the runtime settings of `opts`."""
+    return ("config", "restart", "retry-failed", "ray", "time-budget", *(o.flag for o in opts if o.runtime))
 
 
 def long_name(param: click.Parameter) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -50,6 +51,12 @@ def solve(
     retry_failed: bool = common.RETRY_FAILED,
     ray: bool = common.RAY,
     select: str = typer.Option(None, "--select", hidden=True, help="Old name of --rank."),
+    time_budget: str = typer.Option(None, "--time-budget", help="Wall-clock limit of this run, like 90m, 11h30m or "
+                                    "45s: first a fallback for every task (a greedy answer without TTT, or the test "
+                                    "input itself), then TTT on as many tasks as the time allows, cheapest first when "
+                                    "it binds; the run ends a little before it (2%, at most 30 s, kept for the "
+                                    "submission) with two attempts for every test input. A rerun redoes the tasks "
+                                    "left on their fallback."),
 ) -> None:
     """Solve ARC tasks with per-task test-time training, augmented inference and voting.
 
@@ -61,6 +68,7 @@ def solve(
 
     Example: testtime arc solve arc-agi-1/evaluation --limit 5 --out runs/eval5
     """
+    started = time.time()  # a --time-budget counts from here, model loading included
     params = common.options_of(ctx)
     if select is not None:
         common.warn("--select is now --rank (it ranks the attempts); --select will go in a later release")
@@ -80,6 +88,8 @@ def solve(
                         "`testtime arc pretrain`")
     if scale is not None and shared and ttt:
         problems.append("--shared trains one LoRA on all tasks and cannot be split over --ray workers; drop one")
+    budget, budget_problems = _budget(time_budget, started, shared and ttt)
+    problems += budget_problems
     if problems:
         fail("; ".join(problems))
     if preset:
@@ -92,10 +102,45 @@ def solve(
     selected = _load(source, tasks, limit)
     console.print(f"[bold]testtime arc solve[/] {safe(source)}: {len(selected)} tasks, model {safe(model)}, "
                   f"adapter {safe(solve_config.adapter or 'none')}, "
-                  f"TTT {'shared' if shared else 'per task' if ttt else 'off'}, out {safe(out or '(none)')}")
-    records, submitted = _run(solve_config, selected, source, out, params, scale, restart=restart,
-                              retry_failed=retry_failed)
-    _print_summary(records, out, submitted)
+                  f"TTT {'shared' if shared else 'per task' if ttt else 'off'}, out {safe(out or '(none)')}"
+                  + (f", time budget {safe(time_budget)}" if budget else ""))
+    records, submitted, counts = _run(solve_config, selected, source, out, params, scale, restart=restart,
+                                      retry_failed=retry_failed, budget=budget)
+    _print_summary(records, out, submitted, _budget_rows(budget, records, counts, ttt))
+
+
+def _budget(text: str | None, started: float, shared: bool) -> tuple[object, list[str]]:
+    """(the --time-budget as a `jobs.Budget` from `started`, or None; problems named by flag)."""
+    from testtime.jobs import Budget, parse_duration
+
+    if text is None:
+        return None, []
+    try:
+        budget = Budget.starting_now(parse_duration(text), started)
+    except ValueError as err:
+        return None, [f"--time-budget: {err}"]
+    if shared:
+        return budget, ["--time-budget runs the tasks' TTT one by one while time allows; --shared trains one LoRA "
+                        "on all of them first: drop one"]
+    return budget, []
+
+
+def _budget_rows(budget, records: list[dict], counts, ttt: bool) -> list[tuple[str, str]]:
+    """Summary rows of a run with a time budget: the budget, the time used, tasks on each path."""
+    from testtime.arc.fallback import is_fallback
+    from testtime.jobs import format_duration
+
+    if budget is None:
+        return []
+    full = sum(r.get("status") == "ok" and not is_fallback(r) for r in records)
+    fallback = sum(is_fallback(r) for r in records)
+    cut = fallback - counts.not_started
+    return [
+        ("time budget", f"{format_duration(budget.seconds)} ({budget.seconds:,.0f} s)"),
+        ("time used", f"{format_duration(budget.used())} ({budget.used():,.0f} s)"),
+        ("tasks with TTT" if ttt else "tasks with full inference", str(full)),
+        ("tasks on their fallback", f"{fallback} ({cut} cut by the deadline, {counts.not_started} not started)"),
+    ]
 
 
 def _resolve_adapter(value: str | None) -> str | None:
@@ -131,8 +176,8 @@ def _load(source: str, ids: str | None, limit: int | None) -> list:
 
 
 def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
-         retry_failed: bool) -> tuple[list[dict], int]:
-    """(this run's records, the tasks submission.json holds: every finished one in --out)."""
+         retry_failed: bool, budget=None) -> tuple[list[dict], int, object]:
+    """(this run's records, the tasks submission.json holds: every finished one in --out, the counts)."""
     from testtime.arc.solve import ArcJob, solve_tasks
     from testtime.jobs import RunDir
 
@@ -143,11 +188,11 @@ def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
         {"source": source, "config": solve_config.to_json()}, params, OPTIONS, restart=restart,
         weight_paths={"model": solve_config.model, "adapter": solve_config.adapter},
         work=lambda executor, emit: solve_tasks(job, tasks, run_dir, executor=executor, retry_failed=retry_failed,
-                                                emit=emit))
+                                                emit=emit, budget=budget))
     if counts.failed and counts.failed == counts.total:
         _print_summary(records, out, len(submission))
         fail(f"every task failed (first: {records[0].get('error')})", code=1)
-    return records, len(submission)
+    return records, len(submission), counts
 
 
 def _task_line(record: dict, resumed: bool) -> str:
@@ -158,6 +203,10 @@ def _task_line(record: dict, resumed: bool) -> str:
     state = "resumed" if resumed else record.get("status", "?")
     if resumed and record.get("status") == "failed":
         state = "failed earlier (skipped; --retry-failed runs it again)"
+    elif record.get("path") == "fallback" and record.get("status") == "ok":
+        cut = record.get("cut") if not resumed else None
+        state = ("resumed (fallback)" if resumed else "fallback" if not isinstance(cut, dict) else
+                 f"fallback kept, the deadline cut its TTT ({cut.get('at')}, after {cut.get('seconds', 0):.1f}s)")
     return f"  {record['task_id']}: {state}{mark} ({record.get('seconds', 0):.1f}s){_bits(tests)}"
 
 
@@ -192,8 +241,9 @@ def truth_rows(truth: dict) -> list[tuple[str, str]]:
     ]
 
 
-def _print_summary(records: list[dict], out: Path | None, submitted: int = 0) -> None:
-    from testtime.arc.solve import summarize
+def _print_summary(records: list[dict], out: Path | None, submitted: int = 0,
+                   extra: list[tuple[str, str]] | None = None) -> None:
+    from testtime.arc.score import summarize
 
     s = summarize(records)
     tok_s = "n/a" if s["train_tokens_per_s"] is None else f"{s['train_tokens_per_s']:,.0f}"
@@ -208,6 +258,7 @@ def _print_summary(records: list[dict], out: Path | None, submitted: int = 0) ->
         ("inference seconds / task", f"{s['infer_seconds_per_task']:.1f}"),
         ("training tokens / s", tok_s),
         *truth_rows(s["truth"]),
+        *(extra or []),
     ])
     if out:
         console.print(f"submission: {safe(out / 'submission.json')} ({submitted} tasks: every task finished in "

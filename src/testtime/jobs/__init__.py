@@ -3,7 +3,9 @@
 Knows nothing of ARC or LMs. A domain supplies a `Job` (set up once per process, run one item
 into a JSON-able record, an id and a cost per item); `run_items` resumes from the `RunDir`,
 hands the rest to an executor (`LocalExecutor`, or `RayExecutor` inside `ray_session`), catches
-each item's exception once (`run_one`) and files every record as it arrives.
+each item's exception once (`run_one`) and files every record as it arrives. Under a time
+`Budget`, items start in the order of a `Plan` while they are expected to end in time, and check
+the deadline inside their work (`check_deadline`, `TimeUp`).
 
     with executor_for(scale) as executor:            # scale: ScaleArgs, or None for in-process
         run_dir = RunDir("runs/x", records="tasks")
@@ -11,6 +13,7 @@ each item's exception once (`run_one`) and files every record as it arrives.
         records, counts = run_items(job, tasks, executor, run_dir, emit=print)
 """
 
+from testtime.jobs.budget import Budget, Plan, TimeUp, check_deadline, format_duration, parse_duration
 from testtime.jobs.job import (
     FAILED,
     OK,
@@ -41,6 +44,7 @@ from testtime.jobs.rundir import (
 )
 
 __all__ = [
+    "Budget", "Plan", "TimeUp", "check_deadline", "format_duration", "parse_duration",
     "FAILED", "INSTALL", "OK", "Counts", "Emit", "Event", "Executor", "Finished", "Job",
     "LocalExecutor", "Notice", "RayExecutor", "RunDir", "RunDirError", "ScaleArgs", "ScaleError", "SettingsChanged",
     "SetupError", "Started", "Status", "Step", "changed_settings", "describe", "executor_for", "failure", "ignore",

@@ -110,6 +110,8 @@ class Counts:
     failed: int = 0
     """Items whose record (new or resumed) says failed."""
     failed_ids: list[str] = field(default_factory=list)
+    not_started: int = 0
+    """Items a time budget left unrun (each keeps its earlier record, if any)."""
 
 
 def failure(job: Job, item: Any, err: BaseException | str, trace: str = "", seconds: float = 0.0) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Items on a pool of Ray actors: each sets its job up once (loads the model), then runs items.
 
 Per-item test-time training is embarrassingly parallel. Items go out largest first (the job's
-`cost`), so the last ones, which decide how long the other workers sit idle, are the small ones.
+`cost`), so the last ones, which decide how long the other workers sit idle, are the small ones;
+under a time budget they go out in the order of its `Plan`, which stops handing them out once
+none would end in time.
 A worker that dies (killed, out of memory) is replaced and its item retried, at most
 `max_retries` times; an item whose code raises is a failed record at once (`run_one` catches it
 inside the worker, as in-process). Results do not depend on where or in which order items ran.
@@ -17,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from typing import Any
 
 from testtime.config import at_least, setting
 from testtime.jobs import hooks
+from testtime.jobs.budget import Plan
 from testtime.jobs.job import OK, Emit, Job, Notice, Status, failure, ignore, run_one
 
 log = logging.getLogger(__name__)
@@ -136,10 +140,11 @@ class Worker:
 
 @dataclass
 class _Slot:
-    """An item in flight and the actor running it."""
+    """An item in flight, the actor running it, and when it was handed out (perf_counter)."""
 
     actor: Any
     item: Any
+    since: float
 
 
 class RayExecutor:
@@ -154,23 +159,25 @@ class RayExecutor:
         return (f"Ray: {self.where}; {a.workers} workers x {a.threads_per_worker} threads, "
                 f"{a.gpus_per_worker:g} GPU each, up to {a.max_retries} retries per item")
 
-    def execute(self, job: Job, items: Sequence[Any], keep: Callable[[dict[str, Any]], None], emit: Emit) -> None:
+    def execute(self, job: Job, items: Sequence[Any], keep: Callable[[dict[str, Any]], None], emit: Emit,
+                plan: Plan | None = None) -> None:
         reason = job.not_parallel()
         if reason:
             raise ScaleError(f"{reason}; drop --ray")
-        if items:
-            _Pool(job, self.args, keep, emit).run(sorted(items, key=job.cost, reverse=True))
+        if items and (plan is None or not plan.exhausted()):  # out of time: no actor starts
+            _Pool(job, self.args, keep, emit, plan).run(sorted(items, key=job.cost, reverse=True))
 
 
 class _Pool:
     """The driver's side of one `execute`: actors, items in flight, retries."""
 
-    def __init__(self, job: Job, args: ScaleArgs, keep: Callable[[dict[str, Any]], None], emit: Emit) -> None:
+    def __init__(self, job: Job, args: ScaleArgs, keep: Callable[[dict[str, Any]], None], emit: Emit,
+                 plan: Plan | None = None) -> None:
         self.ray = require_ray()
         from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
         self.lost = (RayActorError, WorkerCrashedError, OutOfMemoryError, NodeDiedError)
-        self.job, self.args, self.keep, self.emit = job, args, keep, emit
+        self.job, self.args, self.keep, self.emit, self.plan = job, args, keep, emit, plan
         self.remote = self.ray.remote(Worker).options(num_cpus=args.threads_per_worker, num_gpus=args.gpus_per_worker,
                                                       max_restarts=0, max_task_retries=0)
         self.hook = hooks.installed()
@@ -194,8 +201,14 @@ class _Pool:
             self.emit(status)
             while pending or inflight:
                 while idle and pending:
-                    slot = _Slot(idle.pop(), pending.popleft())
+                    item = pending.popleft() if self.plan is None else self.plan.take(pending, self.args.workers)
+                    if item is None:  # out of time: what is left is not started
+                        pending.clear()
+                        break
+                    slot = _Slot(idle.pop(), item, time.perf_counter())
                     inflight[slot.actor.run.remote(slot.item)] = slot
+                if not inflight:
+                    break
                 status.running = len(inflight)
                 self.emit(status)
                 (ref,), _ = self.ray.wait(list(inflight), num_returns=1)
@@ -209,6 +222,8 @@ class _Pool:
                         continue
                 else:
                     idle.append(slot.actor)
+                if self.plan is not None:
+                    self.plan.done(slot.item, record, time.perf_counter() - slot.since)
                 status.done += 1
                 status.failed += record.get("status") != OK
                 self.keep(record)
