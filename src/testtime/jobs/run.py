@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from testtime.jobs import hooks
 from testtime.jobs.job import FAILED, OK, Counts, Emit, Finished, Job, Notice, Started, Status, ignore, run_one
 from testtime.jobs.rundir import RunDir
 
@@ -35,9 +34,6 @@ class Executor(Protocol):
 class LocalExecutor:
     """Items one after another in this process, in the order given; the job is set up at the first."""
 
-    def __init__(self) -> None:
-        self.hook = hooks.installed()
-
     def execute(self, job: Job, items: Sequence[Any], keep: Callable[[dict[str, Any]], None], emit: Emit) -> None:
         if not items:
             return
@@ -49,10 +45,10 @@ class LocalExecutor:
             emit(Notice(message))
         status = Status(total=len(items), running=1)
         emit(status)
-        for n, item in enumerate(items):
+        for item in items:
             item_id = job.item_id(item)
             emit(Started(item_id))
-            record = run_one(job, item, emit, self.hook, first=n == 0)
+            record = run_one(job, item, emit)
             status.done += 1
             status.failed += record.get("status") != OK
             status.running = int(status.done < status.total)
