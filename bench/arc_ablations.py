@@ -1,7 +1,7 @@
 """Benchmark: the ARC ablation table on this machine's CPU (issue #15 item 7).
 
 Runs `testtime arc solve` once per arm on the 20 smallest ARC-AGI-1 evaluation tasks
-(`EVAL_TASKS` of bench/gpu_common.py) with the embedded model, each arm into `OUT/ARM` (a run
+(`EVAL_TASKS` of bench/arc_tasks.py) with the embedded model, each arm into `OUT/ARM` (a run
 directory: rerunning this script resumes every arm; a changed setting is refused by `arc solve`, and
 an arm that fails stops the script with the end of its log, OUT/logs/ARM.log).
 Arms: `no-ttt`; `ttt` (leave-one-out in context, the default); `ttt-e2e`; `ttt-no-aug` (no
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpu_common import EVAL_TASKS
+from arc_tasks import EVAL_TASKS
 
 BASE_ARMS = {"no-ttt": ["--no-ttt"], "ttt": [], "ttt-e2e": ["--ttt-format", "e2e"],
              "ttt-no-aug": ["--no-ttt-geometric", "--no-ttt-colors", "--no-ttt-demo-order"],

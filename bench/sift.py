@@ -4,7 +4,7 @@ The paper's comparison (Hübotter et al., ICLR 2025): none, US, NN, NN-F (NN wit
 adaptive SIFT, N = 50 steps, K = 200. Needs the offline corpus and an index of its memory (the
 full memory: all documents, not the --max-memory-docs-per-domain cut):
 
-    .venv/bin/python -m testtime.tools.corpus --out runs/corpus
+    .venv/bin/python -m dev.corpus --out runs/corpus          # dev/README.md
     .venv/bin/testtime lm index runs/corpus/memory.jsonl --out runs/corpus-index
     .venv/bin/python bench/sift.py --corpus runs/corpus --index runs/corpus-index --out runs/sift-bench \
         --n 50 --k 200 --lr LR --methods none,us,nn,nn-f,sift,sift-adaptive --alpha ALPHA
@@ -97,7 +97,7 @@ def method_args(method: str, args: argparse.Namespace) -> TTFTArgs:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, required=True,
-                    help="Directory written by python -m testtime.tools.corpus.")
+                    help="Directory written by python -m dev.corpus.")
     ap.add_argument("--index", type=Path, required=True, help="Index of the corpus memory (testtime lm index).")
     ap.add_argument("--out", type=Path, default=Path("runs/sift-bench"))
     ap.add_argument("--prompts-per-domain", type=int, default=20)

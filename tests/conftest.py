@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded tokenizer and a tiny randomly initialised causal LM."""
+"""Shared fixtures: the embedded tokenizer and the tiny randomly initialised causal LM (helpers.make_tiny_model)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import shutil
 import tempfile
 
 import pytest
-import torch
+
+from helpers import make_tiny_model
 
 # GGUF conversions made by tests go to a throwaway folder, never the user's ~/.cache
 os.environ["TESTTIME_CACHE"] = tempfile.mkdtemp(prefix="testtime-test-cache-")
@@ -21,29 +22,6 @@ def tokenizer():
     from testtime.models import load_tokenizer
 
     return load_tokenizer(None)
-
-
-def make_tiny_model(vocab_size: int = 49152, seed: int = 0):
-    """A 2-layer Llama with hidden size 32, random weights: seconds to train on CPU."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    model = LlamaForCausalLM(config)
-    model.eval()
-    return model
 
 
 @pytest.fixture

@@ -1,11 +1,28 @@
-"""Helpers shared by test modules (import as `from helpers import ...`; tests/ is on sys.path)."""
+"""Helpers shared by test modules (import as `from helpers import ...`; tests/ is on sys.path): the one
+tiny model, ARC tasks, and the LM tests' memory. The CLI runner is in cli_helpers.py, faults in faults.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from testtime.lm.select import preselect
+
+
+def make_tiny_model(vocab_size: int = 49152, seed: int = 0, **config):
+    """A 2-layer Llama with hidden size 32, random weights from `seed`: seconds to train on CPU.
+
+    `config` overrides LlamaConfig fields (`hidden_size=128, tie_word_embeddings=False`, ...)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return LlamaForCausalLM(LlamaConfig(**{**fields, **config})).eval()
 
 
 def save_random_adapter(model_dir: Path, out: Path) -> Path:
@@ -44,7 +61,6 @@ def two_demo_task(task_id: str):
 def arc_model_answering(tokenizer, task, answers, *, vocab_size: int, prompts: int, steps: int):
     """A tiny Llama trained to answer each of `answers` to `prompts` randomly transformed prompts of
     `task` (the answers kept in the prompt's frame). Returns (model, training stats)."""
-    from conftest import make_tiny_model
     from testtime.arc.format import encode
     from testtime.arc.transforms import random_transform
     from testtime.batching import TrainingSequence
@@ -84,3 +100,49 @@ class VirtualClock:
         for module in ("testtime.jobs.budget", "testtime.jobs.run"):
             monkeypatch.setattr(f"{module}.time", self)
         return self
+
+
+# --- the LM tests' memory ------------------------------------------------------------------------
+
+class LetterEmbedder:
+    """Letter counts, L2-normalised: texts sharing words land close together."""
+
+    name, dim = "letters", 26
+
+    def embed(self, texts, batch_size: int = 32):
+        out = np.zeros((len(texts), 26), np.float32)
+        for i, text in enumerate(texts):
+            for ch in text.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+class ListMemory:
+    """The memory interface ttft needs, over a list of texts (brute-force search)."""
+
+    def __init__(self, texts, embedder):
+        self._texts = list(texts)
+        self.embeddings = embedder.embed(self._texts)
+
+    def search(self, query, k):
+        return preselect(query, self.embeddings, k)
+
+    def texts(self, positions):
+        return [self._texts[int(i)] for i in positions]
+
+
+CONTINUATION = "the quick brown fox jumps over the lazy dog"
+MEMORY = [CONTINUATION] * 3 + ["zzz yyy xxx www", "mmm nnn ooo ppp", "qqq rrr sss", "kkk jjj iii"]
+
+
+def letter_index(folder: Path, tokenizer, domain: str | None = None) -> Path:
+    """`folder/index`: MEMORY (each text in `domain`, if given) indexed in 32-token chunks by letter counts."""
+    from testtime.lm.memory import Corpus, build_index
+
+    memory_file = folder / "memory.jsonl"
+    memory_file.write_text("\n".join(json.dumps({"text": t, **({"domain": domain} if domain else {})})
+                                     for t in MEMORY))
+    build_index(Corpus([memory_file]), folder / "index", LetterEmbedder(), tokenizer, chunk_tokens=32)
+    return folder / "index"
+

@@ -1,8 +1,10 @@
-"""The package's shape: imports point one way (CLI -> domains -> jobs -> core), modules stay small."""
+"""The package's shape: imports point one way (CLI -> domains -> jobs -> core), modules stay small, and
+nothing in it is a switch for the test suite."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -11,15 +13,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "testtime"
 
 CORE = {"atomic", "batching", "checkpoint", "config", "decode", "digest", "finetune", "logprob", "lora", "models",
         "precision", "schema", "seeds", "settings"}
-LAYER_OF = {"jobs": 1, "arc": 2, "lm": 2, "tools": 2, "report": 3, "cli": 4}
+LAYER_OF = {"jobs": 1, "arc": 2, "lm": 2, "report": 3, "cli": 4}
 """Package part -> layer; the core modules (and the package root) are layer 0. `report` renders the
 domains' records (JSON) as HTML, so it sits above them and below the CLI."""
 MAY_NOT_IMPORT = {
-    "arc": {"lm", "tools"},   # the two domains are independent of each other
-    "lm": {"arc", "tools"},
-    "tools": {"arc", "lm", "jobs"},
-    "report": {"lm", "tools", "jobs"},  # it reads records as JSON; of arc only the light task loader
+    "arc": {"lm"},   # the two domains are independent of each other
+    "lm": {"arc"},
+    "report": {"lm", "jobs"},  # it reads records as JSON; of arc only the light task loader
 }
+
+SWITCH_WORDS = {"TEST", "TESTS", "TESTING", "PYTEST", "FAULT", "FAULTS", "INJECT", "HOOK", "HOOKS", "MOCK"}
+"""Words of an environment variable that would be a switch for the test suite (TESTTIME_TEST_HOOK)."""
+ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
 
 MAX_FILE_LINES = 400
 MAX_BODY_LINES = 60
@@ -80,7 +85,7 @@ def test_imports_point_from_the_cli_to_the_domains_to_the_jobs_to_the_core():
 
 
 def test_the_core_and_the_job_layer_know_no_domain():
-    domains = {"arc", "lm", "cli", "tools"}
+    domains = {"arc", "lm", "cli"}
     wrong = [f"{a} imports {b}" for a, b in arrows() if layer_of(a) <= 1 and part_of(b) in domains]
     assert not wrong, "\n".join(wrong)
 
@@ -95,6 +100,26 @@ def test_the_checker_sees_an_arrow_pointing_the_wrong_way(tmp_path):
     bad.write_text("def f():\n    from testtime.arc.solve import ArcJob\n    from .cli import common\n")
     assert imported(bad, "testtime.jobs.bad") == {"testtime.arc.solve", "testtime.jobs.cli"}
     assert layer_of("testtime.arc.solve") > layer_of("testtime.jobs.bad") > layer_of("testtime.finetune")
+
+
+def switch_names(source: str) -> set[str]:
+    """Every string constant of `source` named like an environment variable (FOO_BAR) with a test word in it."""
+    return {node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and ENV_NAME.fullmatch(node.value)
+            and SWITCH_WORDS & set(node.value.split("_"))}
+
+
+def test_no_environment_variable_is_a_test_switch():
+    """Faults are injected by the test suite wrapping jobs (tests/faults.py), never by the package reading
+    a variable: one left set in a shell once made every task of every run fail."""
+    wrong = [f"{module}: {name}" for module, path in modules() for name in sorted(switch_names(path.read_text()))]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_switch_checker_sees_one():
+    source = 'import os\nHOOK = "TESTTIME_TEST_HOOK"\nos.environ.get(HOOK) or os.getenv("MY_FAULTS")\n'
+    assert switch_names(source) == {"TESTTIME_TEST_HOOK", "MY_FAULTS"}
+    assert switch_names('os.environ.get("TESTTIME_CACHE"), os.environ["OMP_NUM_THREADS"]') == set()
 
 
 @pytest.mark.parametrize("module,path", modules(), ids=[m for m, _ in modules()])

@@ -6,17 +6,9 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
 
-from helpers import save_random_adapter  # tests/ is on sys.path under pytest
-from testtime.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    result = runner.invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
-    return result
+from cli_helpers import invoke  # tests/ is on sys.path under pytest
+from helpers import save_random_adapter
 
 
 def _task_json(rows: int, cols: int, colour: int = 1) -> dict:

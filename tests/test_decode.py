@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from testtime.decode import greedy
 
 

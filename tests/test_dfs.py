@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_model
-from helpers import arc_model_answering, two_demo_task  # tests/ is on sys.path under pytest
+from helpers import arc_model_answering, make_tiny_model, two_demo_task  # tests/ is on sys.path under pytest
 from testtime.arc.decoding import AnswerPaths, AnswerShape
 from testtime.arc.format import TokenCounter
 from testtime.arc.predict import end_token_id, predict_task

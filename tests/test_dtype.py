@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from cli_helpers import invoke  # tests/ is on sys.path under pytest
+from helpers import make_tiny_model
 from testtime import models
 from testtime.batching import TrainingSequence
-from testtime.cli import app
 from testtime.finetune import train
 from testtime.lora import AdapterHost
 from testtime.models import resolve_dtype
@@ -33,12 +33,7 @@ def test_auto_follows_the_cpu_and_explicit_values_are_kept(monkeypatch):
 
 
 def tiny(dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=0)
-    return LlamaForCausalLM(config).to(dtype).eval()
+    return make_tiny_model(vocab_size=64, pad_token_id=0).to(dtype)
 
 
 def sequences() -> list[TrainingSequence]:
@@ -74,27 +69,25 @@ def test_solve_records_the_resolved_dtype_and_refuses_a_bad_one(tmp_path, tiny_m
     (task / "t.json").write_text(json.dumps({"train": [{"input": grid, "output": grid}] * 2,
                                              "test": [{"input": grid, "output": grid}]}))
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
-    runner = CliRunner()
     base = ["arc", "solve", str(task), "--model", str(tiny_model_dir), "--no-ttt", "--max-new-tokens", "2"]
-    plain = runner.invoke(app, [*base, "--out", str(tmp_path / "plain"), "--dtype", "float32"],
-                          catch_exceptions=False)
+    plain = invoke(*base, "--out", tmp_path / "plain", "--dtype", "float32")
     assert plain.exit_code == 0 and json.loads((tmp_path / "plain" / "config.json").read_text())[
         "settings"]["config.dtype"] == "float32"
-    auto = runner.invoke(app, [*base, "--out", str(tmp_path / "auto")], catch_exceptions=False)  # the default: auto
+    auto = invoke(*base, "--out", tmp_path / "auto")  # the default: auto
     assert auto.exit_code == 0, auto.output
     assert "torch.bfloat16" in auto.output
     settings = json.loads((tmp_path / "auto" / "config.json").read_text())["settings"]
     assert settings["config.dtype"] == "bfloat16"
-    f32 = runner.invoke(app, [*base, "--out", str(tmp_path / "auto"), "--dtype", "float32"], catch_exceptions=False)
+    f32 = invoke(*base, "--out", tmp_path / "auto", "--dtype", "float32")
     assert f32.exit_code == 2 and "--dtype: 'bfloat16' -> 'float32'" in " ".join(f32.output.split())
-    bad = runner.invoke(app, [*base, "--dtype", "float16"], catch_exceptions=False)
+    bad = invoke(*base, "--dtype", "float16")
     assert bad.exit_code == 2 and "--dtype must be one of auto, bfloat16, float32, not 'float16'" in \
         " ".join(bad.output.split())
 
 
 @pytest.mark.parametrize("command", [["arc", "solve", "x"], ["arc", "pretrain", "x"], ["lm", "eval"]])
 def test_every_command_that_loads_the_lm_defaults_to_auto(command):
-    result = CliRunner().invoke(app, [*command, "--help"], catch_exceptions=False, terminal_width=200)
+    result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "[default: auto]" in " ".join(result.output.split()).split("--dtype", 1)[1][:400]
 

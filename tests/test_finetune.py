@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from testtime.batching import IGNORE_INDEX, TrainingSequence, make_batches
 from testtime.finetune import StepInfo, lr_factor, total_steps, train
 from testtime.lora import AdapterHost, lora_config

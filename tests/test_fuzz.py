@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
+from fuzzing import changed_outside, fresh_dir, json_values, run_cli, snapshot
 from testtime.arc.task import CHALLENGES_SUFFIX, SOLUTIONS_SUFFIX, TaskError, load_tasks
-from testtime.cli import app
 
 FUZZ = settings(max_examples=30, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -39,11 +38,6 @@ stems = st.one_of(st.sampled_from(["..x", "[b]", "-x", "config", "a b", "ünï�
                   st.text(st.characters(exclude_characters="/\x00", exclude_categories=("Cs",)), min_size=1,
                           max_size=20)).filter(lambda s: s not in (".", "..") and len(s.encode()) <= 200)
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 12) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=4),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8)
 grids = st.integers(1, 3).flatmap(lambda h: st.integers(1, 3).flatmap(
     lambda w: st.lists(st.lists(st.integers(0, 9), min_size=w, max_size=w), min_size=h, max_size=h)))
 
@@ -138,16 +132,6 @@ def write_files(folder: Path, files: dict[str, str]) -> None:
         (folder / name).write_text(text, encoding="utf-8", errors="surrogatepass")
 
 
-def snapshot(root: Path) -> dict[Path, bytes | None]:
-    return {p: (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
-
-
-def changed_outside(before: dict, after: dict, out: Path) -> list[Path]:
-    touched = {p for p in set(before) | set(after) if before.get(p, b"<absent>") != after.get(p, b"<absent>")}
-    # inside `out`, or a folder on the way to it (created with it)
-    return sorted(p for p in touched if not p.is_relative_to(out) and not (out.is_relative_to(p) and p.is_dir()))
-
-
 def saved_ids(out: Path, key: str) -> list[str]:
     """The ids held by the records under `out` (wherever the layout puts them), one per record file."""
     found = []
@@ -207,10 +191,6 @@ def lm_job(tiny_model_dir):
     config = EvalConfig(model=str(tiny_model_dir), ttft=TTFTArgs(select="none"))
     loaded = load_model(str(tiny_model_dir))
     return LmJob(config, parts=(AdapterHost(loaded.model, config.lora), loaded.tokenizer, None, None))
-
-
-def fresh_dir(factory) -> Path:
-    return Path(tempfile.mkdtemp(prefix="fuzz-", dir=factory.getbasetemp()))
 
 
 def input_files(folder: Path) -> list[Path]:
@@ -285,16 +265,6 @@ def test_fuzz_kaggle_challenges_and_solutions_load_and_solve(tmp_path_factory, a
 
 
 # --- ARC: the CLI, a few examples ---------------------------------------------------------------
-
-def run_cli(*args: str):
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "1000"})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{type(result.exception).__name__}: {result.exception}\n{result.output}") \
-            from result.exception
-    assert result.exit_code in (0, 1, 2), result.output
-    assert "Traceback" not in result.output
-    return result
-
 
 @pytest.mark.slow
 @CLI_FUZZ

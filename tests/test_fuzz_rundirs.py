@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from test_fuzz import changed_outside, fresh_dir, json_values, run_cli, snapshot  # tests/ is on sys.path
+from fuzzing import changed_outside, fresh_dir, json_values, run_cli, snapshot  # tests/ is on sys.path
 
 TASKS = ("t0", "t1")
 PLANTED = 4242.0

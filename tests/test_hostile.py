@@ -7,6 +7,7 @@ a clear message (exit 2), never a traceback, a hang or a write outside --out.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -19,17 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from testtime.cli import app
+import cli_helpers  # tests/ is on sys.path under pytest
+from cli_helpers import flat
 
-
-def invoke(*args: str, **env: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "1000", **env})
-
-
-def flat(result) -> str:
-    return " ".join(result.output.split())
+invoke = functools.partial(cli_helpers.invoke, columns=1000)  # hostile ids are long: no line wraps inside one
 
 
 def grid(i: int, side: int = 2) -> list[list[int]]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import testtime.logprob as logprob
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from testtime.arc.likelihood import score_answers
 from testtime.batching import IGNORE_INDEX, TrainingSequence, collate, labelled_tokens
 from testtime.finetune import evaluate_loss, labelled_loss

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import make_tiny_model
 from testtime.batching import IGNORE_INDEX
 from testtime.finetune import labelled_loss
 from testtime.lora import AdapterHost
@@ -13,12 +14,7 @@ from testtime.settings import LoraArgs
 
 
 def tiny(vocab: int = 97):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=0)
-    return LlamaForCausalLM(config).eval()
+    return make_tiny_model(vocab_size=vocab, pad_token_id=0)
 
 
 def batch(vocab: int = 97):

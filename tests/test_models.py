@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from testtime import models
 from testtime.models import (
     CACHE_ENV,

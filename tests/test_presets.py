@@ -6,14 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from testtime.cli import app
+from cli_helpers import invoke  # tests/ is on sys.path under pytest
 from testtime.cli.solve import PRESETS
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "400"})
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from helpers import save_random_adapter  # tests/ is on sys.path under pytest
-from testtime.cli import app
+from cli_helpers import flat, invoke  # tests/ is on sys.path under pytest
+from helpers import LetterEmbedder, letter_index, save_random_adapter
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def invoke(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200", **(env or {})})
-
-
-def flat(result) -> str:
-    return " ".join(result.output.split())
 
 
 def write_tasks(folder: Path, n: int = 4) -> Path:
@@ -203,17 +194,12 @@ def test_lm_index_embeds_with_minilm_by_default_and_finds_each_document(tmp_path
 
 def test_lm_eval_selectors_share_one_out_each_in_its_own_run_directory(tmp_path, tokenizer, tiny_model_dir,
                                                                        monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "tests" / "lm"))
-    from test_ttft import MEMORY, LetterEmbedder
-
     import testtime.lm.embed as embed
-    from testtime.lm.memory import Corpus, Memory, build_index
+    from testtime.lm.memory import Memory
     from testtime.lm.select import select_nn
 
     monkeypatch.setattr(embed, "load_embedder", lambda *a, **k: LetterEmbedder())
-    memory_file = tmp_path / "memory.jsonl"
-    memory_file.write_text("\n".join(json.dumps({"text": t}) for t in MEMORY))
-    build_index(Corpus([memory_file]), tmp_path / "index", LetterEmbedder(), tokenizer, chunk_tokens=32)
+    letter_index(tmp_path, tokenizer)
     rows = [{"id": "p1", "domain": "prose", "prompt": "the quick brown fox", "continuation": " jumps over"},
             {"id": "p2", "domain": "noise", "prompt": "zzz yyy", "continuation": " xxx www"},
             {"id": "p3", "domain": "noise", "prompt": "kkk jjj", "continuation": " iii"}]

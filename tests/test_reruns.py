@@ -8,26 +8,13 @@ skipped on rerun and run again with `--retry-failed`; `--config` reproduces a ru
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from faults import hook, injected  # the test tree's faults (tests/ is on sys.path under pytest)
-from testtime.cli import app
-
-sys.path.insert(0, str(Path(__file__).parent / "lm"))
-from test_ttft import MEMORY, LetterEmbedder  # as tests/lm/test_lm_cli.py imports it
-
-
-def invoke(*args: str, faults=None, **env: str):
-    with injected(faults):
-        return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200", **env})
-
-
-def flat(result) -> str:
-    return " ".join(result.output.split())
+from cli_helpers import flat, invoke  # tests/ is on sys.path under pytest
+from faults import faults
+from helpers import LetterEmbedder, letter_index
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +63,7 @@ def test_arc_solve_refuses_changed_settings_and_restart_or_new_out_work(tmp_path
 @pytest.mark.slow
 def test_arc_solve_failed_task_is_recorded_skipped_and_retried(tmp_path, tasks_dir, tiny_model_dir):
     out = tmp_path / "run"
-    result = solve(tasks_dir, tiny_model_dir, out, **hook(raise_on=["t1"]))
+    result = solve(tasks_dir, tiny_model_dir, out, faults=faults(raise_on=["t1"]))
     assert result.exit_code == 0, result.output
     failed = record(out, "tasks", "t1")
     assert failed["status"] == "failed" and failed["error"] == "RuntimeError: fault injected on t1"
@@ -85,7 +72,7 @@ def test_arc_solve_failed_task_is_recorded_skipped_and_retried(tmp_path, tasks_d
     json.loads((out / "submission.json").read_text())["t1"]  # still submitted, as Kaggle requires
 
     # a rerun skips it: the hook would now fail every task that runs
-    skipped = solve(tasks_dir, tiny_model_dir, out, **hook(raise_on=["t0", "t1"]))
+    skipped = solve(tasks_dir, tiny_model_dir, out, faults=faults(raise_on=["t0", "t1"]))
     assert skipped.exit_code == 0 and "t1: failed earlier" in flat(skipped)
     assert record(out, "tasks", "t1") == failed and record(out, "tasks", "t0")["status"] == "ok"
 
@@ -96,7 +83,7 @@ def test_arc_solve_failed_task_is_recorded_skipped_and_retried(tmp_path, tasks_d
 
 @pytest.mark.slow
 def test_every_task_failing_exits_nonzero(tmp_path, tasks_dir, tiny_model_dir):
-    result = solve(tasks_dir, tiny_model_dir, tmp_path / "run", **hook(raise_on=["t0", "t1"]))
+    result = solve(tasks_dir, tiny_model_dir, tmp_path / "run", faults=faults(raise_on=["t0", "t1"]))
     assert result.exit_code == 1 and "every task failed" in flat(result)
 
 
@@ -127,11 +114,8 @@ def test_a_run_config_reproduces_the_run_and_toml_sets_options(tmp_path, tasks_d
 
 @pytest.fixture(scope="module")
 def memory_index(tmp_path_factory, tokenizer):
-    from testtime.lm.memory import Corpus, build_index
-
     folder = tmp_path_factory.mktemp("memory")
-    (folder / "memory.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in MEMORY))
-    build_index(Corpus([folder / "memory.jsonl"]), folder / "index", LetterEmbedder(), tokenizer, chunk_tokens=32)
+    letter_index(folder, tokenizer)
     prompts = folder / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"id": i, "domain": "d", "prompt": p, "continuation": " over it"})
                                  for i, p in (("a", "the quick brown"), ("b", "zzz"))))
@@ -152,7 +136,7 @@ def test_lm_eval_refuses_changed_settings_and_keeps_the_failure_policy(tmp_path,
 
     monkeypatch.setattr(embed, "load_embedder", lambda *a, **k: LetterEmbedder())
     out = tmp_path / "run"
-    result = lm_eval(memory_index, tiny_model_dir, out, **hook(raise_on=["b"]))
+    result = lm_eval(memory_index, tiny_model_dir, out, faults=faults(raise_on=["b"]))
     assert result.exit_code == 0, result.output
     failed = record(out / "sift", "results", "b")
     assert failed["status"] == "failed" and "fault injected on b" in failed["error"]
@@ -161,7 +145,7 @@ def test_lm_eval_refuses_changed_settings_and_keeps_the_failure_policy(tmp_path,
     assert changed.exit_code == 2
     assert "--lam: 0.01 -> 0.5" in flat(changed) and "--lora-rank: 2 -> 4" in flat(changed)
 
-    skipped = lm_eval(memory_index, tiny_model_dir, out, **hook(raise_on=["a", "b"]))
+    skipped = lm_eval(memory_index, tiny_model_dir, out, faults=faults(raise_on=["a", "b"]))
     assert skipped.exit_code == 0 and record(out / "sift", "results", "b") == failed
     retried = lm_eval(memory_index, tiny_model_dir, out, "--retry-failed")
     assert retried.exit_code == 0 and record(out / "sift", "results", "b")["status"] == "ok"

@@ -12,8 +12,8 @@ import click
 import pytest
 import typer
 import typer.main
-from typer.testing import CliRunner
 
+from cli_helpers import invoke  # tests/ is on sys.path under pytest
 from testtime.arc.settings import PretrainConfig, SolveConfig
 from testtime.cli import app, common
 from testtime.config import as_json, flags, group, options, runtime_fields, setting
@@ -55,7 +55,7 @@ def test_parsing_no_flags_gives_the_library_config(path):
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
 def test_every_option_is_documented_in_help(path):
-    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "300"})
+    result = invoke(*path, "--help", columns=300)
     assert result.exit_code == 0, result.output
     shown = [p for p in command(path).params if isinstance(p, click.Option) and not p.hidden]
     for param in shown:

@@ -18,24 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from testtime.cli import app
+from cli_helpers import flat, invoke  # tests/ is on sys.path under pytest
 
 N_TASKS = 3
-
-
-def invoke(*args: str, **env: str):
-    """The CLI; an exception escaping it is a test failure by assertion (the outcome must be an exit code)."""
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", **env})
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
-        f"{type(result.exception).__name__}: {result.exception}\n{result.output}"
-    assert "Traceback" not in result.output
-    return result
-
-
-def flat(result) -> str:
-    return " ".join(result.output.split())
 
 
 @pytest.fixture(scope="module")

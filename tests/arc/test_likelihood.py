@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from testtime.arc.format import TokenCounter, encode, format_answer, format_prompt
 from testtime.arc.likelihood import poe_scores, score_answers, truth_bits, truth_rows
 from testtime.arc.predict import inference_transforms

@@ -14,8 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_tiny_model
-from helpers import arc_model_answering, two_demo_task
+from helpers import arc_model_answering, make_tiny_model, two_demo_task
 from helpers import grid as g  # tests/ is on sys.path under pytest
 from testtime.arc.decoding import AnswerShape, generate
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, format_answer

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from helpers import make_tiny_model
 from testtime.arc import pretrain as pretrain_module
 from testtime.arc.format import TokenCounter
 from testtime.arc.pretrain import default_adapter, format_token_ids, pretrain
@@ -330,9 +330,7 @@ def test_init_adapter_of_another_shape_or_missing_is_named(tmp_path, tokenizer):
 
 
 def test_the_cli_maps_the_new_flags_and_names_them(tmp_path, tiny_model_dir):
-    from typer.testing import CliRunner
-
-    from testtime.cli import app
+    from cli_helpers import invoke
     from testtime.cli.pretrain import OPTIONS
     from testtime.config import flags
 
@@ -344,16 +342,13 @@ def test_the_cli_maps_the_new_flags_and_names_them(tmp_path, tiny_model_dir):
                    for tid, exs in random_tasks().items()}, f)
     common = ["arc", "pretrain", str(data), "--model", str(tiny_model_dir), "--steps", "2", "--warmup", "0",
               "--grad-accum", "1", "--val-tasks", "2", "--val-sequences", "2", "--lora-rank", "2", "--max-len", "200"]
-    runner = CliRunner()
-    bad = runner.invoke(app, [*common, "--out", str(tmp_path / "a"), "--max-minutes", "-1", "--init-adapter",
-                              str(tmp_path)], env={"COLUMNS": "200"})
+    bad = invoke(*common, "--out", tmp_path / "a", "--max-minutes", "-1", "--init-adapter", tmp_path)
     assert bad.exit_code == 2
     assert "--max-minutes must be a positive number" in " ".join(bad.output.split())
     assert "--init-adapter" in bad.output and "no adapter_config.json" in " ".join(bad.output.split())
-    first = runner.invoke(app, [*common, "--out", str(tmp_path / "a"), "--max-minutes", "30"], env={"COLUMNS": "200"})
+    first = invoke(*common, "--out", tmp_path / "a", "--max-minutes", "30")
     assert first.exit_code == 0, first.output
-    child = runner.invoke(app, [*common, "--out", str(tmp_path / "b"), "--init-adapter", str(tmp_path / "a")],
-                          env={"COLUMNS": "200"})
+    child = invoke(*common, "--out", tmp_path / "b", "--init-adapter", tmp_path / "a")
     assert child.exit_code == 0, child.output
     assert "started from" in child.output and "4 steps in all" in " ".join(child.output.split())
 
@@ -409,17 +404,13 @@ def test_the_shipped_adapter_is_what_its_card_says():
 
 
 def test_export_names_a_directory_that_is_not_an_adapter(tmp_path):
-    from typer.testing import CliRunner
-
-    from testtime.cli import app
+    from cli_helpers import invoke
 
     (tmp_path / "adapter_config.json").write_text("[")
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
-    result = CliRunner().invoke(app, ["arc", "export-adapter", str(tmp_path), str(tmp_path / "out")],
-                                env={"COLUMNS": "200"})
+    result = invoke("arc", "export-adapter", tmp_path, tmp_path / "out")
     assert result.exit_code != 0 and "adapter_config.json" in result.output and "damaged" in result.output
-    missing = CliRunner().invoke(app, ["arc", "export-adapter", str(tmp_path / "nope"), str(tmp_path / "o2")],
-                                 env={"COLUMNS": "200"})
+    missing = invoke("arc", "export-adapter", tmp_path / "nope", tmp_path / "o2")
     assert missing.exit_code != 0 and "arc pretrain" in " ".join(missing.output.split())
     assert not (tmp_path / "out").exists() and not (tmp_path / "o2").exists()
 

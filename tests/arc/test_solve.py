@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from helpers import make_tiny_model
 from testtime.arc.records import record_problems
 from testtime.arc.score import summarize
 from testtime.arc.settings import InferArgs, SolveConfig, TTTArgs
@@ -34,11 +35,8 @@ def learnable_model(vocab_size: int, hidden: int = 128, seed: int = 0) -> LlamaF
     The untied head at std 0.5 lets logits grow large enough to beat 49k random competitors;
     embeddings at std 0.1 keep the residual stream from copying the input token.
     """
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    model = LlamaForCausalLM(config)
+    model = make_tiny_model(vocab_size, seed, hidden_size=hidden, intermediate_size=2 * hidden,
+                            num_key_value_heads=4, tie_word_embeddings=False)
     with torch.no_grad():
         model.model.embed_tokens.weight.normal_(0.0, 0.1)
         model.lm_head.weight.normal_(0.0, 0.5)

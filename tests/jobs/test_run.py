@@ -18,7 +18,6 @@ from testtime.jobs import (
     SetupError,
     Started,
     Status,
-    hooks,
     run_items,
 )
 
@@ -166,14 +165,17 @@ def test_a_record_that_is_not_this_items_is_redone(tmp_path, caplog):
     assert "not a record of n1" in caplog.text and "does not parse" in caplog.text
 
 
-def test_the_test_hook_runs_before_each_item_inside_the_failure_policy(tmp_path):
+def test_an_injected_fault_fails_its_item_inside_the_failure_policy(tmp_path):
     from faults import faults, injected
 
+    execute, job = LocalExecutor.execute, Squares()
     with injected(faults(raise_on=["n2"])):
-        records, counts = run_items(Squares(), [1, 2], LocalExecutor(), opened(tmp_path))
+        records, counts = run_items(job, [1, 2], LocalExecutor(), opened(tmp_path))
+    assert records["n1"]["square"] == 1 and job.ran == [1]  # the fault fires before the job's own run
     assert records["n2"]["status"] == FAILED and "fault injected on n2" in records["n2"]["error"]
+    assert records["n2"]["partial"]  # the job's own failed record: all but `run` is the job's
     assert counts.failed_ids == ["n2"]
-    assert hooks.installed() is None  # only while the block runs
+    assert LocalExecutor.execute is execute  # patched only while the block runs
 
 
 def test_events_announce_setup(tmp_path):

@@ -141,9 +141,7 @@ def test_intervals_pair_prompts_against_none_and_nn():
 
 
 def test_the_cli_prints_and_writes_the_intervals(tmp_path):
-    from typer.testing import CliRunner
-
-    from testtime.cli import app
+    from cli_helpers import invoke
 
     for method, scale in (("none", 1.0), ("nn", 0.97), ("sift", 0.9)):
         (tmp_path / method / "results").mkdir(parents=True)
@@ -152,7 +150,7 @@ def test_the_cli_prints_and_writes_the_intervals(tmp_path):
             (tmp_path / method / "results" / f"p{i}.json").write_text(
                 json.dumps(rec(f"p{i}", "code", (1 + i / 10) * scale * (1 + (i % 2) / 50))))
     args = ["lm", "compare", str(tmp_path), "--bootstrap-seed", "3", "--bootstrap-samples", "200"]
-    result = CliRunner().invoke(app, [*args, "--json", str(tmp_path / "cmp.json")], env={"COLUMNS": "200"})
+    result = invoke(*args, "--json", tmp_path / "cmp.json")
     assert result.exit_code == 0, result.output
     cell = compare(find_runs([tmp_path]), samples=200, seed=3).cells[("All", "sift")]
     lines = result.output.splitlines()
@@ -161,5 +159,5 @@ def test_the_cli_prints_and_writes_the_intervals(tmp_path):
     assert "200 resamples, seed 3" in " ".join(result.output.split())
     saved = json.loads((tmp_path / "cmp.json").read_text())
     assert saved["bootstrap"] == {"samples": 200, "seed": 3, "interval": 0.95, "unit": "points of none"}
-    bad = CliRunner().invoke(app, [*args[:-1], "0"])
+    bad = invoke(*args[:-1], "0")
     assert bad.exit_code == 2 and "--bootstrap-samples" in bad.output

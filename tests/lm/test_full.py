@@ -7,9 +7,8 @@ import weakref
 
 import pytest
 import torch
-from test_ttft import CONTINUATION, MEMORY, LetterEmbedder, ListMemory
 
-from conftest import make_tiny_model
+from helpers import CONTINUATION, MEMORY, LetterEmbedder, ListMemory, make_tiny_model
 from testtime.config import problems
 from testtime.lm.evaluate import make_host
 from testtime.lm.settings import EvalConfig, PromptLora, TTFTArgs

@@ -8,17 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_ttft import CONTINUATION, MEMORY, LetterEmbedder
-from typer.testing import CliRunner
 
-from testtime.cli import app
+from cli_helpers import invoke  # tests/ is on sys.path under pytest
+from helpers import CONTINUATION, LetterEmbedder, letter_index
 from testtime.lm.bpb import continuation_bits
-from testtime.lm.memory import Corpus, build_index
 from testtime.models import load_model
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
 
 
 def table_row(output: str, domain: str) -> list[str]:
@@ -47,9 +41,7 @@ def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tin
     import testtime.lm.embed as embed
 
     monkeypatch.setattr(embed, "load_embedder", lambda *a, **k: LetterEmbedder())
-    memory_file = tmp_path / "memory.jsonl"
-    memory_file.write_text("\n".join(json.dumps({"text": t, "domain": "prose"}) for t in MEMORY))
-    build_index(Corpus([memory_file]), tmp_path / "index", LetterEmbedder(), tokenizer, chunk_tokens=32)
+    letter_index(tmp_path, tokenizer, domain="prose")
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"id": "a", "domain": "prose", "prompt": "the quick brown fox", "continuation": CONTINUATION},
             {"id": "b", "domain": "noise", "prompt": "zzz", "continuation": " yyy xxx"}]
@@ -118,9 +110,7 @@ def lm_setup(tmp_path, tokenizer, monkeypatch):
     import testtime.lm.embed as embed
 
     monkeypatch.setattr(embed, "load_embedder", lambda *a, **k: LetterEmbedder())
-    memory_file = tmp_path / "memory.jsonl"
-    memory_file.write_text("\n".join(json.dumps({"text": t, "domain": "prose"}) for t in MEMORY))
-    build_index(Corpus([memory_file]), tmp_path / "index", LetterEmbedder(), tokenizer, chunk_tokens=32)
+    letter_index(tmp_path, tokenizer, domain="prose")
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"id": "a", "domain": "prose", "prompt": "the quick brown fox", "continuation": CONTINUATION},
             {"id": "b", "domain": "noise", "prompt": "zzz", "continuation": " yyy xxx"},

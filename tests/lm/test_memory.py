@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from testtime.lm.embed import LMEmbedder, MiniLMEmbedder
 from testtime.lm.memory import (
@@ -269,7 +268,7 @@ def test_minilm_embeds_similar_texts_closer():
 def test_cli_index_builds_resumes_and_names_bad_fields(tmp_path, tokenizer, monkeypatch):
     import testtime.lm.embed as embed_mod
     import testtime.models as models_mod
-    from testtime.cli import app
+    from cli_helpers import invoke
 
     made = []
     monkeypatch.setattr(models_mod, "load_tokenizer", lambda *a, **k: tokenizer)
@@ -277,9 +276,8 @@ def test_cli_index_builds_resumes_and_names_bad_fields(tmp_path, tokenizer, monk
     root = write_corpus(tmp_path / "corpus", n_files=6)
     (root / "junk.bin").write_bytes(b"\x00" * 10)
     out = tmp_path / "idx"
-    runner = CliRunner()
     args = ["lm", "index", str(root), "--out", str(out), "--chunk-tokens", "32", "--shard-size", "30"]
-    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
     assert meta["embedder"] == "fake" and meta["chunk_tokens"] == 32 and meta["skipped_files"] == 1
@@ -287,12 +285,12 @@ def test_cli_index_builds_resumes_and_names_bad_fields(tmp_path, tokenizer, monk
                if ln.count("│") == 3}
     assert summary["documents"] == "7" and summary["chunks"] == str(meta["count"]) and summary["skipped files"] == "1"
 
-    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    result = invoke(*args)
     assert result.exit_code == 0 and "resuming:" in result.output and made[-1].embedded == 0
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"body": "x"}\n')
-    result = runner.invoke(app, ["lm", "index", str(bad), "--out", str(tmp_path / "other")], env={"COLUMNS": "200"})
+    result = invoke("lm", "index", bad, "--out", tmp_path / "other")
     assert result.exit_code == 2 and "--text-field" in result.output and "bad.jsonl line 1" in result.output
-    result = runner.invoke(app, ["lm", "index", str(root), "--out", str(out), "--embedder", "bert"])
+    result = invoke("lm", "index", root, "--out", out, "--embedder", "bert")
     assert result.exit_code == 2 and "--embedder must be one of minilm, lm" in result.output

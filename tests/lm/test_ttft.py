@@ -5,52 +5,18 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from helpers import CONTINUATION, MEMORY, LetterEmbedder, ListMemory, make_tiny_model
 from testtime.batching import IGNORE_INDEX
 from testtime.jobs import Finished, record_name
 from testtime.lm.bpb import continuation_bits, encode_pair
 from testtime.lm.evaluate import Prompt, read_prompts, run_eval
-from testtime.lm.select import preselect
 from testtime.lm.settings import TTFTArgs
 from testtime.lm.ttft import select_chunks, summarize, ttft_prompt
 from testtime.lora import AdapterHost
 from testtime.settings import LoraArgs
-
-
-class LetterEmbedder:
-    """Letter counts, L2-normalised: texts sharing words land close together."""
-
-    name, dim = "letters", 26
-
-    def embed(self, texts, batch_size: int = 32):
-        out = np.zeros((len(texts), 26), np.float32)
-        for i, text in enumerate(texts):
-            for ch in text.lower():
-                if "a" <= ch <= "z":
-                    out[i, ord(ch) - 97] += 1
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
-
-
-class ListMemory:
-    """The memory interface ttft needs, over a list of texts (brute-force search)."""
-
-    def __init__(self, texts, embedder):
-        self._texts = list(texts)
-        self.embeddings = embedder.embed(self._texts)
-
-    def search(self, query, k):
-        return preselect(query, self.embeddings, k)
-
-    def texts(self, positions):
-        return [self._texts[int(i)] for i in positions]
-
-
-CONTINUATION = "the quick brown fox jumps over the lazy dog"
-MEMORY = [CONTINUATION] * 3 + ["zzz yyy xxx www", "mmm nnn ooo ppp", "qqq rrr sss", "kkk jjj iii"]
 
 
 def host_for(tokenizer) -> AdapterHost:

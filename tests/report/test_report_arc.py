@@ -9,7 +9,6 @@ import sys
 
 import pytest
 from report_runs import write_arc_run, write_lm_runs, write_pretrain_out  # tests/report/ is on sys.path
-from typer.testing import CliRunner
 
 from testtime.report import write_arc_report, write_quietly
 from testtime.report.svg import PALETTE, GridBank, grid_paths
@@ -150,14 +149,14 @@ def test_rendering_imports_no_model_code(tmp_path):
 
 
 def test_the_cli_writes_the_report_where_asked(tmp_path):
-    from testtime.cli import app
+    from cli_helpers import invoke
 
     run, _ = write_arc_run(tmp_path, 3)
     out = tmp_path / "elsewhere" / "r.html"
-    result = CliRunner().invoke(app, ["arc", "report", str(run), "--out", str(out)])
+    result = invoke("arc", "report", run, "--out", out)
     assert result.exit_code == 0, result.output
     assert "report:" in result.output and out.is_file() and not (run / "report.html").exists()
-    result = CliRunner().invoke(app, ["arc", "report", str(tmp_path / "nothing")])
+    result = invoke("arc", "report", tmp_path / "nothing")
     assert result.exit_code == 2 and "not an `arc solve` run directory" in " ".join(result.output.split())
 
 

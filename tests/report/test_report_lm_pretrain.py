@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 from report_runs import write_lm_runs, write_pretrain_out  # tests/report/ is on sys.path
-from typer.testing import CliRunner
 
 from testtime.report import write_lm_report, write_pretrain_report
 from testtime.report.lm import domain_bpb, lm_context, load_lm_runs, paired_pct
@@ -136,13 +135,13 @@ def test_missing_keys_and_runs_leave_gaps_not_errors(tmp_path):
 
 
 def test_the_lm_cli_reports_a_directory_of_runs(tmp_path):
-    from testtime.cli import app
+    from cli_helpers import invoke
 
     out = write_lm_runs(tmp_path)
-    result = CliRunner().invoke(app, ["lm", "report", str(out)])
+    result = invoke("lm", "report", out)
     assert result.exit_code == 0, result.output
     assert (out / "report.html").is_file()
-    result = CliRunner().invoke(app, ["lm", "report", str(tmp_path / "empty")])
+    result = invoke("lm", "report", tmp_path / "empty")
     assert result.exit_code == 2
 
 

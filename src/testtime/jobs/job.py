@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from testtime.jobs.hooks import BeforeItem
-
 log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"
@@ -123,12 +121,10 @@ def failure(job: Job, item: Any, err: BaseException | str, trace: str = "", seco
     return record
 
 
-def run_one(job: Job, item: Any, emit: Emit, hook: BeforeItem | None = None, first: bool = False) -> dict[str, Any]:
+def run_one(job: Job, item: Any, emit: Emit) -> dict[str, Any]:
     """Run one item; an exception becomes a failed record (the only place items' errors are caught)."""
     t0 = time.perf_counter()
     try:
-        if hook is not None:
-            hook(job.item_id(item), first)
         return job.run(item, emit)
     except Exception as err:  # one bad item must not stop the batch
         log.warning("%s %s failed: %s: %s", job.noun, job.item_id(item), type(err).__name__, err)

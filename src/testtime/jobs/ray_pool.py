@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from testtime.config import at_least, setting
-from testtime.jobs import hooks
 from testtime.jobs.budget import Plan
 from testtime.jobs.job import OK, Emit, Job, Notice, Status, failure, ignore, run_one
 
@@ -123,19 +122,18 @@ def _check_reachable(address: str) -> None:
 class Worker:
     """A Ray actor (made remote in `RayExecutor`): sets its job up once, then runs items through it."""
 
-    def __init__(self, job: Job, threads: int, hook: hooks.BeforeItem | None) -> None:
+    def __init__(self, job: Job, threads: int) -> None:
         import torch  # in the worker process only
 
         torch.set_num_threads(threads)
         job.setup()
-        self.job, self.hook, self.first = job, hook, True
+        self.job = job
 
     def ready(self) -> int:
         return os.getpid()
 
     def run(self, item: Any) -> dict[str, Any]:
-        first, self.first = self.first, False
-        return run_one(self.job, item, ignore, self.hook, first)
+        return run_one(self.job, item, ignore)
 
 
 @dataclass
@@ -180,12 +178,11 @@ class _Pool:
         self.job, self.args, self.keep, self.emit, self.plan = job, args, keep, emit, plan
         self.remote = self.ray.remote(Worker).options(num_cpus=args.threads_per_worker, num_gpus=args.gpus_per_worker,
                                                       max_restarts=0, max_task_retries=0)
-        self.hook = hooks.installed()
         self.actors: list[Any] = []
         self.attempts: dict[str, int] = {}
 
     def start(self) -> Any:
-        actor = self.remote.remote(self.job, self.args.threads_per_worker, self.hook)
+        actor = self.remote.remote(self.job, self.args.threads_per_worker)
         self.actors.append(actor)
         return actor
 

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from testtime.jobs import hooks
 from testtime.jobs.budget import Budget, Plan
 from testtime.jobs.job import FAILED, OK, Counts, Emit, Finished, Job, Notice, Started, Status, ignore, run_one
 from testtime.jobs.rundir import RunDir
@@ -45,9 +44,6 @@ class LocalExecutor:
     """Items one after another in this process, in the order given (or the plan's); the job is set up
     at the first."""
 
-    def __init__(self) -> None:
-        self.hook = hooks.installed()
-
     def execute(self, job: Job, items: Sequence[Any], keep: Callable[[dict[str, Any]], None], emit: Emit,
                 plan: Plan | None = None) -> None:
         if not items or (plan is not None and plan.exhausted()):
@@ -67,7 +63,7 @@ class LocalExecutor:
                 break
             emit(Started(job.item_id(item)))
             t0 = time.perf_counter()
-            record = run_one(job, item, emit, self.hook, first=status.done == 0)
+            record = run_one(job, item, emit)
             if plan is not None:
                 plan.done(item, record, time.perf_counter() - t0)
             status.done += 1

@@ -28,7 +28,7 @@ def encode_pair(tokenizer: Any, prompt: str, continuation: str, max_len: int) ->
         raise ValueError("the continuation is empty: there is nothing to score")
     if len(c_ids) >= max_len:
         raise ValueError(f"the continuation alone is {len(c_ids)} tokens, over the {max_len}-token context; "
-                         "shorten it (python -m testtime.tools.corpus --continuation-bytes)")
+                         "shorten it in the prompts file")
     p_ids = p_ids[len(p_ids) + len(c_ids) - max_len:] if len(p_ids) + len(c_ids) > max_len else p_ids
     bos = tokenizer.bos_token_id
     if not p_ids and bos is not None:

@@ -1,7 +1,7 @@
 """`lm eval` as a library: held-out prompts in, bits per byte per domain out, one file per prompt.
 
 A prompts file is JSON Lines, one object per held-out document:
-`{"id": ..., "domain": ..., "prompt": ..., "continuation": ...}` (what python -m testtime.tools.corpus writes).
+`{"id": ..., "domain": ..., "prompt": ..., "continuation": ...}`.
 A bad line is counted and reported with its line number; the others run. Each method has its
 own run directory `OUT/<method>/` (the selector, `sift-adaptive` with --adaptive; several methods
 share one OUT): `config.json` and

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
+GPU = Path(__file__).resolve().parents[2] / "dev" / "gpu"
+sys.path.insert(0, str(GPU))  # the harness's scripts import each other by name
 
 import gpu_arms  # noqa: E402
 import gpu_common  # noqa: E402
@@ -230,7 +230,7 @@ def test_the_dry_run_runs_every_stage_of_both_calls_within_the_out_rules(staged,
     for call in (1, 2):
         out = tmp_path / f"out{call}"
         t0 = time.monotonic()
-        proc = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), str(call), "--dry-run", "--device", "cpu",
+        proc = subprocess.run(["bash", str(GPU / "gpu_session.sh"), str(call), "--dry-run", "--device", "cpu",
                                "--model", str(tiny_model_dir), "--carry", str(root / ".gpu" / f"call{call}"),
                                "--work", str(work)],
                               env={**os.environ, "OUT": str(out), "PYTHON": sys.executable},

