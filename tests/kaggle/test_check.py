@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from testtime.cli import app
 from testtime.digest import sha256_file
 from testtime.kaggle import MANIFEST, NOTEBOOK, WHEELS
+from testtime.kaggle.bundle import BundleOptions, write_manifest
 from testtime.kaggle.check import check_bundle
 from testtime.kaggle.wheels import Target
 
@@ -174,3 +176,17 @@ def test_a_model_wheel_that_is_no_zip_is_named_not_a_crash(bundle):
     rehash(bundle, wheel)
     found = problems(bundle)
     assert found and all(p.startswith(f"{WHEELS}/{wheel.name}: not a readable wheel") for p in found)
+
+
+def test_an_adapter_card_that_describes_other_weights_is_named(bundle):
+    """The card's own export.weights_sha256 against the weights beside it: wrong even when bundled so."""
+    card = {**CARD, "export": {"weights_sha256": hashlib.sha256(b"the weights it was exported with").hexdigest()}}
+    wheels = bundle / WHEELS
+    own_wheel(wheels, card=card)
+    write_manifest(bundle, BundleOptions(TARGET, embedder=False), TARGET.environment())  # bundled so
+    (found,) = problems(bundle)
+    assert found.startswith(f"{WHEELS}/testtime-0.1.0-py3-none-any.whl: testtime/adapters/smollm2-135m-arc/card.json "
+                            "describes other weights (export.weights_sha256 ")
+    own_wheel(wheels, card={**card, "export": {"weights_sha256": hashlib.sha256(b"adapter weights").hexdigest()}})
+    write_manifest(bundle, BundleOptions(TARGET, embedder=False), TARGET.environment())
+    assert problems(bundle) == []

