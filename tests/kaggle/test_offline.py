@@ -32,8 +32,9 @@ TASKS = ("66e6c45b", "be03b35f", "4cd1b7b2")
 """Three of the smallest ARC-AGI-1 evaluation tasks (one test input each)."""
 BUDGET, BUDGET_S = "3m", 180
 MARGIN_S = max(60.0, 0.03 * BUDGET_S)
-TINY_TTT = ["--ttt-sequences", "8", "--ttt-max-len", "1024"]
-"""A small TTT per task (8 sequences, 1 epoch); the budget decides how many tasks get it."""
+TTT = ["--ttt-sequences", "64", "--ttt-max-len", "1024"]
+"""64 steps of TTT per task, about a minute each on a 2-core CPU: more than the budget holds for all three
+after the fallback pass, so the deadline binds (in the run's own words: tasks with TTT, on fallback)."""
 
 EXECUTE = """
 import sys
@@ -108,7 +109,7 @@ def test_the_bundle_installs_offline_and_its_notebook_writes_a_complete_submissi
     submission.parent.mkdir()
     parameters = "\n".join(f"{name} = {value!r}" for name, value in [
         ("CHALLENGES", str(tmp_path / "input" / "arc-agi_test_challenges.json")), ("SUBMISSION", str(submission)),
-        ("BUNDLE", str(bundle)), ("RUN_DIR", str(run_dir)), ("TIME_BUDGET", BUDGET), ("EXTRA_FLAGS", TINY_TTT)])
+        ("BUNDLE", str(bundle)), ("RUN_DIR", str(run_dir)), ("TIME_BUDGET", BUDGET), ("EXTRA_FLAGS", TTT)])
     executed = tmp_path / "executed.ipynb"
     run(python, "-c", EXECUTE, bundle / NOTEBOOK, executed, parameters, "testtime-fresh")
 
@@ -118,6 +119,10 @@ def test_the_bundle_installs_offline_and_its_notebook_writes_a_complete_submissi
     solved = re.search(r"arc solve: exit (\d+) after ([\d.]+) s", output)
     assert solved and solved[1] == "0", output[-3000:]
     assert float(solved[2]) <= BUDGET_S + MARGIN_S
+    with_ttt = re.search(r"tasks with TTT\s*\W\s*(\d+)", output)
+    on_fallback = re.search(r"tasks on their fallback\s*\W\s*(\d+)", output)
+    assert with_ttt and on_fallback and int(with_ttt[1]) + int(on_fallback[1]) == len(TASKS)
+    print(f"arc solve: {solved[2]} s of {BUDGET_S} s; {with_ttt[1]} tasks with TTT, {on_fallback[1]} on their fallback")
     assert "(0 tasks without a complete entry" in output  # the run's own submission was complete
     sub = json.loads(submission.read_text())
     assert sorted(sub) == sorted(challenges)
