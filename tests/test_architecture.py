@@ -13,13 +13,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "testtime"
 
 CORE = {"atomic", "batching", "checkpoint", "config", "decode", "digest", "finetune", "logprob", "lora", "models",
         "precision", "schema", "seeds", "settings"}
-LAYER_OF = {"jobs": 1, "arc": 2, "lm": 2, "report": 3, "cli": 4}
+LAYER_OF = {"jobs": 1, "arc": 2, "lm": 2, "report": 3, "kaggle": 3, "cli": 4}
 """Package part -> layer; the core modules (and the package root) are layer 0. `report` renders the
-domains' records (JSON) as HTML, so it sits above them and below the CLI."""
+domains' records (JSON) as HTML, so it sits above them and below the CLI; so does `kaggle`, which
+bundles the domains' models and runs `arc solve` from a notebook."""
 MAY_NOT_IMPORT = {
     "arc": {"lm"},   # the two domains are independent of each other
     "lm": {"arc"},
     "report": {"lm", "jobs"},  # it reads records as JSON; of arc only the light task loader
+    "kaggle": {"report", "jobs"},  # packaging: it names the domains' models, writes submissions
 }
 
 SWITCH_WORDS = {"TEST", "TESTS", "TESTING", "PYTEST", "FAULT", "FAULTS", "INJECT", "HOOK", "HOOKS", "MOCK"}

@@ -18,7 +18,7 @@ def _task_json(rows: int, cols: int, colour: int = 1) -> dict:
 
 
 COMMANDS = [("arc", "datasets"), ("arc", "show"), ("arc", "stats"), ("arc", "pretrain"), ("arc", "solve"),
-            ("arc", "score"), ("lm", "index"), ("lm", "eval")]
+            ("arc", "score"), ("lm", "index"), ("lm", "eval"), ("kaggle", "bundle"), ("kaggle", "check")]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))

