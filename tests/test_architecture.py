@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "testtime"
 
 CORE = {"atomic", "batching", "checkpoint", "config", "decode", "digest", "finetune", "logprob", "lora", "models",
-        "precision", "schema", "seeds", "settings"}
+        "precision", "records", "schema", "seeds", "settings"}
 LAYER_OF = {"jobs": 1, "arc": 2, "lm": 2, "tools": 2, "report": 3, "cli": 4}
 """Package part -> layer; the core modules (and the package root) are layer 0. `report` renders the
 domains' records (JSON) as HTML, so it sits above them and below the CLI."""
@@ -18,8 +21,12 @@ MAY_NOT_IMPORT = {
     "arc": {"lm", "tools"},   # the two domains are independent of each other
     "lm": {"arc", "tools"},
     "tools": {"arc", "lm", "jobs"},
-    "report": {"lm", "tools", "jobs"},  # it reads records as JSON; of arc only the light task loader
+    "report": {"tools", "jobs"},
 }
+REPORT_READS = {"testtime.arc.records", "testtime.arc.task", "testtime.lm.records"}
+"""All the report may import of the domains: their record types and the task loader (light modules)."""
+LIGHT = ("testtime.records", "testtime.arc.records", "testtime.lm.records")
+"""Record modules every reader imports, the report included: no numerics, no model code."""
 
 MAX_FILE_LINES = 400
 MAX_BODY_LINES = 60
@@ -88,6 +95,18 @@ def test_the_core_and_the_job_layer_know_no_domain():
 def test_domains_do_not_import_each_other():
     wrong = [f"{a} imports {b}" for a, b in arrows() if part_of(b) in MAY_NOT_IMPORT.get(part_of(a), ())]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_report_reads_only_the_domains_records_and_tasks():
+    wrong = [f"{a} imports {b}" for a, b in arrows()
+             if part_of(a) == "report" and part_of(b) in ("arc", "lm") and b not in REPORT_READS]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_record_modules_import_no_numerics_or_model_code():
+    code = (f"import sys; import {', '.join(LIGHT)}; heavy = [m for m in ('numpy', 'torch', 'transformers', "
+            "'peft') if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
 
 
 def test_the_checker_sees_an_arrow_pointing_the_wrong_way(tmp_path):
