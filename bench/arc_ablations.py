@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from arc_tasks import EVAL_TASKS
+from testtime.arc.records import TestResult
 
 BASE_ARMS = {"no-ttt": ["--no-ttt"], "ttt": [], "ttt-e2e": ["--ttt-format", "e2e"],
              "ttt-no-aug": ["--no-ttt-geometric", "--no-ttt-colors", "--no-ttt-demo-order"],
@@ -87,12 +88,16 @@ def common_flags(args: argparse.Namespace) -> list[str]:
 
 def finished(out: Path, tasks: list[str]) -> int:
     """Tasks with a record in the run directory (ok or failed: `arc solve` skips both when it resumes)."""
+    from testtime.arc.records import TaskRecord
+    from testtime.records import RecordError, load_record
+
     done = 0
     for task_id in tasks:
         try:
-            done += json.loads((out / "tasks" / f"{task_id}.json").read_text()).get("status") in ("ok", "failed")
-        except (OSError, ValueError, AttributeError):
-            pass
+            load_record(out / "tasks" / f"{task_id}.json", TaskRecord)
+        except RecordError:
+            continue
+        done += 1
     return done
 
 
@@ -172,17 +177,17 @@ def solutions(tasks: list[str]) -> dict[str, list]:
     return {t: sol[t] for t in tasks}
 
 
-def candidates_of(test: dict) -> list:
-    """The record's per-view predictions as `vote.Candidate`s (grids from `candidates[]`)."""
+def candidates_of(test: TestResult) -> list:
+    """The record's per-view predictions as `vote.Candidate`s (grids from its candidates)."""
     from testtime.arc.task import as_grid
     from testtime.arc.transforms import geometric_part, parse_transform
     from testtime.arc.vote import Candidate
 
-    grids = [as_grid(c["grid"]) for c in test["candidates"]]
-    return [Candidate(grid=grids[p["candidate"]], transform=p["transform"],
-                      group=geometric_part(parse_transform(p["transform"])).name, logprob=p["logprob"],
-                      tokens=p["tokens"], order=p["order"], prompt=p["prompt"], decoding=p.get("decoding", "greedy"))
-            for p in test["predictions"]]
+    grids = [as_grid(c.grid) for c in test.candidates]
+    return [Candidate(grid=grids[p.candidate], transform=p.transform,
+                      group=geometric_part(parse_transform(p.transform)).name, logprob=p.logprob,
+                      tokens=p.tokens, order=p.order, prompt=p.prompt, decoding=p.decoding or "greedy")
+            for p in test.predictions or ()]
 
 
 def identity_view(transform: str) -> bool:
@@ -192,7 +197,7 @@ def identity_view(transform: str) -> bool:
     return all(part in ("", "identity") or part.startswith("order:") for part in transform.split(Compose.separator))
 
 
-def selections(test: dict) -> dict[str, list]:
+def selections(test: TestResult) -> dict[str, list]:
     """Top-2 grids of one test input by vote, by PoE score and from the identity view alone."""
     from testtime.arc.task import as_grid
     from testtime.arc.vote import grid_key, selection, vote
@@ -201,7 +206,7 @@ def selections(test: dict) -> dict[str, list]:
     if not cands:
         return {"vote": [], "poe": [], "identity": []}
     ranked = vote(cands)  # the order of the record's candidates[]
-    poe_by_key = {grid_key(as_grid(c["grid"])): c.get("poe") for c in test["candidates"]}
+    poe_by_key = {grid_key(as_grid(c.grid)): c.poe for c in test.candidates}
     poe = [poe_by_key[grid_key(r.grid)] for r in ranked]
     by_poe = selection(ranked, "poe", poe) if all(p is not None for p in poe) else []
     identity = [c for c in cands if identity_view(c.transform)]
@@ -214,24 +219,24 @@ def arm_row(arm: Arm, sol: dict[str, list], walls: dict) -> dict[str, Any]:
     from testtime.arc.score import fraction_correct, load_submission, run_records, score_submission, truth_means
 
     submission = arm.out / "submission.json"
-    records = [r for r in run_records(submission, list(sol)) if r.get("status") == "ok"]
+    records = [r for r in run_records(submission, list(sol)) if r.ok]
     truth = truth_means(records)
     row: dict[str, Any] = {"arm": arm.name, "ok": len(records), "tasks": len(sol),
                            "bits_before": truth["bits_per_cell_before"], "bits_after": truth["bits_per_cell_after"],
                            "rank": truth["rank"], "found": truth["found"],
                            "wall_s": walls.get(arm.name, {}).get("wall_s"),
-                           "task_s": sum(r.get("seconds", 0.0) for r in records)}
-    seqs = [r["ttt"]["sequences"] for r in records if isinstance(r.get("ttt", {}).get("sequences"), int)]
+                           "task_s": sum(r.seconds for r in records)}
+    seqs = [r.ttt.sequences for r in records if r.ttt.sequences is not None]
     row["ttt_sequences"] = sum(seqs) / len(seqs) if seqs else None  # per-task TTT only (shared: in its log)
     row["score"] = score_submission(load_submission(submission), sol).score if submission.is_file() else None
     guesses: dict[str, dict[str, list]] = {k: {} for k in ("pass@1", "oracle", "vote", "poe", "identity")}
     poe_missing = 0
     for r in records:
-        tid, tests = r["task_id"], r["tests"]
-        guesses["pass@1"][tid] = [t["attempts"][:1] for t in tests]
-        guesses["oracle"][tid] = [[c["grid"] for c in t["candidates"]] for t in tests]
+        tid, tests = r.task_id, r.tests
+        guesses["pass@1"][tid] = [t.attempts[:1] for t in tests]
+        guesses["oracle"][tid] = [[c.grid for c in t.candidates] for t in tests]
         picked = [selections(t) for t in tests]
-        poe_missing += sum(any(c.get("poe") is None for c in t["candidates"]) for t in tests)
+        poe_missing += sum(any(c.poe is None for c in t.candidates) for t in tests)
         for how in ("vote", "poe", "identity"):
             guesses[how][tid] = [p[how] for p in picked]
     for name, per_task in guesses.items():

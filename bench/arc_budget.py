@@ -14,7 +14,6 @@ and pass@1 from the records. Needs a quiet machine: the budget arm's outcome dep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -41,13 +40,13 @@ def run_arm(arm: str, tasks: list[str], out: Path, flags: list[str]) -> dict:
     (out.parent / f"{arm}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"arm {arm} failed (exit {proc.returncode}); see {out.parent / f'{arm}.log'}")
-    from testtime.arc.score import summarize
+    from testtime.arc.score import run_records, summarize
 
-    records = [json.loads(p.read_text()) for p in sorted((out / "tasks").glob("*.json"))]
-    fallback = [r for r in records if r.get("status") == "ok" and r.get("path") == "fallback"]
+    records = run_records(out / "submission.json")
+    fallback = [r for r in records if r.is_fallback]
     s = summarize(records)
     return {"arm": arm, "tasks": len(records), "full": s["full"], "fallback": len(fallback),
-            "cut": sum("cut" in r for r in fallback), "failed": s["failed"], "wall_s": wall,
+            "cut": sum(r.cut is not None for r in fallback), "failed": s["failed"], "wall_s": wall,
             "score": s["score"], "pass@1": s["pass@1"]}
 
 

@@ -58,10 +58,12 @@ def run_setting(setting: Setting, common: list[str], out: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{setting.name} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
                          f"{proc.stderr[-3000:]}")
-    records = [json.loads(p.read_text()) for p in sorted((out / "tasks").glob("*.json"))]
-    ok = sum(r.get("status") == "ok" for r in records)
+    from testtime.arc.score import run_records
+
+    records = run_records(out / "submission.json")
+    ok = sum(r.ok for r in records)
     return {"setting": setting.name, "tasks": len(records), "ok": ok, "wall_s": wall,
-            "task_s": sum(r.get("seconds", 0.0) for r in records), "tasks_per_h": len(records) / wall * 3600,
+            "task_s": sum(r.seconds for r in records), "tasks_per_h": len(records) / wall * 3600,
             "submission": json.loads((out / "submission.json").read_text())}
 
 

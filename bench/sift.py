@@ -38,6 +38,7 @@ from testtime.lm import compare
 from testtime.lm.embed import load_embedder
 from testtime.lm.evaluate import make_host, read_prompts, run_eval
 from testtime.lm.memory import Memory
+from testtime.lm.records import PromptResult
 from testtime.lm.select import select_nn, select_sift
 from testtime.lm.settings import EvalConfig, PromptLora, TTFTArgs
 from testtime.models import load_model
@@ -134,7 +135,8 @@ def run_method(method: str, args: argparse.Namespace, parts: tuple, prompts: lis
         if not isinstance(event, Finished):
             return
         done["n"] += 1
-        tag = "resumed" if event.resumed else f"{event.record.get('bpb', float('nan')):.3f} bpb"
+        record = PromptResult.from_json(event.record, trusted=True)  # the job layer hands records on as JSON
+        tag = "resumed" if event.resumed else f"{record.bpb:.3f} bpb" if record.ok else "failed"
         print(f"  {method:>13} {done['n']:3d}/{len(prompts)} {event.item_id}: {tag}", flush=True)
 
     config = EvalConfig(index=str(args.index), prompts=str(args.corpus / "prompts.jsonl"),
@@ -142,7 +144,7 @@ def run_method(method: str, args: argparse.Namespace, parts: tuple, prompts: lis
     t0 = time.perf_counter()
     _, failures = run_eval(host, tokenizer, memory, embedder, prompts, ttft, args.out, config=config, emit=progress)
     if failures:
-        print(f"  {method}: {len(failures)} prompts failed: {failures[0].get('error')}")
+        print(f"  {method}: {len(failures)} prompts failed: {failures[0].error}")
     return time.perf_counter() - t0
 
 

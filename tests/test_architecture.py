@@ -4,7 +4,10 @@ nothing in it is a switch for the test suite."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "testtime"
 
 CORE = {"atomic", "batching", "checkpoint", "config", "decode", "digest", "finetune", "logprob", "lora", "models",
-        "precision", "schema", "seeds", "settings"}
+        "precision", "records", "schema", "seeds", "settings"}
 LAYER_OF = {"jobs": 1, "arc": 2, "lm": 2, "report": 3, "kaggle": 3, "cli": 4}
 """Package part -> layer; the core modules (and the package root) are layer 0. `report` renders the
 domains' records (JSON) as HTML, so it sits above them and below the CLI; so does `kaggle`, which
@@ -20,9 +23,13 @@ bundles the domains' models and runs `arc solve` from a notebook."""
 MAY_NOT_IMPORT = {
     "arc": {"lm"},   # the two domains are independent of each other
     "lm": {"arc"},
-    "report": {"lm", "jobs"},  # it reads records as JSON; of arc only the light task loader
+    "report": {"jobs"},
     "kaggle": {"report", "jobs"},  # packaging: it names the domains' models, writes submissions
 }
+REPORT_READS = {"testtime.arc.records", "testtime.arc.task", "testtime.lm.records"}
+"""All the report may import of the domains: their record types and the task loader (light modules)."""
+LIGHT = ("testtime.records", "testtime.arc.records", "testtime.lm.records")
+"""Record modules every reader imports, the report included: no numerics, no model code."""
 
 SWITCH_WORDS = {"TEST", "TESTS", "TESTING", "PYTEST", "FAULT", "FAULTS", "INJECT", "HOOK", "HOOKS", "MOCK"}
 """Words of an environment variable that would be a switch for the test suite (TESTTIME_TEST_HOOK)."""
@@ -95,6 +102,18 @@ def test_the_core_and_the_job_layer_know_no_domain():
 def test_domains_do_not_import_each_other():
     wrong = [f"{a} imports {b}" for a, b in arrows() if part_of(b) in MAY_NOT_IMPORT.get(part_of(a), ())]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_report_reads_only_the_domains_records_and_tasks():
+    wrong = [f"{a} imports {b}" for a, b in arrows()
+             if part_of(a) == "report" and part_of(b) in ("arc", "lm") and b not in REPORT_READS]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_record_modules_import_no_numerics_or_model_code():
+    code = (f"import sys; import {', '.join(LIGHT)}; heavy = [m for m in ('numpy', 'torch', 'transformers', "
+            "'peft') if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
 
 
 def test_the_checker_sees_an_arrow_pointing_the_wrong_way(tmp_path):

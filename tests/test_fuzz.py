@@ -230,7 +230,7 @@ def check_arc_source(work: Path, source: Path, files: list[Path], job) -> None:
     records, submission, counts = solve_tasks(job, ts.tasks, RunDir(out, records="tasks"))
     assert changed_outside(before, snapshot(work), out) == []
     assert set(submission) == loaded == set(json.loads((out / "submission.json").read_text()))
-    assert counts.failed == 0, [r.get("error") for r in records]
+    assert counts.failed == 0, [r.error for r in records]
     assert all(len(submission[t.id]) == len(t.test) for t in ts.tasks)
     assert saved_ids(out, "task_id") == sorted(loaded)  # one record per task, none overwritten
 
@@ -345,7 +345,7 @@ def test_fuzz_prompt_files_read_and_evaluate(tmp_path_factory, lm_job, text):
         before = snapshot(work)
         results, failures, _ = evaluate(lm_job, pf.prompts, select_dir(out, "none"))
         assert changed_outside(before, snapshot(work), out) == []
-        assert sorted(r["prompt_id"] for r in results + failures) == sorted(p.id for p in pf.prompts)
+        assert sorted(r.prompt_id for r in results + failures) == sorted(p.id for p in pf.prompts)
         assert saved_ids(out, "prompt_id") == sorted(p.id for p in pf.prompts)  # one record each, none overwritten
     finally:
         shutil.rmtree(work, ignore_errors=True)

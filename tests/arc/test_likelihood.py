@@ -126,34 +126,34 @@ def test_score_views_add_each_candidates_hand_computed_log_probs_under_fresh_vie
 
     def solve(**infer):
         config = SolveConfig(ttt=False, infer=InferArgs(max_new_tokens=4, **infer))
-        return Solver(host, tokenizer, config).solve_task(TASK)["tests"]
+        return Solver(host, tokenizer, config).solve_task(TASK).tests
 
     scored, plain = solve(select="poe", score_views=3), solve(select="poe")
     for i, (test, before) in enumerate(zip(scored, plain, strict=True)):
-        views = [parse_transform(name) for name in test["score_views"]]
+        views = [parse_transform(name) for name in test.score_views]
         assert len(views) == 3 and len({t.name for t in views}) == 3
         for t in views:  # a symmetry, a colour permutation and an order of every demonstration
             assert isinstance(t, Compose) and [type(p) for p in t.parts] == [Geometric, ColorPermutation, DemoOrder]
             assert sorted(t.parts[2].order) == [0, 1]
         query = Task(TASK.id, TASK.train, (Example(TASK.test[i].input),))
-        for c, c0 in zip(test["candidates"], before["candidates"], strict=True):
+        for c, c0 in zip(test.candidates, before.candidates, strict=True):
             hand = 0.0
             for t in views:  # the whole task and the candidate, both in the view's frame
                 moved = t.task(query)
                 prompt = tokens(tokenizer, format_prompt(moved.train, moved.test[0].input))
-                hand += by_hand(host.model, prompt, tokens(tokenizer, format_answer(t.grid(as_grid(c["grid"])))))
-            assert c["poe_views"] == pytest.approx(hand, abs=1e-3)
-            assert c["grid"] == c0["grid"] and c["poe_prompts"] == pytest.approx(c0["poe"], abs=1e-6)  # K=0's score
-            assert c["poe"] == pytest.approx(c["poe_prompts"] + c["poe_views"], abs=1e-9)
-        poe = [c["poe"] for c in test["candidates"]]
-        assert [poe[k] for k in test["selection"]] == sorted(poe, reverse=True)  # picked by the sum
-        assert "score_views" not in before and not any("poe_views" in c for c in before["candidates"])
-    assert scored[0]["score_views"] != scored[1]["score_views"]  # drawn per test input
+                hand += by_hand(host.model, prompt, tokens(tokenizer, format_answer(t.grid(as_grid(c.grid)))))
+            assert c.poe_views == pytest.approx(hand, abs=1e-3)
+            assert c.grid == c0.grid and c.poe_prompts == pytest.approx(c0.poe, abs=1e-6)  # K=0's score
+            assert c.poe == pytest.approx(c.poe_prompts + c.poe_views, abs=1e-9)
+        poe = [c.poe for c in test.candidates]
+        assert [poe[k] for k in test.selection] == sorted(poe, reverse=True)  # picked by the sum
+        assert before.score_views is None and all(c.poe_views is None for c in before.candidates)
+    assert scored[0].score_views != scored[1].score_views  # drawn per test input
     counter = TokenCounter(tokenizer)
     again = fresh_views(tokenizer, TASK, 1, 3, counter=counter, max_len=8192, reserve=4, seed=task_seed(0, TASK.id))
-    assert [t.name for t, _ in again] == scored[1]["score_views"]  # from the seed and the task alone
+    assert [t.name for t, _ in again] == scored[1].score_views  # from the seed and the task alone
     # with score views the scores are kept under the vote too, which still picks the attempts
     voted = solve(select="vote", score_views=3)[0]
-    assert voted["selection"] == list(range(len(voted["candidates"])))
-    assert [c["poe"] for c in voted["candidates"]] == pytest.approx([c["poe"] for c in scored[0]["candidates"]])
-    assert solve()[0]["candidates"][0]["poe"] is None  # K=0 under the vote: no scoring, as before
+    assert voted.selection == list(range(len(voted.candidates)))
+    assert [c.poe for c in voted.candidates] == pytest.approx([c.poe for c in scored[0].candidates])
+    assert solve()[0].candidates[0].poe is None  # K=0 under the vote: no scoring, as before

@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from helpers import make_tiny_model
-from testtime.arc.records import record_problems
+from testtime.arc.records import TaskRecord
 from testtime.arc.score import summarize
 from testtime.arc.settings import InferArgs, SolveConfig, TTTArgs
 from testtime.arc.solve import ArcJob, Solver, solve_tasks
@@ -65,8 +65,8 @@ def host(tokenizer):
     return AdapterHost(learnable_model(len(tokenizer)), LoraArgs(r=8, alpha=16))
 
 
-def solved(record: dict) -> bool:
-    return all(t["correct"]["any_attempt"] for t in record["tests"])
+def solved(record: TaskRecord) -> bool:
+    return all(t.correct.any_attempt for t in record.tests)
 
 
 @pytest.mark.slow
@@ -79,16 +79,16 @@ def test_ttt_solves_tasks_the_base_model_cannot_and_nothing_leaks(host, tokenize
 
     # 16 epochs: at 8, task bbb stopped at loss 0.44 on an AVX2-only CPU (float32 sums differ by CPU)
     after, submission = run(Solver(host, tokenizer, config(ttt=True, epochs=16)), tasks, None)
-    assert all(r["status"] == "ok" and r["ttt"]["steps"] > 0 for r in after)
+    assert all(r.status == "ok" and r.ttt.steps > 0 for r in after)
     assert [solved(r) for r in after] == [True, True]  # bbb answers 7, not aaa's 5: A's LoRA did not leak
-    assert all(r["tests"][0]["candidates"] for r in after)
-    assert [record_problems(r) for r in after] == [[], []]  # real records with candidates fit their schema
+    assert all(r.tests[0].candidates for r in after)
+    assert [TaskRecord.problems(r.to_json()) for r in after] == [[], []]  # real records with candidates read back
     assert submission["aaa"][0]["attempt_1"] == [[5]] and submission["bbb"][0]["attempt_1"] == [[7]]
     assert summarize(after)["score"] == 1.0 and summarize(before)["score"] == 0.0
 
     # the LoRA is off after each task: the base model predicts exactly as before TTT, from the same weights
     again, _ = run(Solver(host, tokenizer, config(ttt=False)), tasks, None)
-    assert [r["tests"] for r in again] == [r["tests"] for r in before]
+    assert [r.tests for r in again] == [r.tests for r in before]
     assert not host.has_adapter and host.trainable_parameters()[0] == 0
     for name, tensor in host.model.state_dict().items():
         if "lora_" not in name:  # the adapter's modules stay, switched off, for the next task
@@ -134,7 +134,7 @@ def test_resume_after_interrupt_gives_the_same_submission(host, tokenizer, tmp_p
     assert submission == full_submission
     on_disk = json.loads((tmp_path / "part" / "submission.json").read_text())
     assert on_disk == json.loads((tmp_path / "full" / "submission.json").read_text())
-    assert [r["tests"] for r in records] == [r["tests"] for r in full]
+    assert [r.tests for r in records] == [r.tests for r in full]
 
 
 def test_a_failing_task_is_recorded_and_the_run_goes_on(host, tokenizer, tmp_path, monkeypatch):
@@ -148,9 +148,9 @@ def test_a_failing_task_is_recorded_and_the_run_goes_on(host, tokenizer, tmp_pat
         return real(model, tok, task, args, **kw)
     monkeypatch.setattr(solve_module, "predict_task", flaky)
     records, submission = run(Solver(host, tokenizer, quick_config()), small_tasks(), tmp_path)
-    status = {r["task_id"]: r["status"] for r in records}
+    status = {r.task_id: r.status for r in records}
     assert status == {"t1": "ok", "t2": "failed", "t3": "ok", "t4": "ok"}
-    assert "injected failure" in records[1]["error"]
+    assert "injected failure" in records[1].error
     assert submission["t2"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]  # present, as Kaggle requires
     assert summarize(records)["failed"] == 1
     assert not host.has_adapter  # the failed task's LoRA was dropped too
@@ -161,8 +161,8 @@ def test_a_task_that_never_fits_is_counted_not_crashed(host, tokenizer):
     cfg.data = TTTArgs(n_sequences=4, colors=False, max_len=8)  # not even one demo + query fits
     cfg.infer = InferArgs(transforms="geometric", max_new_tokens=8, max_len=16)
     records, submission = run(Solver(host, tokenizer, cfg), small_tasks()[:2], None)
-    assert all(r["status"] == "ok" for r in records)
-    assert all(r["ttt"]["fallback"] == "skip-ttt" and r["predict"]["unfit"] == 8 for r in records)
+    assert all(r.status == "ok" for r in records)
+    assert all(r.ttt.fallback == "skip-ttt" and r.predict.unfit == 8 for r in records)
     assert summarize(records)["did_not_fit"] == 2
     assert submission["t1"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]
 
@@ -179,12 +179,9 @@ def test_shared_ttt_trains_one_lora_on_all_tasks_and_keeps_it(host, tokenizer, m
     tasks = small_tasks()
     records, _ = run(Solver(host, tokenizer, cfg), tasks, None)
     assert len(calls) == 1 and calls[0] == 4 * len(tasks)  # one LoRA, every task's 4 sequences
-    assert all(r["status"] == "ok" and r["ttt"]["shared"] for r in records)
+    assert all(r.status == "ok" and r.ttt.shared for r in records)
     assert host.has_adapter  # the shared LoRA served every task's predictions
     host.drop()
-
-
-TRUTH = {"bits_per_token_before", "bits_per_cell_before", "bits_per_token_after", "bits_per_cell_after", "rank"}
 
 
 def test_records_hold_the_true_outputs_bits_before_and_after_ttt_and_its_rank(host, tokenizer):
@@ -201,21 +198,20 @@ def test_records_hold_the_true_outputs_bits_before_and_after_ttt_and_its_rank(ho
         rows = truth_rows(tokenizer, task, counter=TokenCounter(tokenizer), max_len=cfg.infer.max_len,
                           seed=task_seed(cfg.seed, task.id))
         expected = truth_bits(host.model, task, rows)[0]
-        before, after = b["tests"][0]["truth"], t["tests"][0]["truth"]
-        assert set(before) == set(after) == TRUTH
+        before, after = b.tests[0].truth, t.tests[0].truth
         # without TTT there is one model: before == after == the base model's bits
-        assert before["bits_per_cell_before"] == before["bits_per_cell_after"]
-        assert before["bits_per_cell_before"] == pytest.approx(expected["bits_per_cell"])
-        assert after["bits_per_cell_before"] == pytest.approx(expected["bits_per_cell"])
-        assert after["bits_per_token_before"] == pytest.approx(expected["bits_per_token"])
-        assert after["bits_per_cell_after"] < after["bits_per_cell_before"]  # TTT on the task's demos helps here
+        assert before.bits_per_cell_before == before.bits_per_cell_after
+        assert before.bits_per_cell_before == pytest.approx(expected["bits_per_cell"])
+        assert after.bits_per_cell_before == pytest.approx(expected["bits_per_cell"])
+        assert after.bits_per_token_before == pytest.approx(expected["bits_per_token"])
+        assert after.bits_per_cell_after < after.bits_per_cell_before  # TTT on the task's demos helps here
         for record in (b, t):
-            test = record["tests"][0]
-            ranked = [test["candidates"][k]["grid"] for k in test["selection"]]
+            test = record.tests[0]
+            ranked = [test.candidates[k].grid for k in test.selection]
             truth = task.test[0].output.tolist()
-            assert test["truth"]["rank"] == (ranked.index(truth) + 1 if truth in ranked else None)
+            assert test.truth.rank == (ranked.index(truth) + 1 if truth in ranked else None)
     s = summarize(tuned)["truth"]
-    cells = [r["tests"][0]["truth"]["bits_per_cell_after"] for r in tuned]
+    cells = [r.tests[0].truth.bits_per_cell_after for r in tuned]
     assert s["bits_per_cell_after"] == pytest.approx(sum(cells) / len(cells))
     assert s["bits_per_cell_after"] < s["bits_per_cell_before"]
 
@@ -240,15 +236,15 @@ def test_select_poe_picks_attempts_by_the_product_of_experts_and_keeps_every_sco
     records, _ = run(Solver(host, tokenizer, cfg), small_tasks()[:2], None)
     seen = 0
     for record in records:
-        for test in record["tests"]:
-            poe = [c["poe"] for c in test["candidates"]]
+        for test in record.tests:
+            poe = [c.poe for c in test.candidates]
             assert all(isinstance(p, float) and p <= 0 for p in poe)
-            assert [poe[k] for k in test["selection"]] == sorted(poe, reverse=True)
-            assert test["attempts"] == [test["candidates"][k]["grid"] for k in test["selection"][:2]]
-            for p in test["predictions"]:  # every parsed prediction points at its candidate
-                assert p["transform"] in test["candidates"][p["candidate"]]["transforms"]
-            assert sum(c["votes"] for c in test["candidates"]) == len(test["predictions"])
+            assert [poe[k] for k in test.selection] == sorted(poe, reverse=True)
+            assert test.attempts == [test.candidates[k].grid for k in test.selection[:2]]
+            for p in test.predictions:  # every parsed prediction points at its candidate
+                assert p.transform in test.candidates[p.candidate].transforms
+            assert sum(c.votes for c in test.candidates) == len(test.predictions)
             seen += len(poe) > 1
     assert seen  # some test input had several candidates to order
     plain, _ = run(Solver(host, tokenizer, quick_config()), small_tasks()[:1], None)
-    assert all(c["poe"] is None for c in plain[0]["tests"][0]["candidates"])
+    assert all(c.poe is None for c in plain[0].tests[0].candidates)

@@ -10,17 +10,15 @@ import json
 import time
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import make_tiny_model  # tests/ is on sys.path under pytest
-from helpers import VirtualClock
+from cli_helpers import flat, invoke  # tests/ is on sys.path under pytest
+from helpers import VirtualClock, make_tiny_model
 from testtime.arc.fallback import fallback_record
 from testtime.arc.format import TokenCounter
-from testtime.arc.records import record_problems
+from testtime.arc.records import TaskRecord, TestResult
 from testtime.arc.settings import InferArgs, SolveConfig, TTTArgs
 from testtime.arc.solve import ArcJob, Solver, solve_tasks
 from testtime.arc.task import Example, Task, as_grid
-from testtime.cli import app
 from testtime.jobs import Budget, Finished, RunDir, TimeUp
 from testtime.lora import AdapterHost
 from testtime.settings import LoraArgs, TrainArgs
@@ -71,7 +69,7 @@ def solve(host, tokenizer, tasks, seconds, run_dir=None, emit=lambda event: None
     job = ArcJob(config(n_sequences), solver=Solver(host, tokenizer, config(n_sequences)))
     run_dir = RunDir(run_dir, records="tasks") if run_dir is not None else None
     records, submission, counts = solve_tasks(job, tasks, run_dir, emit=emit, budget=budget)
-    return {r["task_id"]: r for r in records}, submission, counts, budget
+    return {r.task_id: r for r in records}, submission, counts, budget
 
 
 def complete(submission: dict, tasks: list[Task]) -> bool:
@@ -90,14 +88,14 @@ def test_ttt_goes_to_as_many_tasks_as_fit_cheapest_first_the_rest_keep_their_fal
     # 50 s (49 s for tasks) and 20 s per task: two tasks fit, three would not. The first, the cheapest, measures
     # the pace; then small2 (25 s expected with the margin, 29 s left); the big ones would not end in time.
     records, submission, counts, budget = solve(host, tokenizer, tasks, 50)
-    assert {t: r["path"] for t, r in records.items()} == {"big1": "fallback", "small1": "full", "big2": "fallback",
-                                                          "small2": "full"}
+    assert {t: r.path for t, r in records.items()} == {"big1": "fallback", "small1": "full", "big2": "fallback",
+                                                       "small2": "full"}
     assert counts.not_started == 2 and budget.used() == 40.0 <= budget.seconds
-    assert all(r["ttt"]["steps"] == 2 for t, r in records.items() if t.startswith("small"))
-    assert all("cut" not in r and r["tests"][0]["fallback"] in ("greedy", "input") for t, r in records.items()
+    assert all(r.ttt.steps == 2 for t, r in records.items() if t.startswith("small"))
+    assert all(r.cut is None and r.tests[0].fallback in ("greedy", "input") for t, r in records.items()
                if t.startswith("big"))
-    assert all(len(r["tests"][0]["attempts"]) == 2 for r in records.values())  # a full path short of grids is padded
-    assert [record_problems(r) for r in records.values()] == [[]] * 4
+    assert all(len(r.tests[0].attempts) == 2 for r in records.values())  # a full path short of grids is padded
+    assert [TaskRecord.problems(r.to_json()) for r in records.values()] == [[]] * 4
     assert complete(submission, tasks)
     assert not host.has_adapter
 
@@ -107,13 +105,13 @@ def test_a_budget_too_small_for_any_ttt_still_gives_every_task_its_fallback(host
     events = []
     records, submission, counts, _ = solve(host, tokenizer, tasks, 15, tmp_path / "run", emit=events.append)
     # a, the cheapest, starts (nothing is measured yet); the deadline (14.7 s) falls inside its second step
-    cut = records["a"]["cut"]
-    assert cut["at"].startswith("training step 1 of 2") or cut["at"].startswith("training step 2 of 2"), cut
-    assert [r["path"] for r in records.values()] == ["fallback", "fallback"] and counts.not_started == 1
+    cut = records["a"].cut
+    assert cut.at.startswith("training step 1 of 2") or cut.at.startswith("training step 2 of 2"), cut
+    assert [r.path for r in records.values()] == ["fallback", "fallback"] and counts.not_started == 1
     assert complete(submission, tasks)
     assert json.loads((tmp_path / "run" / "submission.json").read_text()) == submission
     saved = json.loads((tmp_path / "run" / "tasks" / "a.json").read_text())
-    assert saved["path"] == "fallback" and saved["cut"] == cut  # the fallback's attempts, saying where TTT stopped
+    assert saved["path"] == "fallback" and saved["cut"] == cut.to_json()  # the fallback's, saying where TTT stopped
     notices = [e.message for e in events if type(e).__name__ == "Notice"]
     assert any("every task has its fallback" in n for n in notices) and any("1 tasks not started" in n for n in notices)
     assert not host.has_adapter  # the cut task's LoRA was dropped
@@ -144,12 +142,12 @@ def test_a_killed_run_resumes_with_the_same_budget_and_keeps_its_finished_ttt(ho
     records, submission, counts, _ = solve(host, tokenizer, tasks, 50, tmp_path / "run")
     assert fallbacks == [] and ran == ["t1", "t2"]  # the fallbacks and t0's TTT are resumed; two more fit
     assert (tmp_path / "run" / "tasks" / "t0.json").stat().st_mtime_ns == kept
-    assert [r["path"] for r in records.values()] == ["full", "full", "full", "fallback"]
+    assert [r.path for r in records.values()] == ["full", "full", "full", "fallback"]
     assert complete(submission, tasks)
 
     ran.clear()  # without a budget (or with more time), what is left on its fallback runs in full
     records, _, counts, _ = solve(host, tokenizer, tasks, None, tmp_path / "run")
-    assert ran == ["t3"] and counts.resumed == 3 and all(r["path"] == "full" for r in records.values())
+    assert ran == ["t3"] and counts.resumed == 3 and all(r.path == "full" for r in records.values())
 
 
 def test_a_task_whose_full_path_fails_keeps_its_fallback_attempts(host, tokenizer, clock, monkeypatch):
@@ -171,11 +169,11 @@ def test_a_task_whose_full_path_fails_keeps_its_fallback_attempts(host, tokenize
     monkeypatch.setattr(solve_module, "fallback_record", fallback)
     tasks = [square_task("bad-full", 2, 1), square_task("bad-fallback", 3, 2), square_task("ok", 2, 3)]
     records, submission, counts, _ = solve(host, tokenizer, tasks, 1000)
-    assert [r["status"] for r in records.values()] == ["failed", "failed", "ok"] and counts.failed == 2
-    assert [r["path"] for r in records.values()] == ["fallback", "fallback", "full"]
+    assert [r.status for r in records.values()] == ["failed", "failed", "ok"] and counts.failed == 2
+    assert [r.path for r in records.values()] == ["fallback", "fallback", "full"]
     query = tasks[1].test[0].input.tolist()
     assert submission["bad-fallback"][0] == {"attempt_1": query, "attempt_2": query}  # its test input, twice
-    assert records["bad-full"]["tests"][0]["fallback"] in ("greedy", "input")  # the fallback made before it failed
+    assert records["bad-full"].tests[0].fallback in ("greedy", "input")  # the fallback made before it failed
     assert complete(submission, tasks)
 
 
@@ -206,8 +204,7 @@ def test_the_deadline_is_checked_at_every_decoded_token(host, tokenizer, monkeyp
     task = square_task("late", 2, 1)  # the fallback pass: the test input itself once decoding runs out of time
     record = fallback_record(host.model, tokenizer, task, InferArgs(max_new_tokens=8), counter=TokenCounter(tokenizer),
                              deadline=clock.now - 1)
-    assert record["tests"][0] == {"attempts": [task.test[0].input.tolist()] * 2, "candidates": [],
-                                  "fallback": "input"}
+    assert record.tests[0] == TestResult(attempts=[task.test[0].input.tolist()] * 2, candidates=[], fallback="input")
 
 
 def test_the_deadline_inside_decoding_cuts_the_full_path_and_the_task_keeps_its_fallback(host, tokenizer, clock,
@@ -221,17 +218,11 @@ def test_the_deadline_inside_decoding_cuts_the_full_path_and_the_task_keeps_its_
         return real(*args, deadline=deadline, **kw)
     monkeypatch.setattr(solve_module, "predict_task", predict)
     records, _, counts, _ = solve(host, tokenizer, [square_task("a", 2, 1)], 1000)
-    assert records["a"]["path"] == "fallback" and records["a"]["cut"]["at"] == "decoding"
+    assert records["a"].path == "fallback" and records["a"].cut.at == "decoding"
 
 
 # --- the command line: real time ---------------------------------------------------------------
 
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
-
-
-def flat(result) -> str:
-    return " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("value,message", [

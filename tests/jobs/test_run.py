@@ -20,6 +20,7 @@ from testtime.jobs import (
     Status,
     run_items,
 )
+from testtime.records import unseal
 
 
 class Squares:
@@ -96,7 +97,7 @@ def test_a_failed_item_is_recorded_skipped_on_rerun_and_retried_on_request(tmp_p
     assert "Traceback" in failed["traceback"] and "cannot square 2" in failed["traceback"]
     assert failed["partial"] and counts.failed == 1 and counts.failed_ids == ["n2"]
     saved = json.loads((tmp_path / "run" / "items" / "n2.json").read_text())
-    assert saved == failed  # saved like any record
+    assert unseal(saved).record == failed  # saved like any record, in the envelope
 
     rerun = Squares()
     _, counts = run_items(rerun, [1, 2, 3], LocalExecutor(), opened(tmp_path))

@@ -1,11 +1,16 @@
-"""Item ids never choose a path: plain names are kept, everything else is hashed, never colliding."""
+"""Item ids never choose a path: plain names are kept, everything else is hashed, never colliding; record files
+are sealed in the envelope of `testtime.records`."""
 
 from __future__ import annotations
+
+import json
+import logging
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from testtime.jobs import RunDir, record_name
+from testtime.records import SCHEMA
 
 
 def test_plain_ids_are_their_own_file_names():
@@ -38,6 +43,23 @@ def test_the_record_keeps_the_true_id(tmp_path):
     run = RunDir(tmp_path / "run", records="tasks")
     run.open("toy", {})
     run.save({"task_id": "../../evil", "status": "ok"}, "task_id")
-    assert run.record("../../evil", "task_id") == {"task_id": "../../evil", "status": "ok",
-                                                   "fingerprint": run.fingerprint}
+    assert run.record("../../evil", "task_id") == {"task_id": "../../evil", "status": "ok"}  # out of its envelope
     assert [p.parent for p in tmp_path.rglob("*.json") if p.name != "config.json"] == [run.records_dir]
+
+
+def test_record_files_are_sealed_and_read_back_by_their_schema(tmp_path, caplog):
+    run = RunDir(tmp_path / "run", records="tasks")
+    run.open("toy", {"power": 2})
+    run.save({"task_id": "t1", "status": "ok"}, "task_id")
+    assert json.loads(run.record_file("t1").read_text()) == {"schema": SCHEMA, "fingerprint": run.fingerprint,
+                                                            "task_id": "t1", "status": "ok"}
+    old = {"task_id": "t2", "status": "ok", "fingerprint": run.fingerprint}  # written before the envelope
+    run.record_file("t2").write_text(json.dumps(old))
+    newer = {"schema": SCHEMA + 1, "fingerprint": run.fingerprint, "task_id": "t3", "status": "ok"}
+    run.record_file("t3").write_text(json.dumps(newer))
+    assert run.record("t2", "task_id") == {"task_id": "t2", "status": "ok"}  # reused under its fingerprint
+    with caplog.at_level(logging.WARNING):
+        assert run.record("t3", "task_id") is None  # its item is run again
+    assert f"{run.record_file('t3')} is not a record this run reads" in caplog.text and "newer testtime" in caplog.text
+    assert sorted(run.finished("task_id")) == ["t1", "t2"]
+    assert run.finished("task_id", lambda r: r["task_id"] if r["task_id"] != "t1" else int("no")) == {"t2": "t2"}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from testtime.lm.compare import Run, as_json, bootstrap_ci, compare, find_runs, markdown, rank, resamples, spearman
+from testtime.lm.records import PromptResult
 
 
 def test_spearman_matches_hand_computed_values():
@@ -25,15 +26,14 @@ def test_spearman_matches_hand_computed_values():
 
 
 def rec(pid, domain, bpb, steps=0, var=None):
-    r = {"prompt_id": pid, "domain": domain, "bits": bpb * 100, "bytes": 100, "bpb": bpb, "steps": steps,
-         "status": "ok"}
-    if var is not None:
-        r["var_before"], r["var_after"] = var
-    return r
+    """An ok record of `bpb` bits per byte (over 1 byte: bits / bytes is `bpb` exactly)."""
+    before, after = var if var is not None else (None, None)
+    return PromptResult(prompt_id=pid, domain=domain, bits=bpb, bytes=1, steps=steps, select_ms=0.0, nn_select_ms=0.0,
+                        var_before=before, var_after=after)
 
 
 def run(label, records):
-    return Run(label, None, {r["prompt_id"]: r for r in records})  # type: ignore[arg-type]
+    return Run(label, None, {r.prompt_id: r for r in records})  # type: ignore[arg-type]
 
 
 def test_cells_are_means_of_per_prompt_ratios_with_standard_errors():
@@ -73,7 +73,7 @@ def test_runs_are_read_from_out_or_method_dirs_and_bad_records_counted(tmp_path)
         results.mkdir(parents=True)
         (tmp_path / "out" / method / "config.json").write_text("{}")
         for i, b in enumerate(bpbs):
-            (results / f"p{i}.json").write_text(json.dumps(rec(f"p{i}", "d", b)))
+            (results / f"p{i}.json").write_text(json.dumps(rec(f"p{i}", "d", b).to_json()))
     (tmp_path / "out" / "sift" / "results" / "bad.json").write_text("{not json")
     (tmp_path / "out" / "sift" / "results" / "failed.json").write_text(json.dumps({"prompt_id": "p9",
                                                                                    "status": "failed"}))
@@ -148,7 +148,7 @@ def test_the_cli_prints_and_writes_the_intervals(tmp_path):
         (tmp_path / method / "config.json").write_text("{}")
         for i in range(6):
             (tmp_path / method / "results" / f"p{i}.json").write_text(
-                json.dumps(rec(f"p{i}", "code", (1 + i / 10) * scale * (1 + (i % 2) / 50))))
+                json.dumps(rec(f"p{i}", "code", (1 + i / 10) * scale * (1 + (i % 2) / 50)).to_json()))
     args = ["lm", "compare", str(tmp_path), "--bootstrap-seed", "3", "--bootstrap-samples", "200"]
     result = invoke(*args, "--json", tmp_path / "cmp.json")
     assert result.exit_code == 0, result.output

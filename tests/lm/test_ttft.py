@@ -111,8 +111,8 @@ def test_eval_writes_one_file_per_prompt_resumes_and_counts_failures(tmp_path, t
                Prompt("p3", "prose", "", "word " * 400)]  # p3: continuation longer than the context
     args = TTFTArgs(select="sift", n=2, k=7, lr=1e-2, context=64)
     results, failures = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path)
-    assert [r["prompt_id"] for r in results] == ["p1", "p/2"]
-    assert [f["prompt_id"] for f in failures] == ["p3"] and "context" in failures[0]["error"]
+    assert [r.prompt_id for r in results] == ["p1", "p/2"]
+    assert [f.prompt_id for f in failures] == ["p3"] and "context" in failures[0].error
     run_dir = tmp_path / "sift"  # the selector's own run directory: config.json and results/
     assert (run_dir / "config.json").is_file()
     # an id that is not a plain name gets a hashed file name; the record keeps the id. A failure is saved too.
@@ -126,7 +126,7 @@ def test_eval_writes_one_file_per_prompt_resumes_and_counts_failures(tmp_path, t
     assert failed["domain"] == "prose" and failed["select"] == "sift"
     table = summarize(results)
     assert set(table) == {"prose", "noise", None} and table[None]["prompts"] == 2
-    assert table[None]["bpb"] == pytest.approx(sum(r["bits"] for r in results) / sum(r["bytes"] for r in results))
+    assert table[None]["bpb"] == pytest.approx(sum(r.bits for r in results) / sum(r.bytes for r in results))
 
     finished = []
     again, failed_again = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path,

@@ -29,6 +29,7 @@ import numpy as np
 
 from testtime.arc.decoding import Generation, generate, generate_dfs
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, encode, parse_answer
+from testtime.arc.records import PredictStats
 from testtime.arc.settings import InferArgs
 from testtime.arc.task import Example, Task
 from testtime.arc.transforms import (
@@ -69,6 +70,12 @@ class PredictOutcome:
     """(transform, prompt token ids) of each decoded full prompt (every fitted demonstration), or of each
     leave-one-out prompt when there is no full one: the views product-of-experts scoring re-reads a
     candidate under."""
+
+
+def predict_stats(outcomes: Sequence[PredictOutcome]) -> PredictStats:
+    """A task's inference for its record: the sums over its test inputs' outcomes."""
+    return PredictStats(seconds=sum(o.seconds for o in outcomes), prompts=sum(o.n_prompts for o in outcomes),
+                        unparsed=sum(o.n_unparsed for o in outcomes), unfit=sum(o.n_unfit for o in outcomes))
 
 
 def inference_transforms(args: InferArgs, n_train: int, rng: np.random.Generator) -> list[Transform]:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testtime.arc.records import FALLBACK, Correct, TaskRecord, TestResult, Truth
 from testtime.arc.task import Grid, Task, TaskError, as_grid, grids_equal
 from testtime.atomic import write_json_atomic
+from testtime.records import RecordError, load_record
 
 log = logging.getLogger(__name__)
 
@@ -190,97 +192,92 @@ def _maybe_grid(g: Any) -> Grid | None:
 
 TRUTH_KEYS = ("bits_per_token_before", "bits_per_cell_before", "bits_per_token_after", "bits_per_cell_after",
               "rank")
-"""What a task record's `tests[i]["truth"]` holds (written by `arc solve` when the outputs are known)."""
+"""The fields of a test result's `truth` (written by `arc solve` when the outputs are known)."""
 
 
-def truth_means(records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+def truth_means(records: Sequence[TaskRecord]) -> dict[str, float | None]:
     """Means over test outputs of each `TRUTH_KEYS` value that was measured (None where none was);
     `found` is the share of measured outputs that are among the candidates (a rank)."""
-    truths = [t["truth"] for r in records for t in r.get("tests") or () if isinstance(t.get("truth"), dict)]
+    truths = [t.truth for r in records for t in r.tests if t.truth is not None]
     out: dict[str, float | None] = {}
     for key in TRUTH_KEYS:
-        values = [t[key] for t in truths if isinstance(t.get(key), (int, float))]
+        values = [getattr(t, key) for t in truths if getattr(t, key) is not None]
         out[key] = sum(values) / len(values) if values else None
-    out["found"] = sum(isinstance(t.get("rank"), int) for t in truths) / len(truths) if truths else None
+    out["found"] = sum(t.rank is not None for t in truths) / len(truths) if truths else None
     return out
 
 
-def run_records(submission: str | Path, task_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def run_records(submission: str | Path, task_ids: Sequence[str] | None = None) -> list[TaskRecord]:
     """The task records beside a run's submission (`RUN/tasks/*.json`), those of `task_ids` only when
-    given; unreadable ones are skipped. [] when the submission is not in a run directory."""
+    given; unreadable ones are skipped with a warning. [] when the submission is not in a run directory."""
     folder = Path(submission).parent / "tasks"
     records = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
         try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            log.warning("skipping unreadable task record %s", path)
+            record = load_record(path, TaskRecord)
+        except RecordError as err:
+            log.warning("skipping unreadable task record %s (%s)", path, err)
             continue
-        if isinstance(record, dict) and (task_ids is None or record.get("task_id") in task_ids):
+        if task_ids is None or record.task_id in task_ids:
             records.append(record)
     return records
 
 
 # ---- a run's records against the known outputs ---------------------------------------------
 
-def add_correctness(record: dict[str, Any], task: Task) -> None:
+def add_correctness(record: TaskRecord, task: Task) -> None:
     """With known test outputs: was attempt 1 / either attempt / any candidate right, per test input."""
     if not task.has_solutions:
         return
     for i, ex in enumerate(task.test):
-        if i >= len(record["tests"]):
-            record["tests"].append({"attempts": [], "candidates": []})
-        test = record["tests"][i]
-        attempts = [as_grid(a) for a in test["attempts"]]
-        cands = [as_grid(c["grid"]) for c in test["candidates"]]
-        test["correct"] = {
-            "attempt_1": bool(attempts) and grids_equal(attempts[0], ex.output),
-            "any_attempt": any(grids_equal(a, ex.output) for a in attempts[:2]),
-            "oracle": any(grids_equal(c, ex.output) for c in cands),
-        }
+        if i >= len(record.tests):
+            record.tests.append(TestResult(attempts=[], candidates=[]))
+        test = record.tests[i]
+        attempts = [as_grid(a) for a in test.attempts]
+        cands = [as_grid(c.grid) for c in test.candidates]
+        test.correct = Correct(attempt_1=bool(attempts) and grids_equal(attempts[0], ex.output),
+                               any_attempt=any(grids_equal(a, ex.output) for a in attempts[:2]),
+                               oracle=any(grids_equal(c, ex.output) for c in cands))
 
 
-def add_truth(tests: list[dict[str, Any]], task: Task, before: list | None, after: list | None) -> None:
-    """tests[i]["truth"]: the true output's bits before and after TTT and its rank in the selection."""
+def add_truth(tests: list[TestResult], task: Task, before: list | None, after: list | None) -> None:
+    """tests[i].truth: the true output's bits before and after TTT and its rank in the selection."""
     for i, ex in enumerate(task.test):
         if ex.output is None or i >= len(tests):
             continue
         test = tests[i]
-        grids = [as_grid(test["candidates"][k]["grid"]) for k in test["selection"]]
-        truth: dict[str, Any] = {}
-        for when, bits in (("before", before), ("after", after)):
-            measured = (bits[i] if bits else None) or {}
-            for unit in ("token", "cell"):
-                truth[f"bits_per_{unit}_{when}"] = measured.get(f"bits_per_{unit}")
-        truth["rank"] = next((n + 1 for n, g in enumerate(grids) if grids_equal(g, ex.output)), None)
-        test["truth"] = truth
+        grids = [as_grid(test.candidates[k].grid) for k in test.selection or ()]
+        bits = {when: (measured[i] if measured else None) or {} for when, measured in (("before", before),
+                                                                                       ("after", after))}
+        test.truth = Truth(bits_per_token_before=bits["before"].get("bits_per_token"),
+                           bits_per_cell_before=bits["before"].get("bits_per_cell"),
+                           bits_per_token_after=bits["after"].get("bits_per_token"),
+                           bits_per_cell_after=bits["after"].get("bits_per_cell"),
+                           rank=next((n + 1 for n, g in enumerate(grids) if grids_equal(g, ex.output)), None))
 
 
-def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarize(records: Sequence[TaskRecord]) -> dict[str, Any]:
     """Score, pass@1 and oracle (when outputs are known), failures, fits and timings over a run; `truth`:
     the true outputs' mean bits before/after TTT and mean rank (`score.truth_means`)."""
     def task_mean(key: str) -> float | None:
-        scored = [r for r in records if r["tests"] and all("correct" in t for t in r["tests"])]
-        if not scored:
-            return None
-        return sum(sum(t["correct"][key] for t in r["tests"]) / len(r["tests"]) for r in scored) / len(scored)
+        scored = [r for r in records if r.scored]
+        return sum(r.score(key) for r in scored) / len(scored) if scored else None
 
-    ok = [r for r in records if r.get("status") == "ok"]
-    trained = [r for r in ok if r["ttt"].get("steps")]
-    ttt_s = [r["ttt"].get("seconds", 0.0) + r["ttt"].get("data_seconds", 0.0) for r in ok]
-    tokens = sum(r["ttt"].get("tokens", 0) for r in trained)
-    train_s = sum(r["ttt"].get("seconds", 0.0) for r in trained)
+    ok = [r for r in records if r.ok]
+    trained = [r.ttt for r in ok if r.ttt.steps]
+    tokens = sum(t.tokens or 0 for t in trained)
+    train_s = sum(t.seconds or 0.0 for t in trained)
     return {
         "tasks": len(records),
         "failed": len(records) - len(ok),
-        "full": sum(r.get("path", "full") == "full" for r in ok),
-        "fallback": sum(r.get("path") == "fallback" for r in ok),
-        "did_not_fit": sum(not r.get("fits", True) for r in ok),
+        "full": sum(r.path != FALLBACK for r in ok),
+        "fallback": sum(r.path == FALLBACK for r in ok),
+        "did_not_fit": sum(not r.fits for r in ok),
         "score": task_mean("any_attempt"),
         "pass@1": task_mean("attempt_1"),
         "oracle": task_mean("oracle"),
-        "ttt_seconds_per_task": sum(ttt_s) / len(ok) if ok else 0.0,
-        "infer_seconds_per_task": sum(r["predict"]["seconds"] for r in ok) / len(ok) if ok else 0.0,
+        "ttt_seconds_per_task": sum(r.ttt.total_seconds for r in ok) / len(ok) if ok else 0.0,
+        "infer_seconds_per_task": sum(r.predict.seconds for r in ok) / len(ok) if ok else 0.0,
         "train_tokens_per_s": tokens / train_s if train_s else None,
         "truth": truth_means(ok),
     }

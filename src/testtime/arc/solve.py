@@ -22,19 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from testtime.arc.fallback import (
-    FALLBACK,
-    FULL,
     budget_counts,
     copied_input,
     fallback_pass,
     fallback_record,
-    is_fallback,
     pad_attempts,
+    provisional,
 )
 from testtime.arc.format import DEFAULT_FORMAT, TextFormat, TokenCounter, task_tokens
 from testtime.arc.likelihood import fresh_views, poe_scores, truth_bits, truth_rows
-from testtime.arc.predict import PredictOutcome, predict_task
-from testtime.arc.records import record_problems
+from testtime.arc.predict import PredictOutcome, predict_stats, predict_task
+from testtime.arc.records import FALLBACK, FULL, Cut, Prediction, TaskRecord, TestResult, TTTStats
 from testtime.arc.score import add_correctness, add_truth, build_submission, write_submission
 from testtime.arc.settings import SolveConfig, TTTArgs
 from testtime.arc.task import Task, as_grid
@@ -44,6 +42,7 @@ from testtime.finetune import StepInfo, train
 from testtime.jobs import Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items, write_output
 from testtime.jobs.budget import Budget, TimeUp, check_deadline, steps_in_time
 from testtime.lora import AdapterHost
+from testtime.records import RecordError
 from testtime.seeds import derive_seed
 from testtime.settings import TrainArgs
 
@@ -96,7 +95,7 @@ class Solver:
         return {"sequences": len(sequences), "steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds}
 
     def solve_task(self, task: Task, on_step: Callable[[StepInfo], None] | None = None,
-                   deadline: float | None = None) -> dict[str, Any]:
+                   deadline: float | None = None) -> TaskRecord:
         """Solve one task (a raising task is the job layer's to record); the task's LoRA is dropped after.
 
         TimeUp once `deadline` (epoch seconds) passes, or once the training steps left cannot end by it."""
@@ -106,11 +105,11 @@ class Solver:
         finally:
             if self.config.ttt and not self.config.shared:
                 self.host.drop()
-        record = {"task_id": task.id, **record, "seconds": time.perf_counter() - t0}
+        record.seconds = time.perf_counter() - t0
         add_correctness(record, task)
         return record
 
-    def fallback(self, task: Task, deadline: float | None = None) -> dict[str, Any]:
+    def fallback(self, task: Task, deadline: float | None = None) -> TaskRecord:
         """The task's fallback record (`arc.fallback`): the greedy answer to its identity prompt."""
         infer = dataclasses.replace(self.config.infer, seed=task_seed(self.config.seed, task.id), sampling="greedy")
         record = fallback_record(self.host.model, self.tokenizer, task, infer, counter=self.counter, fmt=self.fmt,
@@ -118,66 +117,61 @@ class Solver:
         add_correctness(record, task)
         return record
 
-    def _solve(self, task: Task, on_step: Callable[[StepInfo], None] | None,
-               deadline: float | None) -> dict[str, Any]:
+    def _solve(self, task: Task, on_step: Callable[[StepInfo], None] | None, deadline: float | None) -> TaskRecord:
+        """The task's record, its `seconds` left at 0 for `solve_task` to set."""
         seed = task_seed(self.config.seed, task.id)
-        ttt: dict[str, Any] = {"enabled": self.config.ttt, "shared": self.config.shared}
+        ttt = TTTStats(enabled=self.config.ttt, shared=self.config.shared)
         check_deadline(deadline, "before the task")
         before = self._before.get(task.id) if self.config.ttt and self.config.shared else self._truth(task)
         if self.config.ttt and not self.config.shared:
             data_args, train_args = self._ttt_args(seed)
             t0 = time.perf_counter()
             data = build_ttt_data(task, self.tokenizer, data_args, self.fmt, self.counter)
-            ttt.update(sequences=len(data.sequences), fits=data.fits, fallback=data.fallback,
-                       dropped_demos=data.n_dropped_demos, data_seconds=time.perf_counter() - t0)
+            ttt = dataclasses.replace(ttt, sequences=len(data.sequences), fits=data.fits, fallback=data.fallback,
+                                      dropped_demos=data.n_dropped_demos, data_seconds=time.perf_counter() - t0)
             if data.sequences:
                 check_deadline(deadline, "before training")
                 self.host.fresh(seed)
                 stats = train(self.host.model, data.sequences, train_args, on_step=steps_in_time(on_step, deadline))
-                ttt.update(steps=stats.steps, tokens=stats.tokens, seconds=stats.seconds,
-                           tokens_per_s=stats.tokens_per_s,
-                           first_loss=stats.losses[0] if stats.losses else None,
-                           final_loss=stats.losses[-1] if stats.losses else None,
-                           losses=[float(x) for x in stats.losses])
+                ttt = dataclasses.replace(ttt, steps=stats.steps, tokens=stats.tokens, seconds=stats.seconds,
+                                          tokens_per_s=stats.tokens_per_s,
+                                          first_loss=stats.losses[0] if stats.losses else None,
+                                          final_loss=stats.losses[-1] if stats.losses else None,
+                                          losses=[float(x) for x in stats.losses])
         infer_args = dataclasses.replace(self.config.infer, seed=seed)
         outcomes = predict_task(self.host.model, self.tokenizer, task, infer_args, counter=self.counter, fmt=self.fmt,
                                 deadline=deadline)
         check_deadline(deadline, "before scoring the candidates")
         tests = [self._test_record(task, i, outcome) for i, outcome in enumerate(outcomes)]
-        trained = self.config.ttt and (self.config.shared or bool(ttt.get("steps")))
+        trained = self.config.ttt and (self.config.shared or bool(ttt.steps))
         check_deadline(deadline, "before scoring the true outputs")
         after = self._truth(task) if trained else before
         if before is not None or after is not None:
             add_truth(tests, task, before, after)
-        predict = {"seconds": sum(o.seconds for o in outcomes), "prompts": sum(o.n_prompts for o in outcomes),
-                   "unparsed": sum(o.n_unparsed for o in outcomes), "unfit": sum(o.n_unfit for o in outcomes)}
-        fits = ttt.get("fits", True) and predict["unfit"] < max(predict["prompts"], 1)
-        return {"status": "ok", "error": None, "path": FULL, "fits": fits, "ttt": ttt, "predict": predict,
-                "tests": tests}
+        predict = predict_stats(outcomes)
+        fits = ttt.fits is not False and predict.unfit < max(predict.prompts, 1)
+        return TaskRecord(task_id=task.id, status="ok", path=FULL, fits=fits, ttt=ttt, predict=predict, tests=tests,
+                          seconds=0.0)
 
-    def _test_record(self, task: Task, test_index: int, outcome: PredictOutcome) -> dict[str, Any]:
+    def _test_record(self, task: Task, test_index: int, outcome: PredictOutcome) -> TestResult:
         """Vote, score by PoE when the selection or --score-views asks, pick the attempts; every score is kept."""
         ranked = vote(outcome.candidates)
         how = self.config.infer.select
         poe, views = self._poe(task, test_index, outcome, [r.grid for r in ranked])
         order = selection(ranked, how, poe)
         index = {grid_key(r.grid): k for k, r in enumerate(ranked)}
-        return {
-            "attempts": [ranked[k].grid.tolist() for k in order[:2]],
-            "selection": order,
-            "candidates": [{"grid": r.grid.tolist(), "votes": r.votes, "groups": r.groups, "identity": r.identity,
-                            "logprob": r.logprob, "token_logprob": r.token_logprob, "transforms": r.transforms,
-                            "poe": None if poe is None else poe[k],
-                            **({} if views is None else {"poe_prompts": views["prompts"][k],
-                                                         "poe_views": views["views"][k]})}
-                           for k, r in enumerate(ranked)],
-            **({} if views is None else {"score_views": views["names"]}),
-            "predictions": [{"candidate": index[grid_key(c.grid)], "transform": c.transform,
-                             "order": c.order, "prompt": c.prompt, "logprob": c.logprob, "tokens": c.tokens,
-                             **({} if c.decoding == "greedy" else {"decoding": c.decoding})}  # greedy records as before
-                            for c in outcome.candidates],
-            "prompts": outcome.n_prompts, "unparsed": outcome.n_unparsed, "unfit": outcome.n_unfit,
-        }
+        return TestResult(
+            attempts=[ranked[k].grid.tolist() for k in order[:2]],
+            selection=order,
+            candidates=[r.record(None if poe is None else poe[k],
+                                 None if views is None else (views["prompts"][k], views["views"][k]))
+                        for k, r in enumerate(ranked)],
+            score_views=None if views is None else views["names"],
+            predictions=[Prediction(candidate=index[grid_key(c.grid)], transform=c.transform, order=c.order,
+                                    prompt=c.prompt, logprob=c.logprob, tokens=c.tokens,
+                                    decoding=None if c.decoding == "greedy" else c.decoding)  # greedy as before
+                         for c in outcome.candidates],
+            prompts=outcome.n_prompts, unparsed=outcome.n_unparsed, unfit=outcome.n_unfit)
 
     def _poe(self, task: Task, test_index: int, outcome: PredictOutcome,
              grids: list) -> tuple[list[float] | None, dict[str, list] | None]:
@@ -198,23 +192,23 @@ class Solver:
         return total, {"prompts": prompts, "views": fresh, "names": [t.name for t, _ in views]}
 
 
-def failed_record(task: Task, error: str, trace: str = "", seconds: float = 0.0,
-                  kept: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The record of a task that failed outside `Solver.solve_task` (e.g. its Ray worker kept dying); with
-    `kept` (its fallback record, or {} under a budget before it has one) its attempts are the fallback's,
-    or the test inputs copied: a run with a budget always ends with two attempts per test input."""
-    tests = [{"attempts": [], "candidates": []} for _ in task.test]
-    if kept is not None:
-        tests = kept.get("tests") or [copied_input(ex.input) for ex in task.test]
-    record = {"task_id": task.id, "status": "failed", "error": error, "traceback": trace,
-              **({} if kept is None else {"path": FALLBACK}), "tests": tests, "seconds": seconds}
+def failed_record(task: Task, error: str, trace: str = "", seconds: float = 0.0, *, fallback: bool = False,
+                  kept: TaskRecord | None = None) -> TaskRecord:
+    """The record of a task that raised, or whose Ray worker kept dying. With `fallback` (the task has its
+    fallback record `kept`, or runs under a budget before it has one) its attempts are the fallback's, or the
+    test inputs copied: a run with a budget always ends with two attempts per test input."""
+    tests = [TestResult(attempts=[], candidates=[]) for _ in task.test]
+    if fallback:
+        tests = kept.tests if kept is not None and kept.tests else [copied_input(ex.input) for ex in task.test]
+    record = TaskRecord(task_id=task.id, status="failed", error=error, traceback=trace,
+                        path=FALLBACK if fallback else None, tests=tests, seconds=seconds)
     add_correctness(record, task)
     return record
 
 
-def submission_of(tasks: Sequence[Task], records: dict[str, dict[str, Any]]) -> dict:
+def submission_of(tasks: Sequence[Task], records: dict[str, TaskRecord]) -> dict:
     """The Kaggle submission of a run's task records (every task and test input present)."""
-    attempts = {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in records.items()}
+    attempts = {tid: [[as_grid(a) for a in t.attempts] for t in r.tests] for tid, r in records.items()}
     return build_submission(attempts, {t.id: len(t.test) for t in tasks})
 
 
@@ -240,7 +234,7 @@ class ArcJob:
         """Shared-TTT only: the tasks whose data the one LoRA is trained on."""
         self.deadline: float | None = None
         """Epoch seconds by which every task must end (a run's time budget), else None."""
-        self.kept: dict[str, dict[str, Any]] = {}
+        self.kept: dict[str, TaskRecord] = {}
         """Task id -> its fallback record: what the task keeps when its full path fails or runs out of time."""
         self._ready = False
 
@@ -287,29 +281,33 @@ class ArcJob:
         except TimeUp as up:
             if kept is None:
                 raise
-            return {**kept, "cut": {"at": up.at, "seconds": time.perf_counter() - t0}}
+            return dataclasses.replace(kept, cut=Cut(at=up.at, seconds=time.perf_counter() - t0)).to_json()
         if kept is not None:
             pad_attempts(record, kept)
             add_correctness(record, task)
-        return record
+        return record.to_json()
 
     def failed(self, task: Task, error: str, trace: str, seconds: float) -> dict[str, Any]:
-        kept = self.kept.get(task.id, {} if self.deadline is not None else None)
-        return failed_record(task, error, trace, seconds, kept)
+        kept = self.kept.get(task.id)
+        return failed_record(task, error, trace, seconds, fallback=kept is not None or self.deadline is not None,
+                             kept=kept).to_json()
 
     def accepts(self, task: Task, record: dict[str, Any]) -> bool:
-        """A record that fits the schema (`arc.records`), with one entry per test input of the task."""
-        problems = record_problems(record)
-        if not problems and len(record["tests"]) != len(task.test):
-            problems = [f"record.tests: {len(record['tests'])} entries, the task has {len(task.test)} test inputs"]
-        if problems:
-            log.warning("task %s: its record does not fit (%s); the task is run again", task.id, "; ".join(problems))
-        return not problems
+        """A record that reads as a TaskRecord (`arc.records`), with one result per test input of the task."""
+        try:
+            tests = len(TaskRecord.from_json(record).tests)
+            problem = None if tests == len(task.test) else \
+                f"record.tests: {tests} entries, the task has {len(task.test)} test inputs"
+        except RecordError as err:
+            problem = str(err)
+        if problem:
+            log.warning("task %s: its record does not fit (%s); the task is run again", task.id, problem)
+        return not problem
 
 
 def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = None, *,
                 executor: Executor | None = None, retry_failed: bool = False, emit: Emit = ignore,
-                budget: Budget | None = None) -> tuple[list[dict[str, Any]], dict, Counts]:
+                budget: Budget | None = None) -> tuple[list[TaskRecord], dict, Counts]:
     """Solve `tasks`, resuming from `run_dir`; returns the records, the submission and the counts.
 
     An unopened `run_dir` is opened with the job's settings (the CLI opens it first, with its
@@ -331,26 +329,27 @@ def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = Non
         first, before = fallback_pass(job, tasks, executor, run_dir, budget, retry_failed=retry_failed, emit=emit)
         write_run_submission(tasks, first, run_dir)  # whole from here on, whatever happens next
     else:  # fallbacks of an earlier run with a budget: what their tasks keep if they fail now
-        saved = run_dir.finished("task_id", valid=lambda r: not record_problems(r)) if run_dir is not None else {}
-        job.kept = {tid: r for tid, r in saved.items() if is_fallback(r)}
+        saved = run_dir.finished("task_id", TaskRecord.from_json) if run_dir is not None else {}
+        job.kept = {tid: r for tid, r in saved.items() if r.is_fallback}
     todo = [t for t in tasks if t.id in job.kept] if budget is not None else list(tasks)
     found, counts = run_items(job, todo, executor, run_dir, retry_failed=retry_failed and budget is None, emit=emit,
-                              provisional=is_fallback, budget=budget)
-    records = {t.id: found[t.id] if t.id in found else first[t.id] for t in tasks}
+                              provisional=provisional, budget=budget)
+    records = {t.id: TaskRecord.from_json(found[t.id], trusted=True) if t.id in found else first[t.id]
+               for t in tasks}  # found: resumed records the job accepted, and new ones it made
     if before is not None:
         counts = budget_counts(before, counts, records, emit)
     return list(records.values()), write_run_submission(tasks, records, run_dir), counts
 
 
-def write_run_submission(tasks: Sequence[Task], records: dict[str, dict[str, Any]], run_dir: RunDir | None) -> dict:
+def write_run_submission(tasks: Sequence[Task], records: dict[str, TaskRecord], run_dir: RunDir | None) -> dict:
     """The submission of `records`, and with a run directory of every other task finished there under its
     settings, written to RUN_DIR/submission.json."""
     submission = submission_of(tasks, records)
     if run_dir is not None:
-        every = run_dir.finished("task_id", valid=lambda r: not record_problems(r))
+        every = run_dir.finished("task_id", TaskRecord.from_json)
         others = {tid: r for tid, r in every.items() if tid not in records}
         submission.update(build_submission(
-            {tid: [[as_grid(a) for a in t["attempts"]] for t in r["tests"]] for tid, r in others.items()},
-            {tid: len(r["tests"]) for tid, r in others.items()}))
+            {tid: [[as_grid(a) for a in t.attempts] for t in r.tests] for tid, r in others.items()},
+            {tid: len(r.tests) for tid, r in others.items()}))
         write_output(run_dir.path / "submission.json", lambda path: write_submission(path, submission))
     return submission

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from testtime.arc import records
 from testtime.arc.task import Grid
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,14 @@ class Ranked:
     @property
     def text(self) -> str:
         return grid_text(self.grid)
+
+    def record(self, poe: float | None = None, parts: tuple[float, float] | None = None) -> records.Candidate:
+        """This grid as a task record's candidate, with its PoE score and, with score views, its parts (under the
+        prompts that made candidates, under the fresh views)."""
+        poe_prompts, poe_views = parts if parts is not None else (None, None)
+        return records.Candidate(grid=self.grid.tolist(), votes=self.votes, groups=self.groups, identity=self.identity,
+                                 logprob=self.logprob, token_logprob=self.token_logprob, transforms=self.transforms,
+                                 poe=poe, poe_prompts=poe_prompts, poe_views=poe_views)
 
 
 def _same_float(a: float, b: float) -> bool:

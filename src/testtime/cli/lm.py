@@ -13,6 +13,7 @@ from rich.text import Text
 from testtime.cli import common
 from testtime.cli.common import console, fail, safe
 from testtime.config import as_json, options
+from testtime.lm.records import PromptResult
 from testtime.lm.settings import EvalConfig
 
 app = typer.Typer(help="LMs: build a memory of text chunks; test-time fine-tuning on SIFT-selected data.",
@@ -227,24 +228,26 @@ def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_faile
                                              retry_failed=retry_failed, emit=emit))
     if counts.failed and counts.failed == counts.total:
         _print_eval_summary(eval_config.ttft.method, results, failures, [])
-        fail(f"every prompt failed (first: {failures[0].get('error')})", code=1)
+        fail(f"every prompt failed (first: {failures[0].error})", code=1)
     return results, failures
 
 
-def _prompt_line(record: dict, resumed: bool) -> str:
-    if record.get("status") != "ok":
-        state = ("failed earlier (skipped; --retry-failed runs it again)" if resumed
-                 else f"failed: {record.get('error')}")
+def _prompt_line(data: dict, resumed: bool) -> str:
+    """A prompt's line as its record arrives from the job layer (its JSON)."""
+    record = PromptResult.from_json(data, trusted=True)  # made by this run, or accepted when resumed
+    if not record.ok:
+        state = "failed earlier (skipped; --retry-failed runs it again)" if resumed else f"failed: {record.error}"
     else:
-        state = "resumed" if resumed else f"{record['bpb']:.3f} bpb, {record['steps']} steps"
-    return f"  {record['prompt_id']}: {state}"
+        state = "resumed" if resumed else f"{record.bpb:.3f} bpb, {record.steps} steps"
+    return f"  {record.prompt_id}: {state}"
 
 
-def _print_eval_summary(select: str, results: list[dict], failures: list[dict], bad_lines: list[str]) -> None:
+def _print_eval_summary(select: str, results: list[PromptResult], failures: list[PromptResult],
+                        bad_lines: list[str]) -> None:
     from testtime.lm.ttft import summarize
 
     for f in failures:
-        console.print(Text.assemble(("failed: ", "yellow"), f"{f['prompt_id']}: {f.get('error')}"))
+        console.print(Text.assemble(("failed: ", "yellow"), f"{f.prompt_id}: {f.error}"))
     table = Table(title=f"testtime lm eval: bits per byte, select {safe(select)}")
     for col in ("domain", "prompts", "bits/byte", "select ms", "NN select ms", "steps"):
         table.add_column(col, justify="left" if col == "domain" else "right")

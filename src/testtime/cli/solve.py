@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from testtime.arc.records import TaskRecord, TestResult
 from testtime.arc.settings import SolveConfig
 from testtime.cli import common
 from testtime.cli.common import console, fail, safe
@@ -125,15 +126,14 @@ def _budget(text: str | None, started: float, shared: bool) -> tuple[object, lis
     return budget, []
 
 
-def _budget_rows(budget, records: list[dict], counts, ttt: bool) -> list[tuple[str, str]]:
+def _budget_rows(budget, records: list[TaskRecord], counts, ttt: bool) -> list[tuple[str, str]]:
     """Summary rows of a run with a time budget: the budget, the time used, tasks on each path."""
-    from testtime.arc.fallback import is_fallback
     from testtime.jobs import format_duration
 
     if budget is None:
         return []
-    full = sum(r.get("status") == "ok" and not is_fallback(r) for r in records)
-    fallback = sum(is_fallback(r) for r in records)
+    full = sum(r.ok and not r.is_fallback for r in records)
+    fallback = sum(r.is_fallback for r in records)
     cut = fallback - counts.not_started
     return [
         ("time budget", f"{format_duration(budget.seconds)} ({budget.seconds:,.0f} s)"),
@@ -176,7 +176,7 @@ def _load(source: str, ids: str | None, limit: int | None) -> list:
 
 
 def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
-         retry_failed: bool, budget=None) -> tuple[list[dict], int, object]:
+         retry_failed: bool, budget=None) -> tuple[list[TaskRecord], int, object]:
     """(this run's records, the tasks submission.json holds: every finished one in --out, the counts)."""
     from testtime.arc.solve import ArcJob, solve_tasks
     from testtime.jobs import RunDir
@@ -191,36 +191,37 @@ def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
                                                 emit=emit, budget=budget))
     if counts.failed and counts.failed == counts.total:
         _print_summary(records, out, len(submission))
-        fail(f"every task failed (first: {records[0].get('error')})", code=1)
+        fail(f"every task failed (first: {records[0].error})", code=1)
     return records, len(submission), counts
 
 
-def _task_line(record: dict, resumed: bool) -> str:
-    tests = record.get("tests", [])
+def _task_line(data: dict, resumed: bool) -> str:
+    """A task's line as its record arrives from the job layer (its JSON)."""
+    record = TaskRecord.from_json(data, trusted=True)  # made by this run, or accepted when resumed
     mark = ""
-    if tests and all("correct" in t for t in tests):
-        mark = " solved" if all(t["correct"]["any_attempt"] for t in tests) else " wrong"
-    state = "resumed" if resumed else record.get("status", "?")
-    if resumed and record.get("status") == "failed":
+    if record.scored:
+        mark = " solved" if record.score() == 1 else " wrong"
+    state = "resumed" if resumed else record.status
+    if resumed and not record.ok:
         state = "failed earlier (skipped; --retry-failed runs it again)"
-    elif record.get("path") == "fallback" and record.get("status") == "ok":
-        cut = record.get("cut") if not resumed else None
-        state = ("resumed (fallback)" if resumed else "fallback" if not isinstance(cut, dict) else
-                 f"fallback kept, the deadline cut its TTT ({cut.get('at')}, after {cut.get('seconds', 0):.1f}s)")
-    return f"  {record['task_id']}: {state}{mark} ({record.get('seconds', 0):.1f}s){_bits(tests)}"
+    elif record.is_fallback:
+        cut = record.cut if not resumed else None
+        state = ("resumed (fallback)" if resumed else "fallback" if cut is None else
+                 f"fallback kept, the deadline cut its TTT ({cut.at}, after {cut.seconds:.1f}s)")
+    return f"  {record.task_id}: {state}{mark} ({record.seconds:.1f}s){_bits(record.tests)}"
 
 
-def _bits(tests: list) -> str:
+def _bits(tests: list[TestResult]) -> str:
     """` | bits/cell 3.20 -> 1.05 | truth rank 2`: the true outputs' mean bits per answer cell before and
     after TTT, and their best rank among the candidates; empty when the outputs are unknown."""
-    truths = [t["truth"] for t in tests if isinstance(t.get("truth"), dict)]
+    truths = [t.truth for t in tests if t.truth is not None]
 
     def mean(key: str) -> str:
-        values = [t[key] for t in truths if t.get(key) is not None]
+        values = [getattr(t, key) for t in truths if getattr(t, key) is not None]
         return f"{sum(values) / len(values):.2f}" if values else "n/a"
     if not truths:
         return ""
-    ranks = [t["rank"] for t in truths if t.get("rank") is not None]
+    ranks = [t.rank for t in truths if t.rank is not None]
     rank = f"truth rank {min(ranks)}" if ranks else "truth not a candidate"
     return f" | bits/cell {mean('bits_per_cell_before')} -> {mean('bits_per_cell_after')} | {rank}"
 
@@ -229,7 +230,7 @@ def truth_rows(truth: dict) -> list[tuple[str, str]]:
     """Summary rows of `score.truth_means`: bits of the true outputs before -> after TTT, their rank."""
     def num(x: float | None, fmt: str = ".3f") -> str:
         return "n/a" if x is None else format(x, fmt)
-    if truth.get("found") is None:
+    if truth["found"] is None:
         return []
     return [
         ("truth bits / cell (before -> after TTT)",
@@ -241,7 +242,7 @@ def truth_rows(truth: dict) -> list[tuple[str, str]]:
     ]
 
 
-def _print_summary(records: list[dict], out: Path | None, submitted: int = 0,
+def _print_summary(records: list[TaskRecord], out: Path | None, submitted: int = 0,
                    extra: list[tuple[str, str]] | None = None) -> None:
     from testtime.arc.score import summarize
 

@@ -1,7 +1,9 @@
 """The job layer: items in, one record each, into one run directory, here or on Ray.
 
 Knows nothing of ARC or LMs. A domain supplies a `Job` (set up once per process, run one item
-into a JSON-able record, an id and a cost per item); `run_items` resumes from the `RunDir`,
+into a JSON-able record, an id and a cost per item). Records travel as JSON (what Ray ships, what
+the run directory seals in the envelope of `testtime.records`), and the job layer reads only their
+id and `status`; each domain reads them back as its typed records. `run_items` resumes from the `RunDir`,
 hands the rest to an executor (`LocalExecutor`, or `RayExecutor` inside `ray_session`), catches
 each item's exception once (`run_one`) and files every record as it arrives. Under a time
 `Budget`, items start in the order of a `Plan` while they are expected to end in time, and check

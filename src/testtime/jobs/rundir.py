@@ -6,12 +6,13 @@
 
 `settings` are the result-affecting settings (flattened, dotted keys; weights hashes included);
 a later run into the same directory must have the same ones, or it is refused with every
-difference named (a sweep never mixes results made with different settings). Every record
-carries the `fingerprint` of the settings (and command) that made it, and a record is reused
-only when it matches this run's, whatever config.json says. `options` are every command-line
-option of the run; `testtime ... --config RUN/config.json` reproduces it. An item id never
-chooses a path: ids that are not plain names get a hashed file name, and the record keeps the
-true id.
+difference named (a sweep never mixes results made with different settings). Every record file
+is sealed in the envelope of `testtime.records` (the record formats' schema version and the
+`fingerprint` of the settings and command that made it), and a record is reused only when its
+envelope reads and its fingerprint is this run's, whatever config.json says. `options` are every
+command-line option of the run; `testtime ... --config RUN/config.json` reproduces it. An item id
+never chooses a path: ids that are not plain names get a hashed file name, and the record keeps
+the true id.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from testtime.atomic import read_json, write_json_atomic
 from testtime.config import flatten
 from testtime.jobs.job import FAILED, OK
 from testtime.jobs.lock import DirLock, Locked
+from testtime.records import RecordError, seal, unseal
 
 log = logging.getLogger(__name__)
 
@@ -233,40 +235,53 @@ class RunDir:
             yield from (p for p in sorted(self.records_dir.glob("*.json")) if not p.name.startswith("."))
 
     def record(self, item_id: str, id_key: str) -> dict[str, Any] | None:
-        """The saved record of `item_id`, or None (missing, unreadable, someone else's or made under other
-        settings: then redone, with a warning naming the file)."""
+        """The saved record of `item_id` (its JSON, out of the envelope), or None (missing, unreadable, of a
+        newer schema, someone else's or made under other settings: then redone, with a warning naming the file)."""
         path = self.record_file(item_id)
         data = read_json(path)
         if data is None:
             if path.exists():
                 log.warning("%s does not parse; its item is run again", path)
             return None
-        if not isinstance(data, dict) or data.get(id_key) != item_id or data.get("status") not in (OK, FAILED):
+        try:
+            sealed = unseal(data)
+        except RecordError as err:
+            log.warning("%s is not a record this run reads (%s); its item is run again", path, err)
+            return None
+        record = sealed.record
+        if record.get(id_key) != item_id or record.get("status") not in (OK, FAILED):
             log.warning("%s is not a record of %s; its item is run again", path, item_id)
             return None
-        if self.fingerprint is not None and data.get("fingerprint") != self.fingerprint:
+        if self.fingerprint is not None and sealed.fingerprint != self.fingerprint:
             log.warning("%s was made with other settings (fingerprint %s, this run's %s); its item is run again",
-                        path, data.get("fingerprint"), self.fingerprint)
+                        path, sealed.fingerprint, self.fingerprint)
             return None
-        return data
+        return record
 
-    def finished(self, id_key: str, valid: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, dict]:
-        """Every record in the directory made under this run's settings (and `valid`), by id."""
-        found: dict[str, dict] = {}
+    def finished(self, id_key: str, load: Callable[[dict[str, Any]], Any] = dict) -> dict[str, Any]:
+        """Every record in the directory made under this run's settings, by id, as `load(json)`; a record that
+        `load` refuses (ValueError) is left out."""
+        found: dict[str, Any] = {}
         for path in self._record_files():
-            data = read_json(path)
-            if data is None or not isinstance(data, dict) or data.get("fingerprint") != self.fingerprint:
+            try:
+                sealed = unseal(read_json(path))
+            except RecordError:
                 continue
-            if isinstance(data.get(id_key), str) and data.get("status") in (OK, FAILED) and \
-                    path.name == f"{record_name(data[id_key])}.json" and (valid is None or valid(data)):
-                found[data[id_key]] = data
+            record = sealed.record
+            if sealed.fingerprint != self.fingerprint or not isinstance(record.get(id_key), str) or \
+                    record.get("status") not in (OK, FAILED) or path.name != f"{record_name(record[id_key])}.json":
+                continue
+            try:
+                found[record[id_key]] = load(record)
+            except ValueError:
+                continue
         return found
 
     def save(self, record: dict[str, Any], id_key: str) -> None:
-        """Write a record (with this run's fingerprint); WriteFailed names the file and the OS error."""
-        if self.fingerprint is not None:
-            record["fingerprint"] = self.fingerprint
-        write_output(self.record_file(record[id_key]), lambda path: write_json_atomic(path, record))
+        """Write a record (its JSON), sealed with this run's fingerprint; WriteFailed names the file and the OS
+        error."""
+        data = seal(record, self.fingerprint)
+        write_output(self.record_file(record[id_key]), lambda path: write_json_atomic(path, data))
 
 
 def write_output(path: Path, write: Callable[[Path], None]) -> None:

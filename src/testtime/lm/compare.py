@@ -26,13 +26,15 @@ bpb(none) - bpb(method).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from testtime.lm.records import PromptResult
+from testtime.records import RecordError, load_record
 
 __all__ = ["Cell", "Comparison", "Run", "as_json", "bootstrap_ci", "compare", "find_runs", "markdown", "rank",
            "resamples", "spearman"]
@@ -49,7 +51,7 @@ class Run:
     label: str
     """Column name: the run directory's name (with its parent's when two runs share a name)."""
     path: Path
-    results: dict[str, dict]
+    results: dict[str, PromptResult]
     """prompt id -> its record (status ok only)."""
     unusable: int = 0
     """Records that failed or could not be read."""
@@ -123,20 +125,15 @@ def _read_run(path: Path, label: str) -> Run:
     run = Run(label, path, {})
     for f in sorted((path / "results").glob("*.json")):
         try:
-            record = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+            record = load_record(f, PromptResult)
+        except RecordError:
             run.unusable += 1
             continue
-        ok = isinstance(record, dict) and record.get("status") == "ok" and _number(record.get("bpb"))
-        if ok:
-            run.results[str(record["prompt_id"])] = record
+        if record.ok:
+            run.results[record.prompt_id] = record
         else:
             run.unusable += 1
     return run
-
-
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def rank(a: np.ndarray) -> np.ndarray:
@@ -209,17 +206,17 @@ def compare(runs: list[Run], baseline: str = "none", *, samples: int = 2000, see
     if samples < 1:
         raise ValueError(f"--bootstrap-samples must be at least 1, not {samples}")
     base = base_runs[0].results
-    domain_of = {pid: r.get("domain") or "-" for pid, r in base.items()}
+    domain_of = {pid: r.domain or "-" for pid, r in base.items()}
     domains = sorted(set(domain_of.values())) + [ALL]
     methods = [r for r in runs if r is not base_runs[0]]
     nn_runs = _named(methods, NN) if baseline != NN else []
     refs = [base_runs[0]] + (nn_runs if len(nn_runs) == 1 else [])
     out = Comparison(baseline, [r.label for r in methods], domains, references=[r.label for r in refs],
                      samples=samples, seed=seed)
-    bpb = {r.label: {p: float(rec["bpb"]) for p, rec in r.results.items()} for r in runs}
+    bpb = {r.label: {p: rec.bpb for p, rec in r.results.items()} for r in runs}
     for d in domains:
         ids = [pid for pid in base if d == ALL or domain_of[pid] == d]
-        out.base[d] = (len(ids), sum(base[i]["bits"] for i in ids) / sum(base[i]["bytes"] for i in ids))
+        out.base[d] = (len(ids), sum(base[i].bits for i in ids) / sum(base[i].bytes for i in ids))
     for run in methods:
         paired = [pid for pid in base if pid in run.results]
         out.missing[run.label] = len(base) - len(paired)
@@ -228,14 +225,14 @@ def compare(runs: list[Run], baseline: str = "none", *, samples: int = 2000, see
         for d in domains:
             ids = [p for p in paired if d == ALL or domain_of[p] == d]
             if ids:
-                cell = out.cells[(d, run.label)] = _cell([100 * run.results[p]["bpb"] / base[p]["bpb"] for p in ids])
+                cell = out.cells[(d, run.label)] = _cell([100 * run.results[p].bpb / base[p].bpb for p in ids])
                 _intervals(cell, ids, bpb, run.label, out.references, samples, seed)
-        out.steps[run.label] = float(np.mean([r.get("steps", 0) for r in run.results.values()])) \
+        out.steps[run.label] = float(np.mean([r.steps for r in run.results.values()])) \
             if run.results else float("nan")
-        with_var = [p for p in paired if _number(run.results[p].get("var_before"))
-                    and _number(run.results[p].get("var_after"))]
-        reduction = [run.results[p]["var_before"] - run.results[p]["var_after"] for p in with_var]
-        gain = [base[p]["bpb"] - run.results[p]["bpb"] for p in with_var]
+        with_var = [p for p in paired if run.results[p].var_before is not None
+                    and run.results[p].var_after is not None]
+        reduction = [run.results[p].var_before - run.results[p].var_after for p in with_var]
+        gain = [base[p].bpb - run.results[p].bpb for p in with_var]
         out.rho[run.label] = (spearman(reduction, gain), len(with_var))
     return out
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from testtime.config import as_json
-from testtime.jobs import FAILED, OK, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
+from testtime.jobs import FAILED, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
+from testtime.lm.records import PromptResult
 from testtime.lm.settings import EvalConfig, TTFTArgs
 from testtime.lm.ttft import ttft_prompt
-from testtime.schema import Number, OneOf, mismatches
 from testtime.settings import LoraArgs
 
 log = logging.getLogger(__name__)
@@ -135,33 +135,20 @@ class LmJob:
         t0 = time.perf_counter()
         res = ttft_prompt(host, tokenizer, memory, embedder, prompt.id, prompt.prompt, prompt.continuation,
                           self.config.ttft, domain=prompt.domain, on_step=lambda info: emit(Step(prompt.id, info)))
-        return {**res.to_json(), "status": OK, "seconds": time.perf_counter() - t0}
+        return dataclasses.replace(res, seconds=time.perf_counter() - t0).to_json()
 
     def failed(self, prompt: Prompt, error: str, trace: str, seconds: float) -> dict[str, Any]:
-        return {"prompt_id": prompt.id, "domain": prompt.domain, "select": self.config.ttft.select,
-                "method": self.config.ttft.method}
+        return PromptResult(prompt_id=prompt.id, domain=prompt.domain, select=self.config.ttft.select,
+                            method=self.config.ttft.method, status=FAILED, error=error, traceback=trace,
+                            seconds=seconds).to_json()
 
     def accepts(self, prompt: Prompt, record: dict[str, Any]) -> bool:
-        """A record that fits the schema (`record_problems`): what the summary and the reports read."""
-        problems = record_problems(record)
+        """A record that reads as a PromptResult (`lm.records`): what the summary and the reports read."""
+        problems = PromptResult.problems(record)
         if problems:
             log.warning("prompt %s: its record does not fit (%s); the prompt is run again", prompt.id,
                         "; ".join(problems))
         return not problems
-
-
-OK_RECORD = {"prompt_id": str, "domain": str, "status": OneOf(OK), "bits": Number, "bytes": int, "bpb": Number,
-             "steps": int, "select_ms": Number, "nn_select_ms": Number, "seconds": Number}
-FAILED_RECORD = {"prompt_id": str, "domain": str, "status": OneOf(FAILED), "error": str, "seconds": Number}
-
-
-def record_problems(record: Any) -> list[str]:
-    """Why `record` is not a whole `lm eval` result (at most 3 lines), or [] when it is."""
-    ok = isinstance(record, dict) and record.get("status") == OK
-    problems = mismatches(record, OK_RECORD if ok else FAILED_RECORD)
-    if ok and not problems and record["bytes"] < 1:
-        problems.append(f"record.bytes: {record['bytes']}, not a positive count")
-    return problems
 
 
 def select_dir(out: str | Path, method: str) -> RunDir:
@@ -172,23 +159,22 @@ def select_dir(out: str | Path, method: str) -> RunDir:
 
 def evaluate(job: LmJob, prompts: list[Prompt], run_dir: RunDir | None = None, *,
              executor: Executor | None = None, retry_failed: bool = False,
-             emit: Emit = ignore) -> tuple[list[dict], list[dict], Counts]:
+             emit: Emit = ignore) -> tuple[list[PromptResult], list[PromptResult], Counts]:
     """(results, failures, counts) of every prompt, resuming from `run_dir` (see `select_dir`).
 
     The run directory is opened with the job's settings unless the caller opened it.
     """
     if run_dir is not None and not run_dir.opened:
         run_dir.open("lm eval", {"config": as_json(job.config)})
-    records, counts = run_items(job, prompts, executor or LocalExecutor(), run_dir, retry_failed=retry_failed,
-                                emit=emit)
-    results = [r for r in records.values() if r.get("status") == OK]
-    failures = [r for r in records.values() if r.get("status") != OK]
-    return results, failures, counts
+    found, counts = run_items(job, prompts, executor or LocalExecutor(), run_dir, retry_failed=retry_failed,
+                              emit=emit)
+    records = [PromptResult.from_json(r, trusted=True) for r in found.values()]  # accepted when resumed
+    return [r for r in records if r.ok], [r for r in records if not r.ok], counts
 
 
 def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: list[Prompt], args: TTFTArgs,
              out: str | Path | None = None, *, config: EvalConfig | None = None,
-             emit: Emit = ignore) -> tuple[list[dict], list[dict]]:
+             emit: Emit = ignore) -> tuple[list[PromptResult], list[PromptResult]]:
     """`evaluate` with an already loaded model, memory and embedder; returns (results, failures)."""
     config = dataclasses.replace(config or EvalConfig(), ttft=args)
     run_dir = select_dir(out, args.method) if out is not None else None

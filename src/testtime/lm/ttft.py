@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from testtime.batching import TrainingSequence
 from testtime.finetune import StepInfo, train
 from testtime.lm.bpb import encode_pair, sequence_bits, utf8_bytes
+from testtime.lm.records import PromptResult
 from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift, select_us
 from testtime.lm.settings import TTFTArgs
 from testtime.lora import AdapterHost, FullHost
@@ -32,53 +32,6 @@ from testtime.settings import TrainArgs
 log = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("none", "nn", "sift", "nn-repeats", "random", "us")
-
-
-@dataclass
-class PromptResult:
-    """One prompt's outcome; `to_json` is what the run directory stores."""
-
-    prompt_id: str
-    domain: str
-    select: str
-    bits: float
-    """-sum log2 p of the continuation after fine-tuning (before, for `none`)."""
-    bytes: int
-    """UTF-8 bytes of the continuation."""
-    picks: list[int]
-    """Memory positions selected, in order (repeats possible)."""
-    sigmas: list[float]
-    """sigma_n after each pick (the prompt's remaining uncertainty)."""
-    sigma_before: list[float]
-    """The prompt's sigma before each step: [sigma_0, sigma_1, ..., sigma_{n-1}]."""
-    sigma_after: list[float]
-    """The prompt's sigma after each step: [sigma_1, ..., sigma_n] (the same as `sigmas`)."""
-    var_before: float | None
-    """sigma_0^2, the prompt's posterior variance before selection (None for `none`)."""
-    var_after: float | None
-    """sigma_n^2 after the last pick (sigma_0^2 when nothing was picked; None for `none`)."""
-    stopped: str | None
-    """Rule that ended selection early: stop_below, min_gain, adaptive; None if all N were taken."""
-    stopped_at: int | None
-    """Steps taken when a stopping rule fired (the step it stopped at); None if it did not."""
-    method: str
-    """`select`, or `sift-adaptive` with --adaptive (the column name in `lm compare`)."""
-    select_ms: float
-    """Selection time (the selector on the K candidates; search time excluded)."""
-    nn_select_ms: float
-    """Time nearest-neighbour selection takes on the same candidates (the baseline's cost)."""
-    search_ms: float
-    """faiss time to find the K candidates."""
-    train_s: float
-    steps: int
-    tokens: int
-
-    @property
-    def bpb(self) -> float:
-        return self.bits / self.bytes
-
-    def to_json(self) -> dict:
-        return {**self.__dict__, "bpb": self.bpb}
 
 
 def select_chunks(query: np.ndarray, candidates: np.ndarray, args: TTFTArgs, seed: int) -> Selection:
@@ -153,19 +106,20 @@ def ttft_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embed
                         steps=steps, tokens=tokens)
 
 
-def summarize(results: list[dict]) -> dict[str | None, dict[str, float]]:
+def summarize(results: list[PromptResult]) -> dict[str | None, dict[str, float]]:
     """Bits per byte per domain (by name, "-" for none) and over every prompt (the key None, so that no
-    domain name, `all` included, can merge into it): total bits / total bytes, prompts, mean selection ms."""
-    groups: dict[str | None, list[dict]] = {}
+    domain name, `all` included, can merge into it): total bits / total bytes, prompts, mean selection ms.
+    `results`: ok records."""
+    groups: dict[str | None, list[PromptResult]] = {}
     for r in results:
-        groups.setdefault(r["domain"] or "-", []).append(r)
+        groups.setdefault(r.domain or "-", []).append(r)
     groups[None] = list(results)
     table = {}
     for name, rs in groups.items():
         if not rs:
             continue
-        table[name] = {"prompts": len(rs), "bpb": sum(r["bits"] for r in rs) / sum(r["bytes"] for r in rs),
-                       "select_ms": float(np.mean([r["select_ms"] for r in rs])),
-                       "nn_select_ms": float(np.mean([r["nn_select_ms"] for r in rs])),
-                       "steps": float(np.mean([r["steps"] for r in rs]))}
+        table[name] = {"prompts": len(rs), "bpb": sum(r.bits for r in rs) / sum(r.bytes for r in rs),
+                       "select_ms": float(np.mean([r.select_ms for r in rs])),
+                       "nn_select_ms": float(np.mean([r.nn_select_ms for r in rs])),
+                       "steps": float(np.mean([r.steps for r in rs]))}
     return table

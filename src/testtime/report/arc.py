@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testtime.arc.records import record_problems
+from testtime.arc.records import TaskRecord, TestResult, TTTStats
+from testtime.records import RecordError, load_record
 from testtime.report.render import render_to
 from testtime.report.svg import GridBank, line_chart, valid_grid
 
@@ -33,7 +34,7 @@ class ArcRun:
 
     path: Path
     config: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[TaskRecord]
     tasks: dict[str, Any] = field(default_factory=dict)
     """Task id -> testtime.arc.task.Task, when the run's source loads."""
     truth_note: str = ""
@@ -64,16 +65,14 @@ def load_arc_run(run_dir: str | Path, *, load_source: bool = True) -> ArcRun:
             config.pop(key, None)
     run = ArcRun(path, config, [])
     for file in sorted((path / "tasks").glob("*.json")) if (path / "tasks").is_dir() else ():
-        record = read_json(file)
-        problems = record_problems(record)
-        if problems:  # parses but has another shape: listed unreadable, the rest rendered
-            log.warning("%s: %s", file, "; ".join(problems))
+        try:
+            run.records.append(load_record(file, TaskRecord))
+        except RecordError as err:  # does not parse, or another shape: listed unreadable, the rest rendered
+            log.warning("%s: %s", file, err)
             run.unreadable.append(file.name)
-        else:
-            run.records.append(record)
-    run.records.sort(key=lambda r: r["task_id"])
+    run.records.sort(key=lambda r: r.task_id)
     if load_source:
-        run.tasks, run.truth_note = _load_source(run.config.get("settings", {}).get("source"), path)
+        run.tasks, run.truth_note = _load_source(run.config["settings"].get("source"), path)
     else:
         run.truth_note = "the source was not loaded"
     return run
@@ -94,25 +93,16 @@ def _load_source(source: Any, run_dir: Path) -> tuple[dict[str, Any], str]:
     return {}, f"the source {source} does not load here: demonstrations and true outputs are not shown"
 
 
-def task_status(record: dict[str, Any]) -> str:
+def task_status(record: TaskRecord) -> str:
     """failed | solved (every test input right in either attempt) | unsolved | unscored."""
-    if record.get("status") != "ok":
+    if not record.ok:
         return "failed"
-    tests = record.get("tests") or []
-    if not tests or not all(isinstance(t.get("correct"), dict) for t in tests):
+    if not record.scored:
         return "unscored"
-    return "solved" if all(t["correct"].get("any_attempt") for t in tests) else "unsolved"
+    return "solved" if record.score() == 1 else "unsolved"
 
 
-def task_score(record: dict[str, Any], key: str = "any_attempt") -> float | None:
-    """The task's share of test inputs right by `key` (ARC's per-task score), None when unscored."""
-    tests = record.get("tests") or []
-    if not tests or not all(isinstance(t.get("correct"), dict) for t in tests):
-        return None
-    return sum(bool(t["correct"].get(key)) for t in tests) / len(tests)
-
-
-def _mean(values: list[float]) -> float | None:
+def _mean(values: list[float | None]) -> float | None:
     finite = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
 
@@ -120,32 +110,27 @@ def _mean(values: list[float]) -> float | None:
 def summarize_run(run: ArcRun) -> dict[str, Any]:
     """The figures of `arc solve`'s summary table, plus truth likelihoods where the records hold them."""
     records = run.records
-    ok = [r for r in records if r.get("status") == "ok"]
-
-    def over_tasks(key: str) -> float | None:
-        return _mean([task_score(r, key) for r in records if task_score(r, key) is not None])
-
-    truths = [t.get("truth") for r in ok for t in r.get("tests") or [] if isinstance(t.get("truth"), dict)]
+    ok = [r for r in records if r.ok]
+    truths = [t.truth for r in ok for t in r.tests if t.truth is not None]
     expected = _expected_tasks(run)
     return {
         "tasks": len(records),
         "failed": len(records) - len(ok),
-        "did_not_fit": sum(not r.get("fits", True) for r in ok),
-        "not_finished": None if expected is None else len(expected - {r["task_id"] for r in records}),
+        "did_not_fit": sum(not r.fits for r in ok),
+        "not_finished": None if expected is None else len(expected - {r.task_id for r in records}),
         "unreadable": len(run.unreadable),
-        "score": over_tasks("any_attempt"),
-        "pass@1": over_tasks("attempt_1"),
-        "oracle": over_tasks("oracle"),
-        "seconds_per_task": _mean([r.get("seconds") for r in records]),
-        "ttt_seconds_per_task": _mean([(r.get("ttt") or {}).get("seconds", 0.0)
-                                       + (r.get("ttt") or {}).get("data_seconds", 0.0) for r in ok]),
-        "infer_seconds_per_task": _mean([(r.get("predict") or {}).get("seconds") for r in ok]),
-        "bits_per_cell_before": _mean([t.get("bits_per_cell_before") for t in truths]),
-        "bits_per_cell_after": _mean([t.get("bits_per_cell_after") for t in truths]),
-        "bits_per_token_before": _mean([t.get("bits_per_token_before") for t in truths]),
-        "bits_per_token_after": _mean([t.get("bits_per_token_after") for t in truths]),
-        "truth_found": _mean([float(t.get("rank") is not None) for t in truths]),
-        "truth_rank": _mean([t.get("rank") for t in truths]),
+        "score": _mean([r.score("any_attempt") for r in records]),
+        "pass@1": _mean([r.score("attempt_1") for r in records]),
+        "oracle": _mean([r.score("oracle") for r in records]),
+        "seconds_per_task": _mean([r.seconds for r in records]),
+        "ttt_seconds_per_task": _mean([r.ttt.total_seconds for r in ok]),
+        "infer_seconds_per_task": _mean([r.predict.seconds for r in ok]),
+        "bits_per_cell_before": _mean([t.bits_per_cell_before for t in truths]),
+        "bits_per_cell_after": _mean([t.bits_per_cell_after for t in truths]),
+        "bits_per_token_before": _mean([t.bits_per_token_before for t in truths]),
+        "bits_per_token_after": _mean([t.bits_per_token_after for t in truths]),
+        "truth_found": _mean([float(t.rank is not None) for t in truths]),
+        "truth_rank": _mean([t.rank for t in truths]),
     }
 
 
@@ -162,15 +147,15 @@ def _expected_tasks(run: ArcRun) -> set[str] | None:
     return set(wanted[:limit] if isinstance(limit, int) and limit > 0 else wanted)
 
 
-def _attempt_views(test: dict[str, Any], truth: list | None, bank: GridBank) -> list[dict[str, Any]]:
+def _attempt_views(test: TestResult, truth: list | None, bank: GridBank) -> list[dict[str, Any]]:
     """Each attempt with its right/wrong mark: the record's `correct` when present, else a comparison."""
-    correct = test.get("correct") if isinstance(test.get("correct"), dict) else None
+    correct = test.correct
     views = []
-    for k, grid in enumerate((test.get("attempts") or [])[:2]):
+    for k, grid in enumerate(test.attempts[:2]):
         if correct is not None and k == 0:
-            right = bool(correct.get("attempt_1"))
+            right = correct.attempt_1
         elif correct is not None and truth is None:  # attempt 2 is right when either is but attempt 1 is not
-            right = bool(correct.get("any_attempt")) and not correct.get("attempt_1")
+            right = correct.any_attempt and not correct.attempt_1
         else:
             right = None if truth is None else grid == truth
         shape = f"{len(grid)}x{len(grid[0])}" if valid_grid(grid) else "?"
@@ -181,65 +166,56 @@ def _attempt_views(test: dict[str, Any], truth: list | None, bank: GridBank) -> 
     return views
 
 
-def _candidate_views(test: dict[str, Any], truth: list | None, bank: GridBank) -> list[dict[str, Any]]:
+def _candidate_views(test: TestResult, truth: list | None, bank: GridBank) -> list[dict[str, Any]]:
     rows = []
-    attempts = (test.get("attempts") or [])[:2]
-    for c in (test.get("candidates") or [])[:MAX_CANDIDATES]:
-        if not isinstance(c, dict):
-            continue
-        transforms = c.get("transforms") if isinstance(c.get("transforms"), list) else []
-        pick = next((k + 1 for k, a in enumerate(attempts) if a == c.get("grid")), None)
-        rows.append({"svg": bank.show(c.get("grid"), cls="thumb"), "votes": c.get("votes"), "groups": c.get("groups"),
-                     "logprob": c.get("logprob"), "poe": c.get("poe"), "pick": pick,
-                     "right": None if truth is None else c.get("grid") == truth,
-                     "transforms": ", ".join(map(str, transforms[:4]))
-                     + (f" +{len(transforms) - 4}" if len(transforms) > 4 else ""),
-                     "all_transforms": ", ".join(map(str, transforms))})
+    attempts = test.attempts[:2]
+    for c in test.candidates[:MAX_CANDIDATES]:
+        transforms = c.transforms or []
+        more = f" +{len(transforms) - 4}" if len(transforms) > 4 else ""
+        pick = next((k + 1 for k, a in enumerate(attempts) if a == c.grid), None)
+        rows.append({"svg": bank.show(c.grid, cls="thumb"), "votes": c.votes, "groups": c.groups,
+                     "logprob": c.logprob, "poe": c.poe, "pick": pick,
+                     "right": None if truth is None else c.grid == truth,
+                     "transforms": ", ".join(transforms[:4]) + more, "all_transforms": ", ".join(transforms)})
     return rows
 
 
-def _test_views(record: dict[str, Any], task: Any, bank: GridBank) -> list[dict[str, Any]]:
-    tests = [t for t in (record.get("tests") or []) if isinstance(t, dict)]
-    n = max(len(tests), len(task.test) if task is not None else 0)
+def _test_views(record: TaskRecord, task: Any, bank: GridBank) -> list[dict[str, Any]]:
+    n = max(len(record.tests), len(task.test) if task is not None else 0)
     views = []
     for i in range(n):
-        test = tests[i] if i < len(tests) else {}
+        test = record.tests[i] if i < len(record.tests) else TestResult(attempts=[], candidates=[])
         example = task.test[i] if task is not None and i < len(task.test) else None
         truth = example.output.tolist() if example is not None and example.output is not None else None
-        candidates = test.get("candidates") or []
         views.append({
             "index": i, "input": bank.show(example.input.tolist()) if example is not None else "",
             "truth": bank.show(truth) if truth is not None else "",
             "attempts": _attempt_views(test, truth, bank), "candidates": _candidate_views(test, truth, bank),
-            "more_candidates": max(0, len(candidates) - MAX_CANDIDATES), "n_candidates": len(candidates),
-            "likelihood": test.get("truth") if isinstance(test.get("truth"), dict) else None,
-            "correct": test.get("correct") if isinstance(test.get("correct"), dict) else None,
-            "prompts": test.get("prompts"), "unparsed": test.get("unparsed"), "unfit": test.get("unfit"),
+            "more_candidates": max(0, len(test.candidates) - MAX_CANDIDATES), "n_candidates": len(test.candidates),
+            "likelihood": test.truth, "correct": test.correct,
+            "prompts": test.prompts, "unparsed": test.unparsed, "unfit": test.unfit,
         })
     return views
 
 
-def loss_curve(ttt: dict[str, Any]) -> str:
+def loss_curve(ttt: TTTStats | None) -> str:
     """The TTT loss per step as inline SVG, when the record holds per-step losses (`ttt.losses`)."""
-    losses = ttt.get("losses")
-    if not isinstance(losses, list) or not losses:
+    if ttt is None or not ttt.losses:
         return ""
-    return line_chart([("TTT loss", list(enumerate(losses, start=1)))], xlabel="step", ylabel="loss",
+    return line_chart([("TTT loss", list(enumerate(ttt.losses, start=1)))], xlabel="step", ylabel="loss",
                       width=360, height=180)
 
 
-def task_view(record: dict[str, Any], task: Any, bank: GridBank, index: int) -> dict[str, Any]:
+def task_view(record: TaskRecord, task: Any, bank: GridBank, index: int) -> dict[str, Any]:
     """Everything the template shows of one task."""
-    ttt = record.get("ttt") if isinstance(record.get("ttt"), dict) else {}
     demos = [{"input": bank.show(ex.input.tolist()), "output": bank.show(ex.output.tolist())}
              for ex in (task.train if task is not None else ())]
-    score = task_score(record)
     return {
-        "anchor": f"t{index}", "id": record["task_id"], "status": task_status(record), "score": score,
-        "pass1": task_score(record, "attempt_1"), "seconds": record.get("seconds"),
-        "error": record.get("error"), "traceback": record.get("traceback"), "fits": record.get("fits", True),
-        "ttt": ttt, "predict": record.get("predict") if isinstance(record.get("predict"), dict) else {},
-        "loss_svg": loss_curve(ttt), "demos": demos, "has_task": task is not None,
+        "anchor": f"t{index}", "id": record.task_id, "status": task_status(record), "score": record.score(),
+        "pass1": record.score("attempt_1"), "seconds": record.seconds,
+        "error": record.error, "traceback": record.traceback, "fits": record.fits is not False,
+        "ttt": record.ttt, "predict": record.predict,
+        "loss_svg": loss_curve(record.ttt), "demos": demos, "has_task": task is not None,
         "tests": _test_views(record, task, bank),
     }
 
@@ -247,11 +223,11 @@ def task_view(record: dict[str, Any], task: Any, bank: GridBank, index: int) -> 
 def arc_context(run: ArcRun) -> dict[str, Any]:
     """The template context of a run: summary, config and one view per task (grids drawn once each)."""
     bank = GridBank()
-    views = [task_view(r, run.tasks.get(r["task_id"]), bank, i) for i, r in enumerate(run.records)]
+    views = [task_view(r, run.tasks.get(r.task_id), bank, i) for i, r in enumerate(run.records)]
     statuses = [v["status"] for v in views]
     settings = run.config.get("settings") if isinstance(run.config.get("settings"), dict) else {}
     has_losses = any(v["loss_svg"] for v in views)
-    trained = any((r.get("ttt") or {}).get("steps") for r in run.records)
+    trained = any(r.ttt is not None and r.ttt.steps for r in run.records)
     return {
         "title": f"testtime arc report: {run.path.name or run.path}", "run_path": str(run.path),
         "command": run.config.get("command", "arc solve"), "version": run.config.get("testtime", "?"),

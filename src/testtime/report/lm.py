@@ -5,7 +5,8 @@
 A run is one selector's directory (`OUT/SELECT/config.json`, `OUT/SELECT/results/*.json`, what
 `testtime.lm.evaluate` writes); a directory holding several of them stands for all of them. The
 base of a run is the `select none` run beside it (same OUT), else the only `none` run given.
-Records are read leniently: missing keys leave cells empty, never a failed report.
+A record that does not read (`lm.records.PromptResult`) counts as failed, never fails the report; keys
+that older versions did not write leave cells empty.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testtime.lm.records import PromptResult
+from testtime.records import RecordError, load_record
 from testtime.report.arc import read_json
 from testtime.report.render import render_to
 from testtime.report.svg import grouped_bars, scatter
@@ -26,8 +29,8 @@ class LmRun:
     label: str
     select: str
     settings: dict[str, Any]
-    results: list[dict[str, Any]]
-    """Records with status ok and usable bits and bytes."""
+    results: list[PromptResult]
+    """Records with status ok (their bits and bytes usable)."""
     failed: int
 
 
@@ -59,16 +62,17 @@ def load_lm_runs(paths: list[str | Path]) -> list[LmRun]:
         settings = settings if isinstance(settings, dict) else {}
         results, failed = [], 0
         for file in sorted((path / "results").glob("*.json")):
-            record = read_json(file)
-            if not isinstance(record, dict):
+            try:
+                record = load_record(file, PromptResult)
+            except RecordError:
                 failed += 1
-            elif record.get("status", "ok") == "ok" and _number(record.get("bits")) is not None \
-                    and (_number(record.get("bytes")) or 0) > 0:
+                continue
+            if record.ok:
                 results.append(record)
             else:
                 failed += 1
-        select = str(settings.get("config.ttft.select") or (results[0].get("select") if results else None) or path.name)
-        method = str(results[0].get("method") or select) if results else select  # e.g. sift-adaptive
+        select = str(settings.get("config.ttft.select") or (results[0].select if results else None) or path.name)
+        method = str(results[0].method or select) if results else select  # e.g. sift-adaptive
         runs.append(LmRun(path, method, select, settings, results, failed))
     runs.sort(key=lambda r: (r.select != "none", str(r.path)))  # the base first
     _name_apart(runs)
@@ -88,15 +92,15 @@ def _name_apart(runs: list[LmRun]) -> None:
                 run.label = f"{name} ({tail})"
 
 
-def domain_bpb(results: list[dict[str, Any]]) -> dict[str, float]:
+def domain_bpb(results: list[PromptResult]) -> dict[str, float]:
     """Bits per byte per domain and over all prompts ("all"): total bits over total bytes."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[PromptResult]] = {}
     for r in results:
-        groups.setdefault(str(r.get("domain") or "-"), []).append(r)
+        groups.setdefault(r.domain or "-", []).append(r)
     groups = dict(sorted(groups.items()))
     if results:
         groups["all"] = results
-    return {d: sum(float(r["bits"]) for r in rs) / sum(float(r["bytes"]) for r in rs) for d, rs in groups.items()}
+    return {d: sum(float(r.bits) for r in rs) / sum(float(r.bytes) for r in rs) for d, rs in groups.items()}
 
 
 def base_of(run: LmRun, runs: list[LmRun]) -> LmRun | None:
@@ -118,27 +122,22 @@ def _mean(values: list[Any]) -> float | None:
     return sum(numbers) / len(numbers) if numbers else None
 
 
-def uncertainty(record: dict[str, Any], kind: str) -> float | None:
+def uncertainty(record: PromptResult, kind: str) -> float | None:
     """`reduction`: sigma_0^2 - sigma_n^2 (`var_before - var_after`); `remaining`: the last sigma_n."""
     if kind == "reduction":
-        before, after = _number(record.get("var_before")), _number(record.get("var_after"))
+        before, after = record.var_before, record.var_after
         return None if before is None or after is None else before - after
-    sigmas = record.get("sigmas")
-    return _number(sigmas[-1]) if isinstance(sigmas, list) and sigmas else None
-
-
-def _bpb(record: dict[str, Any]) -> float:
-    return float(record["bits"]) / float(record["bytes"])
+    return record.sigmas[-1] if record.sigmas else None
 
 
 def paired_pct(run: LmRun, base: LmRun, domains: list[str]) -> dict[str, tuple[float, float | None, int]]:
     """Per domain: the mean over prompts scored in both runs of 100 x bpb(run) / bpb(base), its standard
     error, and the prompts paired (the paper's table; `testtime.lm.compare` computes the same)."""
-    base_bpb = {r.get("prompt_id"): _bpb(r) for r in base.results}
+    base_bpb = {r.prompt_id: r.bpb for r in base.results}
     out = {}
     for d in domains:
-        ratios = [100 * _bpb(r) / base_bpb[r.get("prompt_id")] for r in run.results
-                  if base_bpb.get(r.get("prompt_id")) and (d == "all" or str(r.get("domain") or "-") == d)]
+        ratios = [100 * r.bpb / base_bpb[r.prompt_id] for r in run.results
+                  if base_bpb.get(r.prompt_id) and (d == "all" or (r.domain or "-") == d)]
         if ratios:
             mean = sum(ratios) / len(ratios)
             var = sum((x - mean) ** 2 for x in ratios) / (len(ratios) - 1) if len(ratios) > 1 else None
@@ -148,12 +147,12 @@ def paired_pct(run: LmRun, base: LmRun, domains: list[str]) -> dict[str, tuple[f
 
 def gain_points(run: LmRun, base: LmRun, kind: str) -> list[tuple[float, float]]:
     """(uncertainty of `kind`, base bpb - run bpb) per prompt scored in both runs."""
-    base_bpb = {r.get("prompt_id"): _bpb(r) for r in base.results}
+    base_bpb = {r.prompt_id: r.bpb for r in base.results}
     points = []
     for r in run.results:
         u = uncertainty(r, kind)
-        if u is not None and r.get("prompt_id") in base_bpb:
-            points.append((u, base_bpb[r["prompt_id"]] - _bpb(r)))
+        if u is not None and r.prompt_id in base_bpb:
+            points.append((u, base_bpb[r.prompt_id] - r.bpb))
     return points
 
 
@@ -167,11 +166,11 @@ def lm_context(runs: list[LmRun]) -> dict[str, Any]:
         pct = paired_pct(run, base, domains) if base is not None else {}
         rows.append({"label": run.label, "path": str(run.path), "prompts": len(run.results), "failed": run.failed,
                      "bpb": bpb[id(run)], "pct": pct, "base": base.label if base is not None else None,
-                     "steps": _mean([r.get("steps") for r in run.results]),
-                     "select_ms": _mean([r.get("select_ms") for r in run.results]),
-                     "nn_select_ms": _mean([r.get("nn_select_ms") for r in run.results]),
-                     "search_ms": _mean([r.get("search_ms") for r in run.results]),
-                     "train_s": _mean([r.get("train_s") for r in run.results]),
+                     "steps": _mean([r.steps for r in run.results]),
+                     "select_ms": _mean([r.select_ms for r in run.results]),
+                     "nn_select_ms": _mean([r.nn_select_ms for r in run.results]),
+                     "search_ms": _mean([r.search_ms for r in run.results]),
+                     "train_s": _mean([r.train_s for r in run.results]),
                      "settings": run.settings})
     series = [(r["label"], [r["bpb"].get(d) for d in domains]) for r in rows]
     names = [domain_name(d) for d in domains]
