@@ -102,7 +102,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
     from testtime.finetune import train
     from testtime.lora import AdapterHost
     from testtime.models import load_model
-    from testtime.settings import LoraArgs, TrainArgs
+    try:
+        from testtime.settings import LoraArgs, TrainArgs
+    except ImportError:  # before the settings were declared once they lived in finetune
+        from testtime.finetune import LoraArgs, TrainArgs
 
     kwargs = {"dtype": args.dtype} if args.dtype else {}
     loaded = load_model(args.model, **kwargs)
