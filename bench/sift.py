@@ -40,7 +40,7 @@ from testtime.lm.evaluate import make_host, read_prompts, run_eval
 from testtime.lm.memory import Memory
 from testtime.lm.records import PromptResult
 from testtime.lm.select import select_nn, select_sift
-from testtime.lm.settings import EvalConfig, PromptLora, TTFTArgs
+from testtime.lm.settings import EvalConfig, PromptLora, PromptTTT
 from testtime.models import load_model
 
 ALIASES = {"nn-f": "nn-repeats", "adaptive": "sift-adaptive", "adaptive-sift": "sift-adaptive"}
@@ -88,10 +88,10 @@ def alpha_stops(prompts, memory, embedder, k: int, n: int, lam: float, alphas: l
     return out
 
 
-def method_args(method: str, args: argparse.Namespace) -> TTFTArgs:
-    """The TTFT settings of one method name (`sift-adaptive`: SIFT with --alpha)."""
+def method_args(method: str, args: argparse.Namespace) -> PromptTTT:
+    """The per-prompt TTT settings of one method name (`sift-adaptive`: SIFT with --alpha)."""
     select, adaptive = ("sift", args.alpha) if method == "sift-adaptive" else (method, None)
-    return TTFTArgs(select=select, n=args.n, k=args.k, lam=args.lam, lr=args.lr, chunk_tokens=args.chunk_tokens,
+    return PromptTTT(select=select, n=args.n, k=args.k, lam=args.lam, lr=args.lr, chunk_tokens=args.chunk_tokens,
                     adaptive=adaptive)
 
 
@@ -128,7 +128,7 @@ def parse_args() -> argparse.Namespace:
 def run_method(method: str, args: argparse.Namespace, parts: tuple, prompts: list) -> float:
     """Run (or resume) one method into OUT/METHOD/; returns the wall seconds."""
     host, tokenizer, memory, embedder = parts
-    ttft = method_args(method, args)
+    ttt = method_args(method, args)
     done = {"n": 0}
 
     def progress(event):
@@ -142,7 +142,7 @@ def run_method(method: str, args: argparse.Namespace, parts: tuple, prompts: lis
     config = EvalConfig(index=str(args.index), prompts=str(args.corpus / "prompts.jsonl"),
                         lora=PromptLora(r=args.lora_rank, alpha=2 * args.lora_rank))
     t0 = time.perf_counter()
-    _, failures = run_eval(host, tokenizer, memory, embedder, prompts, ttft, args.out, config=config, emit=progress)
+    _, failures = run_eval(host, tokenizer, memory, embedder, prompts, ttt, args.out, config=config, emit=progress)
     if failures:
         print(f"  {method}: {len(failures)} prompts failed: {failures[0].error}")
     return time.perf_counter() - t0

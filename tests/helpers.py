@@ -119,7 +119,7 @@ class LetterEmbedder:
 
 
 class ListMemory:
-    """The memory interface ttft needs, over a list of texts (brute-force search)."""
+    """The memory interface lm.ttt needs, over a list of texts (brute-force search)."""
 
     def __init__(self, texts, embedder):
         self._texts = list(texts)

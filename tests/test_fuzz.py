@@ -184,11 +184,11 @@ def arc_job(tiny_model_dir):
 def lm_job(tiny_model_dir):
     """One LmJob (select none) holding the tiny model, reused by every example."""
     from testtime.lm.evaluate import LmJob
-    from testtime.lm.settings import EvalConfig, TTFTArgs
+    from testtime.lm.settings import EvalConfig, PromptTTT
     from testtime.lora import AdapterHost
     from testtime.models import load_model
 
-    config = EvalConfig(model=str(tiny_model_dir), ttft=TTFTArgs(select="none"))
+    config = EvalConfig(model=str(tiny_model_dir), ttt=PromptTTT(select="none"))
     loaded = load_model(str(tiny_model_dir))
     return LmJob(config, parts=(AdapterHost(loaded.model, config.lora), loaded.tokenizer, None, None))
 

@@ -272,16 +272,16 @@ def lm_eval_sift(prompts, index, model, out, *extra: str):
 @pytest.mark.parametrize("context", ["1", "4"])
 def test_a_continuation_longer_than_the_context_fails_before_training(tmp_path, memory_index, tiny_model_dir,
                                                                      monkeypatch, context):
-    import testtime.lm.ttft as ttft
+    import testtime.lm.ttt as ttt
 
     calls = []
-    real_train = ttft.train
+    real_train = ttt.train
 
     def recording_train(*args, **kwargs):
         calls.append(args)
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(ttft, "train", recording_train)
+    monkeypatch.setattr(ttt, "train", recording_train)
     prompts = write_prompts(tmp_path / "prompts.jsonl", [
         {"id": "long", "domain": "d", "prompt": "the quick brown",
          "continuation": " fox jumps over the lazy dog and runs far away"}])

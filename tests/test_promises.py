@@ -222,7 +222,7 @@ def test_lm_eval_selectors_share_one_out_each_in_its_own_run_directory(tmp_path,
     memory, embedder = Memory.load(tmp_path / "index"), LetterEmbedder()
     for select in ("nn", "nn-repeats", "random"):
         run_dir = out / select
-        assert json.loads((run_dir / "config.json").read_text())["settings"]["config.ttft.select"] == select
+        assert json.loads((run_dir / "config.json").read_text())["settings"]["config.ttt.select"] == select
         assert sorted(p.name for p in (run_dir / "results").iterdir()) == ["p1.json", "p2.json"]  # --limit 2
         results = [json.loads((run_dir / "results" / f"{pid}.json").read_text()) for pid in ("p1", "p2")]
         assert printed[select][:2] == ["2", f"{sum(r['bits'] for r in results) / sum(r['bytes'] for r in results):.4f}"]

@@ -237,6 +237,16 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def rename_keys(settings: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+    """Flattened `settings` with every key that starts with an old prefix of `renamed` (old -> new) given
+    the new one: how a run directory written before a setting was renamed is read."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        old = next((o for o in renamed if key.startswith(o)), None)
+        out[key if old is None else renamed[old] + key[len(old):]] = value
+    return out
+
+
 def with_value(config: Any, path: str, value: Any) -> Any:
     """A copy of nested dataclass `config` with the field at dotted `path` set to `value`."""
     head, _, rest = path.partition(".")

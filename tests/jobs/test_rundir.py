@@ -63,3 +63,40 @@ def test_record_files_are_sealed_and_read_back_by_their_schema(tmp_path, caplog)
     assert f"{run.record_file('t3')} is not a record this run reads" in caplog.text and "newer testtime" in caplog.text
     assert sorted(run.finished("task_id")) == ["t1", "t2"]
     assert run.finished("task_id", lambda r: r["task_id"] if r["task_id"] != "t1" else int("no")) == {"t2": "t2"}
+
+
+def old_named_run(path, settings):
+    """A run directory as a testtime before a rename left it: config.json and one record under the old keys."""
+    run = RunDir(path, records="tasks")
+    run.open("toy", settings)
+    run.save({"task_id": "t1", "status": "ok", "answer": 4}, "task_id")
+    run.close()
+    return run.fingerprint
+
+
+def test_a_run_written_before_a_setting_was_renamed_resumes_under_the_new_name(tmp_path):
+    from testtime.jobs import SettingsChanged
+
+    old_fingerprint = old_named_run(tmp_path / "run", {"config": {"ttft": {"n": 2, "lam": 0.01}}})
+    renamed = {"config.ttft.": "config.ttt."}
+    with RunDir(tmp_path / "run", records="tasks") as plain:  # without the rename: other settings
+        try:
+            plain.open("toy", {"config": {"ttt": {"n": 2, "lam": 0.01}}})
+            raise AssertionError("the old keys were not refused")
+        except SettingsChanged as err:
+            assert "config.ttft.n" in str(err) and "config.ttt.n" in str(err)
+    with RunDir(tmp_path / "run", records="tasks", renamed=renamed) as changed:  # renamed, but n differs
+        try:
+            changed.open("toy", {"config": {"ttt": {"n": 3, "lam": 0.01}}}, flags={"config.ttt.n": "--steps"})
+            raise AssertionError("a changed value was accepted")
+        except SettingsChanged as err:
+            assert "--steps" in str(err) and "config.ttft" not in str(err)
+    assert json.loads(RunDir(tmp_path / "run", records="tasks").record_file("t1").read_text())["fingerprint"] \
+        == old_fingerprint  # a refused run leaves the records alone
+
+    with RunDir(tmp_path / "run", records="tasks", renamed=renamed) as run:
+        run.open("toy", {"config": {"ttt": {"n": 2, "lam": 0.01}}})
+        assert run.fingerprint != old_fingerprint
+        assert run.record("t1", "task_id") == {"task_id": "t1", "status": "ok", "answer": 4}  # resumed, not redone
+        assert json.loads(run.record_file("t1").read_text())["fingerprint"] == run.fingerprint
+        assert json.loads(run.config_file.read_text())["settings"] == {"config.ttt.n": 2, "config.ttt.lam": 0.01}

@@ -11,8 +11,8 @@ import torch
 from helpers import CONTINUATION, MEMORY, LetterEmbedder, ListMemory, make_tiny_model
 from testtime.config import problems
 from testtime.lm.evaluate import make_host
-from testtime.lm.settings import EvalConfig, PromptLora, TTFTArgs
-from testtime.lm.ttft import ttft_prompt
+from testtime.lm.settings import EvalConfig, PromptLora, PromptTTT
+from testtime.lm.ttt import ttt_prompt
 from testtime.lora import AdapterHost, FullHost
 from testtime.settings import LoraArgs
 
@@ -31,7 +31,7 @@ def test_full_fine_tuning_trains_every_weight_and_restores_the_base_bit_for_bit(
     embedder = LetterEmbedder()
     memory = ListMemory(MEMORY, embedder)
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    before = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, TTFTArgs(select="none"))
+    before = ttt_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, PromptTTT(select="none"))
 
     seen = {}
 
@@ -40,15 +40,15 @@ def test_full_fine_tuning_trains_every_weight_and_restores_the_base_bit_for_bit(
         seen["optimizer"] = weakref.ref(info.optimizer)
         seen["moved"] = any(not torch.equal(p, base[n]) for n, p in model.named_parameters())
 
-    args = TTFTArgs(select="nn-repeats", n=4, k=7, lr=1e-2)
-    after = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, args, on_step=on_step)
+    args = PromptTTT(select="nn-repeats", n=4, k=7, lr=1e-2)
+    after = ttt_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, args, on_step=on_step)
     total = sum(p.numel() for p in model.parameters())
     assert seen["trainable"] == (total, total) and seen["moved"]
     assert after.steps == 4 and after.bpb < 0.9 * before.bpb  # full fine-tuning on the continuation's text helps
     now = model.state_dict()
     assert set(now) == set(base) and all(torch.equal(now[k], base[k]) for k in base)  # bit-identical
     assert not host.has_adapter and all(not p.requires_grad and p.grad is None for p in model.parameters())
-    again = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, TTFTArgs(select="none"))
+    again = ttt_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, PromptTTT(select="none"))
     assert again.bits == before.bits
 
 
@@ -58,13 +58,13 @@ def test_full_fine_tuning_keeps_one_copy_of_the_weights_and_frees_the_optimizer(
     embedder = LetterEmbedder()
     memory = ListMemory(MEMORY, embedder)
     refs = []
-    args = TTFTArgs(select="sift", n=3, k=7, lr=1e-2)
-    ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, args,
+    args = PromptTTT(select="sift", n=3, k=7, lr=1e-2)
+    ttt_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, args,
                 on_step=lambda info: refs.append(weakref.ref(info.optimizer)))
     saved = [id(t) for t in host._saved]
     total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
     assert host.saved_numel() == total
-    ttft_prompt(host, tokenizer, memory, embedder, "p1", "zzz", " yyy xxx", args,
+    ttt_prompt(host, tokenizer, memory, embedder, "p1", "zzz", " yyy xxx", args,
                 on_step=lambda info: refs.append(weakref.ref(info.optimizer)))
     assert [id(t) for t in host._saved] == saved and host.saved_numel() == total  # the same copy, reused
     gc.collect()
@@ -82,8 +82,8 @@ def test_a_failed_step_still_restores_the_base(tokenizer):
         raise RuntimeError("killed after step 1")
 
     with pytest.raises(RuntimeError, match="killed after step 1"):
-        ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION,
-                    TTFTArgs(select="nn", n=3, k=7, lr=1e-2), on_step=boom)
+        ttt_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION,
+                    PromptTTT(select="nn", n=3, k=7, lr=1e-2), on_step=boom)
     assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items()) and not host.has_adapter
 
 

@@ -37,6 +37,20 @@ def by_hand(loaded, prompt: str, continuation: str) -> float:
     return -sum(logp[len(p_ids) - 1 + i, c].item() for i, c in enumerate(c_ids)) / math.log(2)
 
 
+def write_with_old_names(run_dir) -> None:
+    """Rewrite an `lm eval` run directory as a testtime before the ttft -> ttt rename wrote it: the settings
+    under `config.ttft.`, every record sealed with the fingerprint of those settings."""
+    from testtime.jobs.rundir import fingerprint
+    from testtime.records import seal, unseal
+
+    config = json.loads((run_dir / "config.json").read_text())
+    config["settings"] = {k.replace("config.ttt.", "config.ttft."): v for k, v in config["settings"].items()}
+    config["fingerprint"] = fingerprint(config["command"], config["settings"])
+    (run_dir / "config.json").write_text(json.dumps(config))
+    for path in (run_dir / "results").glob("*.json"):
+        path.write_text(json.dumps(seal(unseal(json.loads(path.read_text())).record, config["fingerprint"])))
+
+
 def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tiny_model_dir, monkeypatch):
     import testtime.lm.embed as embed
 
@@ -58,8 +72,8 @@ def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tin
     run_dir = tmp_path / "run" / "sift"  # each selector has its own run directory inside --out
     assert sorted(p.name for p in (run_dir / "results").iterdir()) == ["a.json", "b.json"]
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["command"] == "lm eval" and config["settings"]["config.ttft.select"] == "sift"
-    assert config["settings"]["config.ttft.n"] == 2 and config["options"]["steps"] == 2
+    assert config["command"] == "lm eval" and config["settings"]["config.ttt.select"] == "sift"
+    assert config["settings"]["config.ttt.n"] == 2 and config["options"]["steps"] == 2
     saved = json.loads((run_dir / "results" / "a.json").read_text())
     assert saved["status"] == "ok" and saved["prompt_id"] == "a"
     assert saved["steps"] == 2 and len(saved["picks"]) == 2 and saved["bpb"] > 0
@@ -67,6 +81,11 @@ def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tin
     again = invoke(*args)
     assert again.exit_code == 0 and json.loads((run_dir / "results" / "a.json").read_text()) == saved
     assert again.output.count(": resumed") == 2
+
+    write_with_old_names(run_dir)  # as testtime wrote it before TTFTArgs became PromptTTT (config.ttft.*)
+    older = invoke(*args)
+    assert older.exit_code == 0 and older.output.count(": resumed") == 2, older.output
+    assert json.loads((run_dir / "config.json").read_text())["settings"]["config.ttt.select"] == "sift"
 
     limited = invoke(*args[:-2], "--out", str(tmp_path / "limited"), "-n", "1")  # -n is --limit, as in arc solve
     assert limited.exit_code == 0, limited.output
@@ -137,7 +156,7 @@ def test_us_adaptive_full_fine_tuning_and_the_comparison_table(tmp_path, tokeniz
     assert sorted(p.name for p in out.iterdir()) == ["nn", "none", "sift-adaptive", "us"]  # one dir per method
     assert json.loads((full / "sift" / "config.json").read_text())["settings"]["config.lora.r"] == 0
     adaptive = records(out / "sift-adaptive")
-    assert json.loads((out / "sift-adaptive" / "config.json").read_text())["settings"]["config.ttft.adaptive"] == 2.5
+    assert json.loads((out / "sift-adaptive" / "config.json").read_text())["settings"]["config.ttt.adaptive"] == 2.5
     for r in adaptive.values():  # 2.5 x sigma_1 > 1 or 2.5 x 2 x sigma_2 > 1: never both steps
         assert r["method"] == "sift-adaptive" and r["stopped"] == "adaptive" and r["stopped_at"] == r["steps"] < 2
         assert len(r["sigma_before"]) == len(r["sigma_after"]) == r["steps"]

@@ -102,7 +102,7 @@ def write_lm_runs(root: Path, *, selects: tuple[str, ...] = ("none", "nn", "sift
         run = out / select
         (run / "results").mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"command": "lm eval", "settings": {
-            "config.ttft.select": select, "config.ttft.n": 10, "config.ttft.lam": 0.01}}))
+            "config.ttt.select": select, "config.ttt.n": 10, "config.ttt.lam": 0.01}}))
         for p in range(n_prompts):
             bits = 1000.0 * (1.0 - 0.05 * s) * (1 + 0.1 * (p % 3))
             record = {"prompt_id": f"p{p}", "domain": domains[p % len(domains)], "select": select, "bits": bits,

@@ -186,7 +186,7 @@ def evaluate(
     params = common.options_of(ctx)
     eval_config, problems = common.build(EvalConfig(prompts=str(prompts)), params, OPTIONS,
                                          parse={"dtype": common.concrete_dtype})
-    select, index = eval_config.ttft.select, eval_config.index
+    select, index = eval_config.ttt.select, eval_config.index
     scale, scale_problems = common.scale_of(params)
     problems += scale_problems
     if limit is not None and limit < 1:
@@ -206,7 +206,7 @@ def evaluate(
     if not todo:
         fail(f"no usable prompt in {prompts}")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    t = eval_config.ttft
+    t = eval_config.ttt
     console.print(f"[bold]testtime lm eval[/]: {len(todo)} prompts, select {safe(select)}"
                   + (f" from {safe(index)} (K={t.k}, N={t.n}, lambda={t.lam})" if index and select != "none" else "")
                   + (f", adaptive alpha={t.adaptive}" if t.adaptive is not None else "")
@@ -219,7 +219,7 @@ def evaluate(
 def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_failed: bool):
     from testtime.lm.evaluate import LmJob, evaluate, select_dir
 
-    run_dir = select_dir(out, eval_config.ttft.method) if out else None
+    run_dir = select_dir(out, eval_config.ttt.method) if out else None
     results, failures, counts = common.run_job(
         "lm eval", "prompt", _prompt_line, scale, out, run_dir,
         {"config": as_json(eval_config)}, params, OPTIONS, weight_paths={"model": eval_config.model},
@@ -227,7 +227,7 @@ def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_faile
         work=lambda executor, emit: evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
                                              retry_failed=retry_failed, emit=emit))
     if counts.failed and counts.failed == counts.total:
-        _print_eval_summary(eval_config.ttft.method, results, failures, [])
+        _print_eval_summary(eval_config.ttt.method, results, failures, [])
         fail(f"every prompt failed (first: {failures[0].error})", code=1)
     return results, failures
 
@@ -244,7 +244,7 @@ def _prompt_line(data: dict, resumed: bool) -> str:
 
 def _print_eval_summary(select: str, results: list[PromptResult], failures: list[PromptResult],
                         bad_lines: list[str]) -> None:
-    from testtime.lm.ttft import summarize
+    from testtime.lm.ttt import summarize
 
     for f in failures:
         console.print(Text.assemble(("failed: ", "yellow"), f"{f.prompt_id}: {f.error}"))

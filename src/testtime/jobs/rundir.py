@@ -12,7 +12,9 @@ is sealed in the envelope of `testtime.records` (the record formats' schema vers
 envelope reads and its fingerprint is this run's, whatever config.json says. `options` are every
 command-line option of the run; `testtime ... --config RUN/config.json` reproduces it. An item id
 never chooses a path: ids that are not plain names get a hashed file name, and the record keeps
-the true id.
+the true id. A setting renamed since a directory was written (`renamed`: old key prefix -> new) is
+read under its new name; when nothing else differs, the directory's records are resealed with this
+run's fingerprint before config.json is rewritten, so they are resumed, not redone.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from testtime import __version__
 from testtime.atomic import read_json, write_json_atomic
-from testtime.config import flatten
+from testtime.config import flatten, rename_keys
 from testtime.jobs.job import FAILED, OK
 from testtime.jobs.lock import DirLock, Locked
 from testtime.records import RecordError, seal, unseal
@@ -108,9 +110,11 @@ class RunDir:
     `open` takes the lock and `close` (or the process ending) drops it; use it as a context manager.
     """
 
-    def __init__(self, path: str | Path, *, records: str = "records") -> None:
+    def __init__(self, path: str | Path, *, records: str = "records", renamed: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
         self.records_dir = self.path / records
+        self.renamed = dict(renamed or {})
+        """Settings keys renamed since older run directories were written (old prefix -> new)."""
         self.opened = False
         """Set by `open`: the settings were checked and config.json written."""
         self.fingerprint: str | None = None
@@ -155,13 +159,16 @@ class RunDir:
         except OSError as err:
             raise RunDirError(f"--out {self.path}: cannot write there ({err.strerror or err}); "
                               "give a writable directory") from None
+        written_as: str | None = None
         try:
             if restart:
                 self._check_command(command)
                 self.clear()
             else:
-                self.check(command, settings, flags)
+                written_as = self.check(command, settings, flags)
             self.fingerprint = fingerprint(command, settings)
+            if written_as is not None:
+                self._reseal(written_as, self.fingerprint)
             self.records_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.config_file, {"command": command, "testtime": __version__, "settings": settings,
                                                  "fingerprint": self.fingerprint, "options": dict(options or {})},
@@ -187,8 +194,9 @@ class RunDir:
             raise RunDirError(f"--restart: {self.path} holds a run of `{made_by}`, not `{command}`; nothing was "
                               "deleted. Give this command its own --out")
 
-    def check(self, command: str, settings: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> None:
-        """Raise SettingsChanged when the directory holds a run with other result-affecting settings."""
+    def check(self, command: str, settings: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> str | None:
+        """Raise SettingsChanged when the directory holds a run with other result-affecting settings. Returns
+        the fingerprint its records carry when it was written under renamed settings keys (else None)."""
         old, there = self._read_config()
         if old is None:
             if there:
@@ -199,14 +207,35 @@ class RunDir:
                 raise RunDirError(f"{self.path} holds {n} records but no config.json, so the settings that made them "
                                   "are unknown and they would be mixed with these; use --out NEW_DIR, or --restart "
                                   f"to discard {self.path}'s results and start over there")
-            return
+            return None
         if not isinstance(old, dict) or not isinstance(old.get("settings"), dict) or old.get("command") != command:
             raise RunDirError(f"{self.path} holds a run of another command or testtime version "
                               f"({old.get('command', 'unknown') if isinstance(old, dict) else 'unknown'}); "
                               "use --out NEW_DIR, or --restart to start over there")
-        changes = changed_settings(old["settings"], settings, flags)
+        current = rename_keys(old["settings"], self.renamed)
+        changes = changed_settings(current, settings, flags)
         if changes:
             raise SettingsChanged(self.path, changes)
+        if current == old["settings"]:
+            return None
+        written = old.get("fingerprint")
+        return written if isinstance(written, str) else fingerprint(command, old["settings"])
+
+    def _reseal(self, old: str, new: str) -> None:
+        """Give the records sealed with fingerprint `old` (settings since renamed, same values) the fingerprint
+        `new`; each file is rewritten atomically, so an interrupted pass is finished by the next run."""
+        n = 0
+        for path in self._record_files():
+            try:
+                sealed = unseal(read_json(path))
+            except RecordError:
+                continue
+            if sealed.fingerprint == old:
+                write_output(path, lambda p, r=sealed.record: write_json_atomic(p, seal(r, new)))
+                n += 1
+        if n:
+            log.info("%s: %d records made under the old names of renamed settings now carry this run's fingerprint",
+                     self.path, n)
 
     def clear(self) -> None:
         """Delete this run's config and records (other files in the directory are left alone).

@@ -21,9 +21,9 @@ from typing import Any
 
 from testtime.config import as_json
 from testtime.jobs import FAILED, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
-from testtime.lm.records import PromptResult
-from testtime.lm.settings import EvalConfig, TTFTArgs
-from testtime.lm.ttft import ttft_prompt
+from testtime.lm.records import RENAMED_SETTINGS, PromptResult
+from testtime.lm.settings import EvalConfig, PromptTTT
+from testtime.lm.ttt import ttt_prompt
 from testtime.settings import LoraArgs
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class LmJob:
         from testtime.models import load_model  # heavy import
 
         loaded = load_model(self.config.model, dtype=self.config.dtype)
-        memory, embedder = load_memory(self.config.index, self.config.ttft.select, loaded)
+        memory, embedder = load_memory(self.config.index, self.config.ttt.select, loaded)
         self.parts = (make_host(loaded.model, self.config.lora), loaded.tokenizer, memory, embedder)
         size = f", memory of {len(memory):,} chunks" if memory is not None else ""
         return f"model {self.config.model} on {loaded.device} ({loaded.dtype}){size}"
@@ -133,13 +133,13 @@ class LmJob:
         self.setup()
         host, tokenizer, memory, embedder = self.parts  # type: ignore[misc]
         t0 = time.perf_counter()
-        res = ttft_prompt(host, tokenizer, memory, embedder, prompt.id, prompt.prompt, prompt.continuation,
-                          self.config.ttft, domain=prompt.domain, on_step=lambda info: emit(Step(prompt.id, info)))
+        res = ttt_prompt(host, tokenizer, memory, embedder, prompt.id, prompt.prompt, prompt.continuation,
+                          self.config.ttt, domain=prompt.domain, on_step=lambda info: emit(Step(prompt.id, info)))
         return dataclasses.replace(res, seconds=time.perf_counter() - t0).to_json()
 
     def failed(self, prompt: Prompt, error: str, trace: str, seconds: float) -> dict[str, Any]:
-        return PromptResult(prompt_id=prompt.id, domain=prompt.domain, select=self.config.ttft.select,
-                            method=self.config.ttft.method, status=FAILED, error=error, traceback=trace,
+        return PromptResult(prompt_id=prompt.id, domain=prompt.domain, select=self.config.ttt.select,
+                            method=self.config.ttt.method, status=FAILED, error=error, traceback=trace,
                             seconds=seconds).to_json()
 
     def accepts(self, prompt: Prompt, record: dict[str, Any]) -> bool:
@@ -153,8 +153,8 @@ class LmJob:
 
 def select_dir(out: str | Path, method: str) -> RunDir:
     """One method's run directory inside `out`: `out/METHOD/config.json`, `out/METHOD/results/`
-    (METHOD: `TTFTArgs.method`, the selector or `sift-adaptive`)."""
-    return RunDir(Path(out) / method, records="results")
+    (METHOD: `PromptTTT.method`, the selector or `sift-adaptive`)."""
+    return RunDir(Path(out) / method, records="results", renamed=RENAMED_SETTINGS)
 
 
 def evaluate(job: LmJob, prompts: list[Prompt], run_dir: RunDir | None = None, *,
@@ -172,11 +172,11 @@ def evaluate(job: LmJob, prompts: list[Prompt], run_dir: RunDir | None = None, *
     return [r for r in records if r.ok], [r for r in records if not r.ok], counts
 
 
-def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: list[Prompt], args: TTFTArgs,
+def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: list[Prompt], args: PromptTTT,
              out: str | Path | None = None, *, config: EvalConfig | None = None,
              emit: Emit = ignore) -> tuple[list[PromptResult], list[PromptResult]]:
     """`evaluate` with an already loaded model, memory and embedder; returns (results, failures)."""
-    config = dataclasses.replace(config or EvalConfig(), ttft=args)
+    config = dataclasses.replace(config or EvalConfig(), ttt=args)
     run_dir = select_dir(out, args.method) if out is not None else None
     results, failures, _ = evaluate(LmJob(config, parts=(host, tokenizer, memory, embedder)), prompts, run_dir,
                                     emit=emit)

@@ -18,10 +18,14 @@ from typing import Any, ClassVar, Literal
 
 from testtime.records import Record, required
 
+RENAMED_SETTINGS = {"config.ttft.": "config.ttt."}
+"""Keys of an `lm eval` run's settings (config.json) renamed since (old prefix -> new): the run directory
+and its records are read as if written with today's names (`jobs.rundir.RunDir(renamed=...)`)."""
+
 
 @dataclass(kw_only=True)
 class PromptResult(Record):
-    """One prompt's outcome (`lm.ttft.ttft_prompt`); None where a field does not apply (a failed prompt, or
+    """One prompt's outcome (`lm.ttt.ttt_prompt`); None where a field does not apply (a failed prompt, or
     `select none`) or a record of an older version lacks it."""
 
     prompt_id: str

@@ -17,7 +17,7 @@ Method = Literal["none", "nn", "sift", "nn-repeats", "random", "us"]
 
 
 @dataclass
-class TTFTArgs:
+class PromptTTT:
     """Selection and fine-tuning settings for every prompt."""
 
     select: Method = setting("sift", short="s", panel="Selection", help="How chunks are picked: none (the untouched "
@@ -90,9 +90,9 @@ class EvalConfig:
     """The prompts file."""
     lora: LoraArgs = group(PromptLora, prefix="lora-", panel="Fine-tuning", expose=("r",))
     """The per-prompt LoRA (alpha = 2 x rank); rank 0 = full fine-tuning (PromptLora)."""
-    ttft: TTFTArgs = group(TTFTArgs)
+    ttt: PromptTTT = group(PromptTTT)
     """Selection and fine-tuning per prompt."""
 
     def check(self) -> Iterator[tuple[str, str]]:
-        if self.ttft.select != "none" and self.index is None:
-            yield "index", f"is needed by --select {self.ttft.select} (a memory from `testtime lm index`)"
+        if self.ttt.select != "none" and self.index is None:
+            yield "index", f"is needed by --select {self.ttt.select} (a memory from `testtime lm index`)"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testtime.lm.records import PromptResult
+from testtime.config import rename_keys
+from testtime.lm.records import RENAMED_SETTINGS, PromptResult
 from testtime.records import RecordError, load_record
 from testtime.report.arc import read_json
 from testtime.report.render import render_to
@@ -59,7 +60,7 @@ def load_lm_runs(paths: list[str | Path]) -> list[LmRun]:
     for path in dirs:
         config = read_json(path / "config.json")
         settings = config.get("settings") if isinstance(config, dict) else None
-        settings = settings if isinstance(settings, dict) else {}
+        settings = rename_keys(settings, RENAMED_SETTINGS) if isinstance(settings, dict) else {}
         results, failed = [], 0
         for file in sorted((path / "results").glob("*.json")):
             try:
@@ -71,7 +72,7 @@ def load_lm_runs(paths: list[str | Path]) -> list[LmRun]:
                 results.append(record)
             else:
                 failed += 1
-        select = str(settings.get("config.ttft.select") or (results[0].select if results else None) or path.name)
+        select = str(settings.get("config.ttt.select") or (results[0].select if results else None) or path.name)
         method = str(results[0].method or select) if results else select  # e.g. sift-adaptive
         runs.append(LmRun(path, method, select, settings, results, failed))
     runs.sort(key=lambda r: (r.select != "none", str(r.path)))  # the base first

@@ -7,7 +7,7 @@ step per selected chunk in selection order on a fresh LoRA (or on every base wei
 so every prompt starts from the same base model.
 
     host = AdapterHost(model, LoraArgs(r=64, alpha=64))      # or FullHost(model): full fine-tuning
-    result = ttft_prompt(host, tokenizer, memory, embedder, prompt, continuation, TTFTArgs(select="sift"))
+    result = ttt_prompt(host, tokenizer, memory, embedder, prompt, continuation, PromptTTT(select="sift"))
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from testtime.finetune import StepInfo, train
 from testtime.lm.bpb import encode_pair, sequence_bits, utf8_bytes
 from testtime.lm.records import PromptResult
 from testtime.lm.select import Selection, select_nn, select_nn_repeats, select_random, select_sift, select_us
-from testtime.lm.settings import TTFTArgs
+from testtime.lm.settings import PromptTTT
 from testtime.lora import AdapterHost, FullHost
 from testtime.seeds import derive_seed
 from testtime.settings import TrainArgs
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 METHODS: tuple[str, ...] = ("none", "nn", "sift", "nn-repeats", "random", "us")
 
 
-def select_chunks(query: np.ndarray, candidates: np.ndarray, args: TTFTArgs, seed: int) -> Selection:
+def select_chunks(query: np.ndarray, candidates: np.ndarray, args: PromptTTT, seed: int) -> Selection:
     """Run the selector of `args.select` on the candidate embeddings (indices into `candidates`)."""
     n = min(args.n, len(candidates)) if args.select in ("nn", "random") else args.n
     if args.select == "sift":
@@ -60,8 +60,8 @@ def chunk_sequence(tokenizer: Any, text: str, max_tokens: int) -> TrainingSequen
     return TrainingSequence(input_ids=ids, labels=list(ids))
 
 
-def ttft_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embedder: Any, prompt_id: str,
-                prompt: str, continuation: str, args: TTFTArgs, *, domain: str = "",
+def ttt_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embedder: Any, prompt_id: str,
+                prompt: str, continuation: str, args: PromptTTT, *, domain: str = "",
                 on_step: Callable[[StepInfo], None] | None = None) -> PromptResult:
     """Select, fine-tune a fresh adapter (or every weight), measure, drop it: the base model ends unchanged."""
     seed = derive_seed(args.seed, prompt_id)

@@ -13,8 +13,8 @@ from testtime.batching import IGNORE_INDEX
 from testtime.jobs import Finished, record_name
 from testtime.lm.bpb import continuation_bits, encode_pair
 from testtime.lm.evaluate import Prompt, read_prompts, run_eval
-from testtime.lm.settings import TTFTArgs
-from testtime.lm.ttft import select_chunks, summarize, ttft_prompt
+from testtime.lm.settings import PromptTTT
+from testtime.lm.ttt import select_chunks, summarize, ttt_prompt
 from testtime.lora import AdapterHost
 from testtime.settings import LoraArgs
 
@@ -53,19 +53,19 @@ def test_each_prompt_trains_on_its_picks_in_order_and_leaves_the_base_untouched(
     embedder = LetterEmbedder()
     memory = ListMemory(MEMORY, embedder)
     base = {k: v.clone() for k, v in host.model.state_dict().items()}
-    before = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, TTFTArgs(select="none"))
+    before = ttt_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, PromptTTT(select="none"))
     assert before.steps == 0 and before.picks == []
 
     steps = []
-    args = TTFTArgs(select="nn-repeats", n=6, k=7, lr=3e-2)
-    after = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, args,
+    args = PromptTTT(select="nn-repeats", n=6, k=7, lr=3e-2)
+    after = ttt_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, args,
                         on_step=steps.append)
     assert after.steps == len(steps) == 6 and after.picks == [0] * 6  # the nearest chunk, over and over
     assert after.bpb < 0.8 * before.bpb  # training on the continuation's own text helps
     assert not host.has_adapter
     now = host.model.state_dict()  # the base weights; the (switched-off) adapter's own are not the base's
     assert set(now) == set(base) and all(torch.equal(now[k], base[k]) for k in base if "lora_" not in k)
-    again = ttft_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, TTFTArgs(select="none"))
+    again = ttt_prompt(host, tokenizer, memory, embedder, "p0", "a story:", CONTINUATION, PromptTTT(select="none"))
     assert again.bits == before.bits
 
 
@@ -73,17 +73,17 @@ def test_sift_skips_duplicates_and_adaptive_stopping_saves_steps(tokenizer):
     host = host_for(tokenizer)
     embedder = LetterEmbedder()
     memory = ListMemory(MEMORY, embedder)
-    sift = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
-                       TTFTArgs(select="sift", n=3, k=7, lam=1e-4))
+    sift = ttt_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                       PromptTTT(select="sift", n=3, k=7, lam=1e-4))
     assert sift.picks[0] in (0, 1, 2) and not set(sift.picks[1:]) & {0, 1, 2}  # no second copy of it
-    nn = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
-                     TTFTArgs(select="nn", n=3, k=7))
+    nn = ttt_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                     PromptTTT(select="nn", n=3, k=7))
     assert nn.picks == [0, 1, 2]  # nearest neighbours take all three copies
-    full = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
-                       TTFTArgs(select="sift", n=6, k=7, lam=1e-4))
+    full = ttt_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                       PromptTTT(select="sift", n=6, k=7, lam=1e-4))
     threshold = (full.sigmas[1] + full.sigmas[2]) / 2
-    stopped = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
-                          TTFTArgs(select="sift", n=6, k=7, lam=1e-4, stop_below=threshold))
+    stopped = ttt_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                          PromptTTT(select="sift", n=6, k=7, lam=1e-4, stop_below=threshold))
     assert stopped.stopped == "stop_below" and stopped.picks == full.picks[:3] and stopped.steps == 3
     assert full.steps == 6
 
@@ -109,7 +109,7 @@ def test_eval_writes_one_file_per_prompt_resumes_and_counts_failures(tmp_path, t
     memory = ListMemory(MEMORY, embedder)
     prompts = [Prompt("p1", "prose", "a story:", CONTINUATION), Prompt("p/2", "noise", "zz", " zzz yyy"),
                Prompt("p3", "prose", "", "word " * 400)]  # p3: continuation longer than the context
-    args = TTFTArgs(select="sift", n=2, k=7, lr=1e-2, context=64)
+    args = PromptTTT(select="sift", n=2, k=7, lr=1e-2, context=64)
     results, failures = run_eval(host, tokenizer, memory, embedder, prompts, args, tmp_path)
     assert [r.prompt_id for r in results] == ["p1", "p/2"]
     assert [f.prompt_id for f in failures] == ["p3"] and "context" in failures[0].error
@@ -141,8 +141,8 @@ def test_records_carry_sigma_before_and_after_each_step_and_where_adaptive_stopp
     host = host_for(tokenizer)
     embedder = LetterEmbedder()
     memory = ListMemory(MEMORY, embedder)
-    args = TTFTArgs(select="sift", n=3, k=7, lam=1e-2)
-    full = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION, args)
+    args = PromptTTT(select="sift", n=3, k=7, lam=1e-2)
+    full = ttt_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION, args)
     assert full.sigma_before == pytest.approx([1.0, *full.sigmas[:-1]]) and full.sigma_after == full.sigmas
     assert full.sigma_before[1:] == full.sigmas[:-1]
     assert full.var_before == pytest.approx(1.0) and full.var_after == pytest.approx(full.sigmas[-1] ** 2)
@@ -151,15 +151,15 @@ def test_records_carry_sigma_before_and_after_each_step_and_where_adaptive_stopp
     lo, hi = full.sigmas[0], 2 * full.sigmas[1]
     assert lo < hi
     alpha = 2 / (lo + hi)
-    stopped = ttft_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
-                          TTFTArgs(select="sift", n=3, k=7, lam=1e-2, adaptive=alpha))
+    stopped = ttt_prompt(host, tokenizer, memory, embedder, "p1", "the quick brown fox", CONTINUATION,
+                          PromptTTT(select="sift", n=3, k=7, lam=1e-2, adaptive=alpha))
     assert (stopped.stopped, stopped.stopped_at, stopped.steps) == ("adaptive", 1, 1)
     assert stopped.picks == full.picks[:1] and stopped.method == "sift-adaptive"
     assert stopped.sigma_before == pytest.approx([1.0]) and stopped.sigma_after == full.sigmas[:1]
     record = stopped.to_json()
     for key in ("sigma_before", "sigma_after", "var_before", "var_after", "stopped_at", "method"):
         assert key in record
-    none = ttft_prompt(host, tokenizer, memory, embedder, "p1", "x", CONTINUATION, TTFTArgs(select="none"))
+    none = ttt_prompt(host, tokenizer, memory, embedder, "p1", "x", CONTINUATION, PromptTTT(select="none"))
     assert (none.var_before, none.var_after, none.sigma_before, none.method) == (None, None, [], "none")
 
 
@@ -167,20 +167,20 @@ def test_uncertainty_sampling_ignores_the_prompt():
     embedder = LetterEmbedder()
     memory = ListMemory(MEMORY, embedder)
     query = embedder.embed(["the quick brown fox"])[0]
-    us = select_chunks(query, memory.embeddings, TTFTArgs(select="us", n=3, k=7), seed=0)
-    nn = select_chunks(query, memory.embeddings, TTFTArgs(select="nn", n=3, k=7), seed=0)
+    us = select_chunks(query, memory.embeddings, PromptTTT(select="us", n=3, k=7), seed=0)
+    nn = select_chunks(query, memory.embeddings, PromptTTT(select="nn", n=3, k=7), seed=0)
     # NN takes the three copies of the continuation; US, blind to the prompt, takes three different chunks
     # (each unlike the picks before it), so at most one copy, and the same ones for any other prompt
     assert nn.indices == [0, 1, 2]
     assert len(set(us.indices)) == 3 and len(set(us.indices) & {0, 1, 2}) <= 1
     other = embedder.embed(["kkk jjj"])[0]
-    assert select_chunks(other, memory.embeddings, TTFTArgs(select="us", n=3, k=7), seed=0).indices == us.indices
+    assert select_chunks(other, memory.embeddings, PromptTTT(select="us", n=3, k=7), seed=0).indices == us.indices
 
 
 def test_stopping_rules_apply_to_sift_only():
     from testtime.config import problems
 
-    found = {p.field: p.message for p in problems(TTFTArgs(select="nn", adaptive=1.0, min_gain=0.1))}
+    found = {p.field: p.message for p in problems(PromptTTT(select="nn", adaptive=1.0, min_gain=0.1))}
     assert "applies to --select sift only" in found["adaptive"] and "min_gain" in found
-    assert "positive" in {p.field: p.message for p in problems(TTFTArgs(adaptive=-1.0))}["adaptive"]
-    assert problems(TTFTArgs(select="sift", adaptive=0.5)) == []
+    assert "positive" in {p.field: p.message for p in problems(PromptTTT(adaptive=-1.0))}["adaptive"]
+    assert problems(PromptTTT(select="sift", adaptive=0.5)) == []
