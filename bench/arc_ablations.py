@@ -46,7 +46,7 @@ from testtime.arc.records import TestResult
 
 BASE_ARMS = {"no-ttt": ["--no-ttt"], "ttt": [], "ttt-e2e": ["--ttt-format", "e2e"],
              "ttt-no-aug": ["--no-ttt-geometric", "--no-ttt-colors", "--no-ttt-demo-order"],
-             "shared": ["--shared"]}
+             "shared": ["--shared"], "shared-then-task": ["--shared-then-task"]}
 ARMS = [*BASE_ARMS, *(f"ft-{a}" for a in BASE_ARMS)]
 DEMO = {"ttt_sequences": 24, "ttt_epochs": 2, "ttt_max_len": 1024, "max_new_tokens": 931}
 """The budget of `make demo` (max_new_tokens: arc solve's default, a 30x30 answer)."""

@@ -415,3 +415,25 @@ def test_fresh_adapter_is_the_one_peft_adds_under_the_same_seed():
     peft.add_adapter("default", lora_config(LORA, other))
     theirs = lora_state(peft.base_model.model)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
+
+
+def test_a_baked_adapter_stays_in_the_base_and_the_next_one_trains_on_top(tokenizer):
+    host = AdapterHost(make_tiny_model(len(tokenizer), seed=3), LoraArgs(r=4, alpha=8))
+    ids = torch.tensor([[1, 5, 9, 14, 2]])
+    with torch.no_grad():
+        base = host.model(ids).logits
+        host.fresh(seed=0)
+        for name, p in host.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)  # a trained adapter: B away from zero
+        tuned = host.model(ids).logits
+        assert not torch.allclose(tuned, base, atol=1e-4)
+        host.bake()
+        assert not host.has_adapter
+        assert torch.allclose(host.model(ids).logits, tuned, atol=1e-4)  # the change is in the base now
+        host.fresh(seed=1)  # a new adapter starts at zero on top of it
+        assert torch.allclose(host.model(ids).logits, tuned, atol=1e-4)
+        host.drop()
+        assert torch.allclose(host.model(ids).logits, tuned, atol=1e-4)
+    with pytest.raises(RuntimeError, match="no task adapter to bake"):
+        host.bake()

@@ -120,6 +120,17 @@ class AdapterHost:
                 p.grad = None
         self._live = False
 
+    def bake(self) -> None:
+        """Add the live task adapter's weight change into the base weights and drop it: every later adapter
+        trains on top of it, and `drop` no longer takes it away (shared-then-per-task TTT)."""
+        if not self.has_adapter:
+            raise RuntimeError("there is no task adapter to bake in: call fresh() and train first")
+        with torch.no_grad():
+            for layer in self._lora_layers:
+                base = layer.get_base_layer()
+                base.weight += layer.get_delta_weight(ADAPTER_NAME).to(base.weight.dtype)
+        self.drop()
+
     def save(self, path: str | Path) -> Path:
         """Write the adapter only (adapter_model.safetensors + adapter_config.json) to directory `path`."""
         if not self.has_adapter:

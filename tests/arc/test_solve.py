@@ -184,6 +184,40 @@ def test_shared_ttt_trains_one_lora_on_all_tasks_and_keeps_it(host, tokenizer, m
     host.drop()
 
 
+def test_shared_then_task_bakes_the_shared_lora_in_then_trains_one_per_task(tokenizer, monkeypatch):
+    import testtime.arc.solve as solve_module
+
+    host = AdapterHost(learnable_model(len(tokenizer), seed=1), LoraArgs(r=8, alpha=16))  # its base changes
+    weight = host.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    original = weight.detach().clone()
+    calls = []
+    real = solve_module.train
+    monkeypatch.setattr(solve_module, "train", lambda model, seqs, args, **kw: calls.append(len(seqs))
+                        or real(model, seqs, args, **kw))
+    cfg = dataclasses.replace(quick_config(), shared_then_task=True)
+    tasks = small_tasks()[:2]
+    records, _ = run(Solver(host, tokenizer, cfg), tasks, None)
+    assert calls == [4 * len(tasks), 4, 4]  # the shared LoRA on every task's sequences, then one per task
+    assert not torch.equal(weight, original)  # the shared LoRA lives on in the base weights
+    assert not host.has_adapter  # each task's own LoRA was dropped
+    for record in records:
+        assert record.status == "ok" and record.ttt.shared and record.ttt.steps == 2
+        assert all(t.truth.bits_per_cell_before is not None for t in record.tests)
+    with torch.no_grad():  # the truth's bits before: measured on the untouched base, before the shared LoRA
+        fresh = Solver(AdapterHost(learnable_model(len(tokenizer), seed=1), LoraArgs(r=8, alpha=16)), tokenizer,
+                       cfg)
+        assert [t["bits_per_cell"] for t in fresh._truth(tasks[0])] == pytest.approx(
+            [t.truth.bits_per_cell_before for t in records[0].tests])
+
+
+def test_shared_then_task_with_shared_is_refused():
+    from testtime.config import problems
+
+    found = problems(SolveConfig(shared=True, shared_then_task=True))
+    assert [p.field for p in found] == ["shared_then_task"] and "without --shared" in found[0].message
+    assert problems(SolveConfig(shared_then_task=True)) == []
+
+
 def test_records_hold_the_true_outputs_bits_before_and_after_ttt_and_its_rank(host, tokenizer):
     from testtime.arc.format import TokenCounter
     from testtime.arc.likelihood import truth_bits, truth_rows

@@ -236,6 +236,8 @@ def test_a_bad_time_budget_is_one_clear_error_naming_the_option(value, message):
     assert f"--time-budget: {message}" in flat(result) and "--lora-rank" in flat(result)  # every problem at once
     shared = invoke("arc", "solve", "arc-agi-1/evaluation", "--time-budget", "1h", "--shared")
     assert shared.exit_code == 2 and "--time-budget runs the tasks' TTT one by one" in flat(shared)
+    first = invoke("arc", "solve", "arc-agi-1/evaluation", "--time-budget", "1h", "--shared-then-task")
+    assert first.exit_code == 2 and "--shared-then-task train one LoRA on all of them first" in flat(first)
 
 
 def rows(output: str) -> dict[str, str]:

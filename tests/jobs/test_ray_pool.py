@@ -299,6 +299,8 @@ def test_ray_flags_are_checked_together_and_ignored_without_ray(monkeypatch, cap
     result = invoke("arc", "solve", "arc-agi-1/evaluation", "--ray", "--shared", "--workers", "0")
     assert result.exit_code == 2
     assert "--shared" in flat(result) and "--workers must be at least 1" in flat(result)
+    then = invoke("arc", "solve", "arc-agi-1/evaluation", "--ray", "--shared-then-task")
+    assert then.exit_code == 2 and "cannot be split over --ray workers" in flat(then)
     ignored = invoke("lm", "eval", "--prompts", "p.jsonl", "--select", "none", "--workers", "4")
     assert "ignored without --ray" in flat(ignored)
 

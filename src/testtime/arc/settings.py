@@ -136,6 +136,8 @@ class SolveConfig:
     ttt: bool = setting(True, panel="TTT", help="Test-time train a LoRA per task.")
     shared: bool = setting(False, panel="TTT", help="Train ONE LoRA on all tasks' TTT data instead of one per task "
                            "(the paper's Shared-TTT baseline).")
+    shared_then_task: bool = setting(False, panel="TTT", help="Shared-then-per-task: ONE LoRA on all tasks' TTT data "
+                                     "first (transductive), merged into the base, then a fresh LoRA per task on top.")
     lora: LoraArgs = group(LoraArgs, prefix="lora-", panel="LoRA")
     """The LoRA trained at test time."""
     train: TrainArgs = group(TrainArgs, prefix="ttt-", panel="TTT",
@@ -146,6 +148,21 @@ class SolveConfig:
     """How TTT sequences are built from a task."""
     infer: InferArgs = group(InferArgs, panel="Inference")
     """Augmented inference: transforms, prompts, decoding, ranking."""
+
+    @property
+    def trains_shared(self) -> bool:
+        """Whether one LoRA is trained on every task's data first (--shared, --shared-then-task)."""
+        return self.ttt and (self.shared or self.shared_then_task)
+
+    @property
+    def per_task(self) -> bool:
+        """Whether each task trains its own LoRA (the default, and after the shared one with --shared-then-task)."""
+        return self.ttt and not self.shared
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.shared and self.shared_then_task:
+            yield "shared_then_task", "trains the shared LoRA first itself, then one per task; give it without " \
+                                      "--shared (which trains the shared one only)"
 
     def to_json(self) -> dict[str, Any]:
         return as_json(self)

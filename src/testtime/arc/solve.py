@@ -81,7 +81,8 @@ class Solver:
         return dataclasses.replace(self.config.data, seed=seed), dataclasses.replace(self.config.train, seed=seed)
 
     def train_shared(self, tasks: Sequence[Task], on_step: Callable[[StepInfo], None] | None = None) -> dict:
-        """Shared-TTT: one LoRA on the union of every task's TTT data; stays active for all predictions."""
+        """Shared-TTT: one LoRA on the union of every task's TTT data; it stays active for all predictions, or
+        with --shared-then-task is baked into the base for the per-task LoRAs to train on top of."""
         seed = task_seed(self.config.seed, "__shared__")
         sequences = []
         for task in tasks:
@@ -92,6 +93,8 @@ class Solver:
             sequences += build_ttt_data(task, self.tokenizer, data_args, self.fmt, self.counter).sequences
         self.host.fresh(seed)
         stats = train(self.host.model, sequences, self._ttt_args(seed)[1], on_step=on_step)
+        if self.config.per_task:
+            self.host.bake()
         return {"sequences": len(sequences), "steps": stats.steps, "tokens": stats.tokens, "seconds": stats.seconds}
 
     def solve_task(self, task: Task, on_step: Callable[[StepInfo], None] | None = None,
@@ -103,7 +106,7 @@ class Solver:
         try:
             record = self._solve(task, on_step, deadline)
         finally:
-            if self.config.ttt and not self.config.shared:
+            if self.config.per_task:
                 self.host.drop()
         record.seconds = time.perf_counter() - t0
         add_correctness(record, task)
@@ -120,10 +123,10 @@ class Solver:
     def _solve(self, task: Task, on_step: Callable[[StepInfo], None] | None, deadline: float | None) -> TaskRecord:
         """The task's record, its `seconds` left at 0 for `solve_task` to set."""
         seed = task_seed(self.config.seed, task.id)
-        ttt = TTTStats(enabled=self.config.ttt, shared=self.config.shared)
+        ttt = TTTStats(enabled=self.config.ttt, shared=self.config.trains_shared)
         check_deadline(deadline, "before the task")
-        before = self._before.get(task.id) if self.config.ttt and self.config.shared else self._truth(task)
-        if self.config.ttt and not self.config.shared:
+        before = self._before.get(task.id) if self.config.trains_shared else self._truth(task)
+        if self.config.per_task:
             data_args, train_args = self._ttt_args(seed)
             t0 = time.perf_counter()
             data = build_ttt_data(task, self.tokenizer, data_args, self.fmt, self.counter)
@@ -143,7 +146,7 @@ class Solver:
                                 deadline=deadline)
         check_deadline(deadline, "before scoring the candidates")
         tests = [self._test_record(task, i, outcome) for i, outcome in enumerate(outcomes)]
-        trained = self.config.ttt and (self.config.shared or bool(ttt.steps))
+        trained = self.config.trains_shared or bool(ttt.steps)
         check_deadline(deadline, "before scoring the true outputs")
         after = self._truth(task) if trained else before
         if before is not None or after is not None:
@@ -248,8 +251,8 @@ class ArcJob:
         return task_tokens(task)
 
     def not_parallel(self) -> str | None:
-        if self.config.ttt and self.config.shared:
-            return "--shared trains one LoRA on all tasks, which does not split over workers"
+        if self.config.trains_shared:
+            return "--shared and --shared-then-task train one LoRA on all tasks, which does not split over workers"
         return None
 
     def setup(self) -> str:
@@ -266,7 +269,7 @@ class ArcJob:
             total = host.trainable_parameters()[1]
             message = (f"model: {total / 1e6:.1f}M parameters on {loaded.device} ({loaded.dtype}); "
                        f"LoRA rank {self.config.lora.r}")
-        if self.config.ttt and self.config.shared:
+        if self.config.trains_shared:
             log.info("shared TTT: %s", self.solver.train_shared(self.shared_tasks))
         return message
 
@@ -319,7 +322,7 @@ def solve_tasks(job: ArcJob, tasks: Sequence[Task], run_dir: RunDir | None = Non
     budget's `Plan`, their deadline the budget's (`Counts.not_started`: those left on their fallback
     without a start).
     """
-    if budget is not None and job.config.ttt and job.config.shared:
+    if budget is not None and job.config.trains_shared:
         raise ValueError("a time budget runs the tasks' TTT one by one; shared TTT trains one LoRA on all first")
     if run_dir is not None and not run_dir.opened:
         run_dir.open("arc solve", {"config": job.config.to_json()})

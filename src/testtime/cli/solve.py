@@ -81,15 +81,16 @@ def solve(
                                           parse={"adapter": _resolve_adapter, "dtype": common.concrete_dtype})
     scale, scale_problems = common.scale_of(params)
     problems += scale_problems
-    adapter, shared, ttt, model = solve_config.adapter, solve_config.shared, solve_config.ttt, solve_config.model
+    adapter, shared, ttt, model = solve_config.adapter, solve_config.trains_shared, solve_config.ttt, solve_config.model
     if adapter and no_adapter:
         problems.append("--adapter and --no-adapter contradict each other; give one")
     elif adapter and not (Path(adapter) / "adapter_config.json").is_file():
         problems.append(f"--adapter {adapter}: no adapter_config.json there; give a directory written by "
                         "`testtime arc pretrain`")
-    if scale is not None and shared and ttt:
-        problems.append("--shared trains one LoRA on all tasks and cannot be split over --ray workers; drop one")
-    budget, budget_problems = _budget(time_budget, started, shared and ttt)
+    if scale is not None and shared:
+        problems.append("--shared and --shared-then-task train one LoRA on all tasks and cannot be split over --ray "
+                        "workers; drop one")
+    budget, budget_problems = _budget(time_budget, started, shared)
     problems += budget_problems
     if problems:
         fail("; ".join(problems))
@@ -103,11 +104,18 @@ def solve(
     selected = _load(source, tasks, limit)
     console.print(f"[bold]testtime arc solve[/] {safe(source)}: {len(selected)} tasks, model {safe(model)}, "
                   f"adapter {safe(solve_config.adapter or 'none')}, "
-                  f"TTT {'shared' if shared else 'per task' if ttt else 'off'}, out {safe(out or '(none)')}"
+                  f"TTT {_ttt_mode(solve_config)}, out {safe(out or '(none)')}"
                   + (f", time budget {safe(time_budget)}" if budget else ""))
     records, submitted, counts = _run(solve_config, selected, source, out, params, scale, restart=restart,
                                       retry_failed=retry_failed, budget=budget)
     _print_summary(records, out, submitted, _budget_rows(budget, records, counts, ttt))
+
+
+def _ttt_mode(config: SolveConfig) -> str:
+    """How the run's TTT goes, in a word or three."""
+    if not config.ttt:
+        return "off"
+    return "shared" if config.shared else "shared, then per task" if config.shared_then_task else "per task"
 
 
 def _budget(text: str | None, started: float, shared: bool) -> tuple[object, list[str]]:
@@ -121,8 +129,8 @@ def _budget(text: str | None, started: float, shared: bool) -> tuple[object, lis
     except ValueError as err:
         return None, [f"--time-budget: {err}"]
     if shared:
-        return budget, ["--time-budget runs the tasks' TTT one by one while time allows; --shared trains one LoRA "
-                        "on all of them first: drop one"]
+        return budget, ["--time-budget runs the tasks' TTT one by one while time allows; --shared and "
+                        "--shared-then-task train one LoRA on all of them first: drop one"]
     return budget, []
 
 
@@ -182,7 +190,7 @@ def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
     from testtime.jobs import RunDir
 
     run_dir = RunDir(out, records="tasks") if out else None
-    job = ArcJob(solve_config, shared_tasks=tasks if solve_config.shared else None)
+    job = ArcJob(solve_config, shared_tasks=tasks if solve_config.trains_shared else None)
     records, submission, counts = common.run_job(
         "arc solve", "task", _task_line, scale, out, run_dir,
         {"source": source, "config": solve_config.to_json()}, params, OPTIONS, restart=restart,
