@@ -60,6 +60,33 @@ def test_arc_solve_refuses_changed_settings_and_restart_or_new_out_work(tmp_path
     assert json.loads((out / "config.json").read_text())["settings"]["config.seed"] == 5
 
 
+def as_if_written_before(out: Path, key: str) -> None:
+    """Rewrite run directory `out` as a testtime that did not have setting `key` yet wrote it: the key left out
+    of config.json, every record sealed with the fingerprint of those settings."""
+    from testtime.jobs.rundir import fingerprint
+    from testtime.records import seal, unseal
+
+    config = json.loads((out / "config.json").read_text())
+    del config["settings"][key]
+    config["fingerprint"] = fingerprint(config["command"], config["settings"])
+    (out / "config.json").write_text(json.dumps(config))
+    for path in (out / "tasks").glob("*.json"):
+        path.write_text(json.dumps(seal(unseal(json.loads(path.read_text())).record, config["fingerprint"])))
+
+
+@pytest.mark.slow
+def test_a_run_made_before_a_setting_existed_resumes_as_if_at_its_default(tmp_path, tasks_dir, tiny_model_dir):
+    out = tmp_path / "run"
+    assert solve(tasks_dir, tiny_model_dir, out, "--no-ttt").exit_code == 0
+    as_if_written_before(out, "config.shared_then_task")
+    again = solve(tasks_dir, tiny_model_dir, out, "--no-ttt")
+    assert again.exit_code == 0 and flat(again).count(": resumed") == 2, flat(again)
+    assert json.loads((out / "config.json").read_text())["settings"]["config.shared_then_task"] is False
+    as_if_written_before(out, "config.shared_then_task")
+    changed = solve(tasks_dir, tiny_model_dir, out, "--shared-then-task")
+    assert changed.exit_code == 2 and "--shared-then-task: False -> True" in flat(changed)
+
+
 @pytest.mark.slow
 def test_arc_solve_failed_task_is_recorded_skipped_and_retried(tmp_path, tasks_dir, tiny_model_dir):
     out = tmp_path / "run"

@@ -189,7 +189,7 @@ def _run(solve_config, tasks, source, out, params, scale, *, restart: bool,
     from testtime.arc.solve import ArcJob, solve_tasks
     from testtime.jobs import RunDir
 
-    run_dir = RunDir(out, records="tasks") if out else None
+    run_dir = RunDir(out, records="tasks", defaults={"config": SolveConfig().to_json()}) if out else None
     job = ArcJob(solve_config, shared_tasks=tasks if solve_config.trains_shared else None)
     records, submission, counts = common.run_job(
         "arc solve", "task", _task_line, scale, out, run_dir,

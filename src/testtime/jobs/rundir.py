@@ -13,8 +13,9 @@ envelope reads and its fingerprint is this run's, whatever config.json says. `op
 command-line option of the run; `testtime ... --config RUN/config.json` reproduces it. An item id
 never chooses a path: ids that are not plain names get a hashed file name, and the record keeps
 the true id. A setting renamed since a directory was written (`renamed`: old key prefix -> new) is
-read under its new name; when nothing else differs, the directory's records are resealed with this
-run's fingerprint before config.json is rewritten, so they are resumed, not redone.
+read under its new name, and a setting added since is read as its default (`defaults`); when nothing
+else differs, the directory's records are resealed with this run's fingerprint before config.json is
+rewritten, so they are resumed, not redone.
 """
 
 from __future__ import annotations
@@ -110,11 +111,15 @@ class RunDir:
     `open` takes the lock and `close` (or the process ending) drops it; use it as a context manager.
     """
 
-    def __init__(self, path: str | Path, *, records: str = "records", renamed: Mapping[str, str] | None = None) -> None:
+    def __init__(self, path: str | Path, *, records: str = "records", renamed: Mapping[str, str] | None = None,
+                 defaults: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.records_dir = self.path / records
         self.renamed = dict(renamed or {})
         """Settings keys renamed since older run directories were written (old prefix -> new)."""
+        self.defaults = flatten(dict(defaults or {}))
+        """Every setting's default (nested or dotted keys): what a directory written before a setting existed
+        made its results with."""
         self.opened = False
         """Set by `open`: the settings were checked and config.json written."""
         self.fingerprint: str | None = None
@@ -196,7 +201,8 @@ class RunDir:
 
     def check(self, command: str, settings: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> str | None:
         """Raise SettingsChanged when the directory holds a run with other result-affecting settings. Returns
-        the fingerprint its records carry when it was written under renamed settings keys (else None)."""
+        the fingerprint its records carry when it was written under renamed settings keys or before a setting
+        existed (else None)."""
         old, there = self._read_config()
         if old is None:
             if there:
@@ -213,6 +219,7 @@ class RunDir:
                               f"({old.get('command', 'unknown') if isinstance(old, dict) else 'unknown'}); "
                               "use --out NEW_DIR, or --restart to start over there")
         current = rename_keys(old["settings"], self.renamed)
+        current.update({k: self.defaults[k] for k in settings if k not in current and k in self.defaults})
         changes = changed_settings(current, settings, flags)
         if changes:
             raise SettingsChanged(self.path, changes)

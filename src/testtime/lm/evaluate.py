@@ -154,7 +154,8 @@ class LmJob:
 def select_dir(out: str | Path, method: str) -> RunDir:
     """One method's run directory inside `out`: `out/METHOD/config.json`, `out/METHOD/results/`
     (METHOD: `PromptTTT.method`, the selector or `sift-adaptive`)."""
-    return RunDir(Path(out) / method, records="results", renamed=RENAMED_SETTINGS)
+    return RunDir(Path(out) / method, records="results", renamed=RENAMED_SETTINGS,
+                  defaults={"config": as_json(EvalConfig())})
 
 
 def evaluate(job: LmJob, prompts: list[Prompt], run_dir: RunDir | None = None, *,
