@@ -42,6 +42,7 @@ ARMS: dict[str, list[str]] = {
     "r16-later-outputs": ["--lora-rank", "16", "--lora-alpha", "32", "--loss-on", "later-outputs"],
     "r128": ["--lora-rank", "128", "--lora-alpha", "256"],
     "r16-len2048": ["--lora-rank", "16", "--lora-alpha", "32", "--max-len", "2048"],
+    "full-lr5e-5": ["--lora-rank", "0", "--lr", "5e-5", "--extract-rank", "64"],
 }
 """Arm name -> the `arc pretrain` flags that differ from the common ones (`base` and `shipped` train
 nothing)."""

@@ -14,8 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "testtime"
 
-CORE = {"atomic", "batching", "checkpoint", "config", "decode", "digest", "finetune", "logprob", "lora", "models",
-        "precision", "records", "schema", "seeds", "settings"}
+CORE = {"atomic", "batching", "checkpoint", "config", "decode", "digest", "extract", "finetune", "logprob", "lora",
+        "models", "precision", "records", "schema", "seeds", "settings"}
 LAYER_OF = {"jobs": 1, "arc": 2, "lm": 2, "report": 3, "kaggle": 3, "cli": 4}
 """Package part -> layer; the core modules (and the package root) are layer 0. `report` renders the
 domains' records (JSON) as HTML, so it sits above them and below the CLI; so does `kaggle`, which

@@ -437,3 +437,18 @@ def test_a_baked_adapter_stays_in_the_base_and_the_next_one_trains_on_top(tokeni
         assert torch.allclose(host.model(ids).logits, tuned, atol=1e-4)
     with pytest.raises(RuntimeError, match="no task adapter to bake"):
         host.bake()
+
+
+def test_bf16_weights_train_through_float32_masters(tokenizer):
+    """Adam moves a weight by about lr per step; a bfloat16 weight of 1.0 can only move in steps of 1/128, so
+    without float32 masters every 1e-3 update rounds away and the norm weights stay exactly 1."""
+    model = make_tiny_model(len(tokenizer), seed=4).to(torch.bfloat16)
+    model.requires_grad_(False)
+    norm = model.model.norm.weight
+    norm.requires_grad_(True)
+    assert torch.equal(norm, torch.ones_like(norm))
+    seqs = [TrainingSequence(input_ids=[1, 5, 9, 14, 2, 7], labels=[1, 5, 9, 14, 2, 7])]
+    train(model, seqs * 4, TrainArgs(lr=1e-3, epochs=5, batch_size=1, max_grad_norm=0.0))
+    moved = (norm.detach().float() - 1.0).abs()
+    assert moved.max().item() >= 1 / 128  # 20 steps of ~1e-3 added up past one bfloat16 step
+    assert norm.dtype == torch.bfloat16 and norm.grad is None

@@ -136,7 +136,8 @@ def train(
     if total <= start_step:
         return TrainStats(steps=0, tokens=0, losses=[], seconds=0.0, tokens_per_s=0.0, skipped=skipped)
     device = params[0].device
-    optimizer = make_optimizer(params, args)
+    stepped, masters = master_weights(params)
+    optimizer = make_optimizer(stepped, args)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     pad_id = getattr(model.config, "pad_token_id", None) or 0
@@ -149,7 +150,8 @@ def train(
         t_start = time.perf_counter()
         try:
             for step in range(start_step + 1, total + 1):
-                info = _step(model, batches, optimizer, params, args, step, total, pad_id, device, ramp_from)
+                info = _step(model, batches, optimizer, stepped, args, step, total, pad_id, device, ramp_from,
+                             masters)
                 losses.append(info.loss)
                 n_tokens += info.tokens
                 _log_step(info, args.log_every)
@@ -190,10 +192,31 @@ def _plan(model: Any, data: list[TrainingSequence] | Iterator[list[TrainingSeque
     return params, islice(batches, start_step * args.grad_accum, None), total, skipped  # skip what steps < start used
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def master_weights(params: list[torch.nn.Parameter]) -> tuple[list[torch.Tensor], list[tuple[Any, torch.Tensor]]]:
+    """(what the optimizer steps on, (parameter, its float32 master) pairs). A bfloat16/float16 parameter gets a
+    float32 master copy that the optimizer updates and that is rounded into the parameter after each step, so
+    updates below the weight's resolution add up instead of vanishing (full fine-tuning of a bfloat16 model:
+    a bfloat16 weight near 1 moves only in steps of 1/128). peft keeps LoRA weights in float32 already."""
+    stepped, pairs = [], []
+    for p in params:
+        if p.dtype in LOW_PRECISION:
+            master = p.detach().float().clone()
+            pairs.append((p, master))
+            stepped.append(master)
+        else:
+            stepped.append(p)
+    return stepped, pairs
+
+
 def _step(model: Any, batches: Iterator[list[TrainingSequence]], optimizer: torch.optim.Optimizer,
-          params: list[torch.nn.Parameter], args: TrainArgs, step: int, total: int, pad_id: int,
-          device: torch.device, ramp_from: int | None = None) -> StepInfo:
-    """One optimizer step (1-based `step`) over the next `grad_accum` micro-batches."""
+          params: list[torch.Tensor], args: TrainArgs, step: int, total: int, pad_id: int,
+          device: torch.device, ramp_from: int | None = None,
+          masters: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> StepInfo:
+    """One optimizer step (1-based `step`) over the next `grad_accum` micro-batches; `params` are what the
+    optimizer steps on (`master_weights`)."""
     t0 = time.perf_counter()
     lr = args.lr * lr_factor(step - 1, total, args, ramp_from)
     for group in optimizer.param_groups:
@@ -203,10 +226,16 @@ def _step(model: Any, batches: Iterator[list[TrainingSequence]], optimizer: torc
     if not step_batches:
         raise ValueError(f"the stream of batches ended before step {step} of {total}")
     loss = _accumulate(model, step_batches, pad_id, device)
+    for p, master in masters:
+        master.grad = None if p.grad is None else p.grad.float()
+        p.grad = None
     if args.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for p, master in masters:
+            p.copy_(master)
     tokens = sum(len(s.input_ids) for b in step_batches for s in b)
     seconds = time.perf_counter() - t0
     return StepInfo(step, total, loss, lr, tokens, 1000 * seconds, tokens / max(seconds, 1e-9), optimizer)

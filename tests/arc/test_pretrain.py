@@ -459,3 +459,27 @@ def test_a_continuation_carries_on_the_planned_schedule(tmp_path, tokenizer):
         pretrain(loaded_tiny(tokenizer), random_tasks(),
                  small_config(steps=2, init_adapter=str(tmp_path / "a"), continue_schedule=True), tmp_path / "c")
     assert [name for name, _ in PretrainConfig(continue_schedule=True).check()] == ["continue_schedule"]
+
+
+def test_full_fine_tuning_writes_an_extracted_lora_and_says_what_it_kept(tmp_path, tokenizer):
+    from testtime.arc.settings import PretrainLora
+    from testtime.config import problems
+
+    config = small_config(steps=4, lora=PretrainLora(r=0), extract_rank=8)
+    card = pretrain(loaded_tiny(tokenizer), random_tasks(), config, tmp_path)
+    adapter = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["lora_alpha"] == 8  # what ships: a LoRA of the extract rank, scale 1
+    extracted = card["extracted"]
+    assert extracted["rank"] == 8 and 0 < extracted["kept"] < 1 and 0 < extracted["untargeted"] < 1
+    assert extracted["val_loss_full"] < card["val_loss_initial"]  # every weight trained
+    assert card["val_loss_final"] == pytest.approx(extracted["val_loss_full"])
+
+    ids = torch.tensor([tokenizer("I\n12\n34\nO\n", add_special_tokens=False)["input_ids"]])
+    host = AdapterHost(make_tiny_model(vocab_size=len(tokenizer)), LoraArgs(r=4, alpha=8), start_adapter=tmp_path)
+    assert not torch.allclose(make_tiny_model(vocab_size=len(tokenizer))(ids).logits, host.model(ids).logits,
+                              atol=1e-4)  # the extracted change is in the weights `arc solve` starts from
+
+    found = {p.field for p in problems(small_config(lora=PretrainLora(r=0), train_token_rows=True,
+                                                    init_adapter=str(tmp_path)))}
+    assert found == {"init_adapter", "train_token_rows"}
+    assert [p.field for p in problems(small_config(lora=PretrainLora(r=-1)))] == ["lora.r"]

@@ -43,6 +43,7 @@ from testtime.arc.task import Example
 from testtime.atomic import read_json, write_json_atomic
 from testtime.checkpoint import latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint
 from testtime.config import as_json, runtime_fields, validate
+from testtime.extract import attach, extract, snapshot
 from testtime.finetune import StepInfo, evaluate_loss, train
 from testtime.jobs import RunDir
 from testtime.lora import lora_config, quiet_peft
@@ -106,8 +107,14 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def wrap_model(model: Any, tokenizer: Any, config: PretrainConfig) -> Any:
-    """The base model with a trainable LoRA (and token rows) of `config`, initialised from its seed."""
+    """The base model with a trainable LoRA (and token rows) of `config`, initialised from its seed; under
+    full fine-tuning (rank 0) the model itself, every floating-point weight trainable."""
     from peft import get_peft_model  # heavy import
+
+    if config.lora.r == 0:
+        for p in model.parameters():
+            p.requires_grad_(p.is_floating_point())
+        return model
 
     tokens = format_token_ids(tokenizer) if config.train_token_rows else None
     peft_config = lora_config(config.lora, model, trainable_tokens=tokens)
@@ -145,6 +152,7 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
     sampler = InContextSampler(train_examples, tokenizer, config.data)
     val_args = dataclasses.replace(config.data, seed=config.data.seed + 1)
     val_seqs = InContextSampler(val_examples, tokenizer, val_args).sequences(0, config.val_sequences)
+    base = snapshot(loaded.model) if config.lora.r == 0 else None  # full fine-tuning: what the change is from
     model = wrap_model(loaded.model, tokenizer, config)
     if config.init_adapter:
         load_init_adapter(model, config.init_adapter)
@@ -177,15 +185,35 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
         log.info("stopped by --max-minutes %g after step %d of %d", config.max_minutes, len(history["losses"]),
                  config.train.max_steps)
 
+    extracted = None
+    if base is not None:
+        model, extracted = _extracted(model, base, config, val_seqs)
     with quiet_peft():
         model.save_pretrained(str(out), safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)  # peft's template card; ours is card.json
     card = _card(config, info, history, sorted(val_examples), sampler, loaded)
+    if extracted is not None:
+        card["extracted"] = extracted
     card.update(stopped_by=stopped_by, steps_planned=config.train.max_steps, schedule_from=offset, lineage=lineage,
                 steps_with_lineage=card["steps"] + sum(a.get("steps") or 0 for a in lineage))
     write_json_atomic(out / "card.json", card)
     run_dir.close()
     return card
+
+
+def _extracted(model: Any, base: dict, config: PretrainConfig, val_seqs: list) -> tuple[Any, dict]:
+    """Full fine-tuning's adapter: the base model with a LoRA of rank `extract_rank` extracted from the weight
+    change, and what the extraction kept (`testtime.extract`; the validation loss before and after it)."""
+    val_full = evaluate_loss(model, val_seqs)
+    factors, stats = extract(model, base, config.lora.target_modules, config.extract_rank)
+    adapter = attach(model, factors, dataclasses.replace(config.lora, r=config.extract_rank,
+                                                         alpha=config.extract_rank))
+    val_extracted = evaluate_loss(adapter, val_seqs)
+    log.info("full fine-tuning: a rank-%d LoRA keeps %.1f%% of the target modules' change (%.1f%% of the change, "
+             "in untargeted weights, dropped); validation loss %.4f -> %.4f", config.extract_rank,
+             100 * stats["kept"], 100 * stats["untargeted"], val_full, val_extracted)
+    return adapter, {"rank": config.extract_rank, **stats, "val_loss_full": val_full,
+                     "val_loss_extracted": val_extracted}
 
 
 def continued_steps(config: PretrainConfig, lineage: list[dict], flags: Mapping[str, str] | None = None) -> int:

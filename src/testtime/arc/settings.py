@@ -169,6 +169,20 @@ class SolveConfig:
 
 
 @dataclass
+class PretrainLora(LoraArgs):
+    """The pretraining adapter: a LoRA, or with rank 0 full fine-tuning, shipped as a LoRA extracted from the
+    weight change (`testtime.extract`)."""
+
+    r: int = setting(16, flag="rank", help="LoRA rank; 0 = full fine-tuning of every weight, shipped as a LoRA of "
+                     "rank --extract-rank (a truncated SVD of each target module's change).")
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        for name, message in super().check():
+            if name != "r" or self.r != 0:
+                yield name, (f"must be 0 (full fine-tuning) or at least 1, not {self.r}" if name == "r" else message)
+
+
+@dataclass
 class PretrainConfig:
     """Everything that determines a pretraining run (saved as OUT/config.json)."""
 
@@ -184,8 +198,10 @@ class PretrainConfig:
     allow_evaluation: bool = setting(False, panel="Data", help="Allow ARC evaluation-set tasks in the training data.")
     sources: list[str] = field(default_factory=list)
     """Where the training examples came from (recorded; `load_examples` reads them)."""
-    lora: LoraArgs = group(LoraArgs, prefix="lora-", panel="LoRA", expose=("r", "alpha", "target_modules"))
+    lora: LoraArgs = group(PretrainLora, prefix="lora-", panel="LoRA", expose=("r", "alpha", "target_modules"))
     """Adapter shape (rank 16 on every projection of SmolLM2-135M is 4.9M parameters, 19.5 MB in float32)."""
+    extract_rank: int = setting(64, panel="LoRA", help="Full fine-tuning (--lora-rank 0): the rank of the LoRA "
+                                "extracted from the weight change, which is what the run writes.")
     train_token_rows: bool = setting(False, panel="LoRA", help="Also train the embedding rows (and, when tied, head "
                                      "rows) of the tokens the ARC format uses.")
     train: TrainArgs = group(lambda: TrainArgs(lr=2e-4, max_steps=1000, warmup_steps=50, grad_accum=4, log_every=0),
@@ -216,6 +232,12 @@ class PretrainConfig:
                                   "`testtime arc pretrain`"
         if self.continue_schedule and self.init_adapter is None:
             yield "continue_schedule", "needs --init-adapter (the adapter whose schedule goes on)"
+        yield from at_least("extract_rank", self.extract_rank, 1)
+        if self.lora.r == 0 and self.init_adapter is not None:
+            yield "init_adapter", "full fine-tuning (--lora-rank 0) starts from the base model; give a LoRA rank " \
+                                  "to continue an adapter"
+        if self.lora.r == 0 and self.train_token_rows:
+            yield "train_token_rows", "applies to a LoRA; full fine-tuning (--lora-rank 0) trains every weight"
         if self.max_minutes is not None and not (self.max_minutes > 0 and self.max_minutes < float("inf")):
             yield "max_minutes", f"must be a positive number of minutes, not {self.max_minutes}"
         for name in ("val_every", "checkpoint_every", "val_tasks", "val_sequences"):
