@@ -8,7 +8,7 @@ import re
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,8 @@ import numpy as np
 from testtime.atomic import atomic_path, write_text_atomic
 
 from .domains import Domain, default_domains
+from .mathematics import MATH_MODULES, prepare_math
+from .pins import corpus_pins
 from .split import content_keys, normalise, split_prompt, truncate
 
 
@@ -39,8 +41,16 @@ class CorpusArgs:
     """Documents are truncated (at a line break) to this many bytes."""
     min_memory_bytes: int = 200
     """Shorter documents are left out of the memory."""
-    domains: tuple[str, ...] = ("code", "man", "licenses", "changelogs", "docs")
+    domains: tuple[str, ...] = ("code", "pypi-code", "math", "man", "licenses", "changelogs", "docs")
     """Domains to build, in this order (earlier domains win cross-domain duplicates)."""
+    cache: Path = Path(".bench-data")
+    """Where generated domains live: CACHE/mathenv (the separate environment), CACHE/math/KEY (problems)."""
+    math_modules: tuple[str, ...] = MATH_MODULES
+    """DeepMind Mathematics modules of the math domain."""
+    math_problems: int = 2000
+    """Problems generated per module (2,000 x 14 modules: about 5 minutes on one core)."""
+    math_per_doc: int = 40
+    """Problems per math document (40: about 2 KB, long enough to hold out)."""
     sources: dict[str, list[Path]] = field(default_factory=dict)
     """Per-domain root directories replacing the defaults (--source DOMAIN=PATH)."""
     exclude: tuple[str, ...] = (r"/gcloud[_.]",)
@@ -163,6 +173,8 @@ def _check_args(args: CorpusArgs, domains: dict[str, Domain]) -> None:
                          f"choose from {sorted(domains)}")
     if args.prompt_bytes < 2 or args.continuation_bytes < 2:
         raise ValueError("--prompt-bytes and --continuation-bytes must be at least 2")
+    if "math" in args.domains and (args.math_problems < 1 or args.math_per_doc < 1 or not args.math_modules):
+        raise ValueError("--math-problems and --math-per-doc must be at least 1 and --math-modules name one")
 
 
 def _report_domain(name: str, c: DomainCounts, args: CorpusArgs, seconds: float) -> None:
@@ -175,8 +187,11 @@ def _report_domain(name: str, c: DomainCounts, args: CorpusArgs, seconds: float)
 
 def build_corpus(args: CorpusArgs, domains: dict[str, Domain] | None = None) -> dict[str, DomainCounts]:
     """Build the corpus into args.out; returns the counts per domain (also saved in corpus.json)."""
+    _check_args(args, domains or default_domains(args.sources))
+    if domains is None and "math" in args.domains and "math" not in args.sources:  # generated, then read
+        generated = prepare_math(args.cache, args.seed, args.math_problems, args.math_modules, args.math_per_doc)
+        args = replace(args, sources={**args.sources, "math": [generated]})
     domains = domains or default_domains(args.sources)
-    _check_args(args, domains)
     memory: list[dict] = []
     prompts: list[dict] = []
     counts: dict[str, DomainCounts] = {}
@@ -194,10 +209,13 @@ def build_corpus(args: CorpusArgs, domains: dict[str, Domain] | None = None) -> 
     args.out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(args.out / "memory.jsonl", memory)
     _write_jsonl(args.out / "prompts.jsonl", prompts)
+    pins = corpus_pins(memory, prompts, math_env="math" in counts and not counts["math"].skipped)
+    write_text_atomic(args.out / "pins.json", json.dumps(pins, indent=2) + "\n")
     config = {k: v for k, v in asdict(args).items() if k != "out"}
     config["sources"] = {k: [str(p) for p in v] for k, v in args.sources.items()}
     summary = {"seed": args.seed, "args": config, "domains": {k: asdict(v) for k, v in counts.items()},
-               "memory": len(memory), "prompts": len(prompts)}
+               "memory": len(memory), "prompts": len(prompts), "memory_sha256": pins["memory_sha256"],
+               "prompts_sha256": pins["prompts_sha256"]}
     write_text_atomic(args.out / "corpus.json", json.dumps(summary, indent=2, default=str) + "\n")
     return counts
 

@@ -73,6 +73,10 @@ def _html_pages(root: Path) -> Iterator[Path]:
             if not p.relative_to(root).parts[0].startswith("_") and not _DOC_INDEX_PAGES.fullmatch(p.name))
 
 
+def _text_files(root: Path) -> Iterator[Path]:
+    return (p for p in root.rglob("*.txt") if p.is_file())
+
+
 def _read_man(path: Path) -> str:
     return roff_to_text(read_text(path))
 
@@ -82,10 +86,14 @@ def _read_html(path: Path) -> str:
 
 
 def default_domains(sources: dict[str, list[Path]] | None = None) -> dict[str, Domain]:
-    """The five domains with this machine's default roots; `sources` replaces a domain's roots."""
-    site = {Path("/usr/lib/python3/dist-packages"), Path(sysconfig.get_paths()["purelib"])}
+    """The seven domains with this machine's default roots; `sources` replaces a domain's roots."""
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    site = {Path("/usr/lib/python3/dist-packages"), purelib}
     domains = [
         Domain("code", "libpython3.11-stdlib", (Path("/usr/lib/python3.11"),), _python_files, read_text),
+        Domain("pypi-code", "the project's own .venv (pip install -e .[dev])", (purelib,), _python_files, read_text),
+        Domain("math", "mathematics-dataset (generated into --cache by dev/corpus/mathematics.py)",
+               (Path(".bench-data/math"),), _text_files, read_text),
         Domain("man", "manpages manpages-dev", (Path("/usr/share/man"),), _man_pages, _read_man),
         Domain("licenses", "base-files (any Debian system)",
                (Path("/usr/share/common-licenses"), Path("/usr/share/doc"), *sorted(site)),

@@ -6,6 +6,12 @@ in a text field (a "domain" field, when present, is kept with each chunk). Each 
 cut into contiguous chunks of at most L tokens of the LM's tokenizer, at a line boundary where
 one falls in the second half of the window, otherwise at a token boundary; the chunks of a
 document join back to its text exactly. Whitespace-only chunks are dropped.
+
+What is embedded is what is trained: a chunk that the embedder would truncate (MiniLM reads 254
+word pieces of its own, and code or numbers take more word pieces than LM tokens) is cut again,
+with the embedder's tokenizer, until every piece fits both limits (`fit_pieces`). The embedder then
+reads every token of a chunk, and a fine-tuning step on it (`lm.ttt.chunk_sequence`, with
+`--chunk-tokens` at least the index's) trains on every token of the same text.
 """
 
 from __future__ import annotations
@@ -219,9 +225,36 @@ def _chunk_block(text: str, tokenizer: Any, max_tokens: int) -> list[str]:
     return pieces
 
 
-def iter_chunks(documents: Iterable[Document], tokenizer: Any, chunk_tokens: int) -> Iterator[Chunk]:
-    """The non-blank chunks of every document, in order."""
+def fit_pieces(pieces: Iterable[str], limits: list[tuple[Any, int]]) -> tuple[list[str], int]:
+    """(pieces, cut): every piece of more than max_tokens tokens of one of the `limits`' (tokenizer,
+    max_tokens) cut again with `chunk_text` until each fits all of them; `cut` counts the pieces
+    that had to be. The result joins back to the same text."""
+    out: list[str] = []
+    cut = 0
+    work = list(reversed(list(pieces)))
+    while work:
+        piece = work.pop()
+        over = next(((tok, most) for tok, most in limits if _count(tok, piece) > most), None)
+        if over is None:
+            out.append(piece)
+            continue
+        cut += 1  # more than `most` tokens of `tok`: chunk_text gives >= 2 shorter pieces
+        work.extend(reversed(chunk_text(piece, *over)))
+    return out, cut
+
+
+def iter_chunks(documents: Iterable[Document], tokenizer: Any, chunk_tokens: int,
+                fit: tuple[Any, int] | None = None, stats: dict[str, int] | None = None) -> Iterator[Chunk]:
+    """The non-blank chunks of every document, in order; with `fit` = (embedder tokenizer, most
+    tokens it reads), chunks are cut again until the embedder reads each whole (`fit_pieces`), and
+    `stats["cut_for_embedder"]` counts the pieces that were cut again."""
+    limits = [(fit[0], fit[1]), (tokenizer, chunk_tokens)] if fit is not None else []
     for doc in documents:
-        for piece in chunk_text(doc.text, tokenizer, chunk_tokens):
+        pieces = chunk_text(doc.text, tokenizer, chunk_tokens)
+        if limits:
+            pieces, cut = fit_pieces(pieces, limits)
+            if stats is not None:
+                stats["cut_for_embedder"] = stats.get("cut_for_embedder", 0) + cut
+        for piece in pieces:
             if piece.strip():
                 yield Chunk(piece, doc.source, doc.domain)

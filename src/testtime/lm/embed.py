@@ -57,6 +57,8 @@ class Embedder(Protocol):
         """(len(texts), dim) float32, each row of L2 norm 1 (or 0 for an input with no tokens)."""
         ...
 
+    # optional: text_limit() -> (tokenizer, n), the most tokens of text it reads (see _PooledEmbedder)
+
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T, d) hidden states, (B, T) 0/1 mask -> (B, d) mean over the masked-in tokens."""
@@ -84,11 +86,18 @@ class _PooledEmbedder:
     device: torch.device
     dtype: torch.dtype
 
+    tokenizer: Any
+
     def _ids(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
 
     def _pad_id(self) -> int:
         raise NotImplementedError
+
+    def text_limit(self) -> tuple[Any, int]:
+        """(tokenizer, n): the embedder reads a text whole when it has at most n tokens of `tokenizer`
+        (special tokens not counted); `build_index` cuts chunks to fit."""
+        return self.tokenizer, self.max_tokens - self.tokenizer.num_special_tokens_to_add()
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         _check_batch_size(batch_size)
@@ -204,6 +213,9 @@ class LMEmbedder(_PooledEmbedder):
     def _ids(self, texts: list[str]) -> list[list[int]]:
         enc = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_tokens)
         return enc["input_ids"]
+
+    def text_limit(self) -> tuple[Any, int]:
+        return self.tokenizer, self.max_tokens  # no special tokens are added
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id

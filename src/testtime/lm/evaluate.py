@@ -23,7 +23,7 @@ from testtime.config import as_json
 from testtime.jobs import FAILED, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
 from testtime.lm.records import RENAMED_SETTINGS, PromptResult
 from testtime.lm.settings import EvalConfig, PromptTTT
-from testtime.lm.ttt import ttt_prompt
+from testtime.lm.ttt import training_cut, ttt_prompt
 from testtime.settings import LoraArgs
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class LmJob:
 
         loaded = load_model(self.config.model, dtype=self.config.dtype)
         memory, embedder = load_memory(self.config.index, self.config.ttt.select, loaded)
+        if memory is not None and (cut := training_cut(memory.meta, self.config.ttt.chunk_tokens)):
+            log.warning("%s: %s", self.config.index, cut)
         self.parts = (make_host(loaded.model, self.config.lora), loaded.tokenizer, memory, embedder)
         size = f", memory of {len(memory):,} chunks" if memory is not None else ""
         return f"model {self.config.model} on {loaded.device} ({loaded.dtype}){size}"

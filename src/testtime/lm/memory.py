@@ -6,6 +6,8 @@ stores and searches them.
 An index directory, built by streaming the corpus through `build_index`:
 
     config.json        what the index is built with: written first, a rerun must match it
+                       (embed_tokens: the most tokens of its own the embedder reads; chunks are
+                       cut to fit it, so the embedder reads each chunk whole)
     shard-00000.jsonl  one line per chunk: {"text", "source", "domain"}
     shard-00000.npy    (n, d) float16 unit-norm embeddings of those chunks, same order
     index.faiss        faiss IndexFlatIP over all chunks, positions in shard order
@@ -42,7 +44,8 @@ __all__ = ["MIN_CHUNK_TOKENS", "Chunk", "Corpus", "CorpusError", "Document", "In
            "MemoryIndexError", "build_index", "chunk_text", "finished_shards",
            "iter_chunks"]  # corpus names re-exported
 
-FORMAT = 1
+FORMAT = 2
+"""2: chunks are cut to what the embedder reads whole (`embed_tokens`); 1 let MiniLM truncate them."""
 FAISS_INSTALL = "pip install faiss-cpu"
 
 
@@ -70,8 +73,9 @@ class IndexReport:
     seconds: float = 0.0
 
 
-FLAGS = {"embedder": "--embedder", "dim": "--embedder", "chunk_tokens": "--chunk-tokens", "tokenizer": "--model",
-         "shard_size": "--shard-size", "corpus": "CORPUS / --text-field", "format": "(testtime version)"}
+FLAGS = {"embedder": "--embedder", "dim": "--embedder", "embed_tokens": "--embedder", "chunk_tokens": "--chunk-tokens",
+         "tokenizer": "--model", "shard_size": "--shard-size", "corpus": "CORPUS / --text-field",
+         "format": "(testtime version)"}
 
 
 def _shard_name(n: int) -> str:
@@ -160,13 +164,16 @@ def build_index(corpus: Corpus, out_dir: str | Path, embedder: Embedder, tokeniz
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fit = embedder.text_limit() if callable(getattr(embedder, "text_limit", None)) else None
     config = {"format": FORMAT, "embedder": embedder.name, "dim": int(embedder.dim), "chunk_tokens": chunk_tokens,
-              "tokenizer": tokenizer_name, "shard_size": shard_size, "corpus": corpus.describe()}
+              "embed_tokens": fit[1] if fit else None, "tokenizer": tokenizer_name, "shard_size": shard_size,
+              "corpus": corpus.describe()}
     _check_config(out, config)
     report = IndexReport(out_dir=out)
     shards: list[dict[str, Any]] = []
     buffer: list[Chunk] = []
-    for chunk in iter_chunks(corpus, tokenizer, chunk_tokens):
+    stats: dict[str, int] = {}
+    for chunk in iter_chunks(corpus, tokenizer, chunk_tokens, fit, stats):
         buffer.append(chunk)
         if len(buffer) == shard_size:
             _flush(out, len(shards), buffer, embedder, batch_size, report, on_chunks)
@@ -190,7 +197,8 @@ def build_index(corpus: Corpus, out_dir: str | Path, embedder: Embedder, tokeniz
         faiss.write_index(index, str(tmp))
     report.seconds = time.perf_counter() - start
     dtype = str(getattr(embedder, "dtype", "")).removeprefix("torch.") or None  # informative, not checked
-    meta = {**config, "embed_dtype": dtype, "count": report.chunks, "documents": report.documents, "shards": shards,
+    meta = {**config, "embed_dtype": dtype, "cut_for_embedder": stats.get("cut_for_embedder", 0),
+            "count": report.chunks, "documents": report.documents, "shards": shards,
             "skipped_files": len(report.skipped_files), "bad_lines": len(report.bad_lines)}
     write_json_atomic(out / "meta.json", meta, indent=2)
     logger.debug("index %s | %d documents | %d chunks | %d shards (%d reused) | %.1f s", out, report.documents,

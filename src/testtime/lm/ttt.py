@@ -52,12 +52,26 @@ def select_chunks(query: np.ndarray, candidates: np.ndarray, args: PromptTTT, se
 
 
 def chunk_sequence(tokenizer: Any, text: str, max_tokens: int) -> TrainingSequence:
-    """A memory chunk as a training sequence with a loss on every token (cut to `max_tokens`)."""
+    """A memory chunk as a training sequence with a loss on every token: its first `max_tokens` tokens
+    (all of them when the index's chunks are at most `max_tokens` long), after BOS if the tokenizer has one."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
     bos = tokenizer.bos_token_id
     if bos is not None:
-        ids = [bos, *ids[: max_tokens - 1]]
+        ids = [bos, *ids]  # BOS is not the chunk's: it takes none of its tokens' places
     return TrainingSequence(input_ids=ids, labels=list(ids))
+
+
+def training_cut(meta: dict[str, Any], chunk_tokens: int) -> str | None:
+    """Why what is trained differs from what was embedded, for an index's meta.json, else None."""
+    problems = []
+    indexed = meta.get("chunk_tokens")
+    if isinstance(indexed, int) and indexed > chunk_tokens:
+        problems.append(f"its chunks hold up to {indexed} tokens but --chunk-tokens {chunk_tokens} trains on the "
+                        f"first {chunk_tokens} of each only (pass --chunk-tokens {indexed})")
+    if meta.get("embed_tokens") is None and meta.get("embedder") == "minilm":
+        problems.append("it was built before testtime cut chunks to what MiniLM reads (256 word pieces): the "
+                        "embeddings of longer chunks saw only their start (rebuild it with `testtime lm index`)")
+    return "the memory's kernel does not describe what is trained: " + "; ".join(problems) if problems else None
 
 
 def ttt_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embedder: Any, prompt_id: str,
