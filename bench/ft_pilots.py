@@ -43,9 +43,16 @@ ARMS: dict[str, list[str]] = {
     "r128": ["--lora-rank", "128", "--lora-alpha", "256"],
     "r16-len2048": ["--lora-rank", "16", "--lora-alpha", "32", "--max-len", "2048"],
     "full-lr5e-5": ["--lora-rank", "0", "--lr", "5e-5", "--extract-rank", "64"],
+    "r16-agi2": ["--lora-rank", "16", "--lora-alpha", "32"],
 }
 """Arm name -> the `arc pretrain` flags that differ from the common ones (`base` and `shipped` train
 nothing)."""
+SOURCES = [REARC, "arc-agi-1/training"]
+"""The training data of every arm but those in EXTRA_SOURCES."""
+EXTRA_SOURCES = {"r16-agi2": ["arc-agi-2/training"]}
+"""Arms that train on more data: ARC-AGI-2's training tasks besides (its tasks that are in an evaluation set
+left out, as always; the sampler draws a task uniformly, so new tasks shift the mix towards few-example
+tasks). Their validation tasks differ, so compare them on the tuning split's bits, not the validation loss."""
 COMMON = ["--lr", "2e-4", "--max-len", "1024", "--val-every", "25", "--checkpoint-every", "25",
           "--seed", "0"]
 """Flags of every arm (an arm's own flags come after these and win)."""
@@ -91,7 +98,7 @@ def train_arm(name: str, work: Path, steps: int, dtype: str) -> Path:
     flags = [*COMMON, *ARMS[name], "--steps", str(max(1, round(steps * STEP_SCALE.get(name, 1.0)))),
              "--warmup", str(max(1, steps // 10)), "--dtype", dtype]
     exe = Path(sys.executable).with_name("testtime")
-    cmd = [str(exe), "arc", "pretrain", REARC, "arc-agi-1/training", "--out", str(out), *flags]
+    cmd = [str(exe), "arc", "pretrain", *SOURCES, *EXTRA_SOURCES.get(name, []), "--out", str(out), *flags]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "COLUMNS": "120"})
     return out
