@@ -41,13 +41,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arc_tasks import EVAL_TASKS
+from arc_tasks import EVAL_TASKS, tuning_tasks
 from testtime.arc.records import TestResult
 
 BASE_ARMS = {"no-ttt": ["--no-ttt"], "ttt": [], "ttt-e2e": ["--ttt-format", "e2e"],
              "ttt-no-aug": ["--no-ttt-geometric", "--no-ttt-colors", "--no-ttt-demo-order"],
-             "shared": ["--shared"], "shared-then-task": ["--shared-then-task"]}
+             "shared": ["--shared"]}
 ARMS = [*BASE_ARMS, *(f"ft-{a}" for a in BASE_ARMS)]
+"""The seed's arms (the default --arms)."""
+RECIPE_ARMS = {"ttt-loo-infer": ["--infer-prompts", "leave-one-out"], "ttt-both-infer": ["--infer-prompts", "both"],
+               "ttt-orders2": ["--orders", "2"], "ttt-outputs-loss": ["--ttt-loss-on", "outputs"],
+               "ttt-epochs4": ["--ttt-epochs", "4"], "shared-then-task": ["--shared-then-task"],
+               "ttt-score-views8": ["--score-views", "8"]}
+"""Recipe choices for the default TTT and inference (issue 30 item 3), each one change from `ttt` (its flags
+come after the common ones, so they win); given by name in --arms, alone or with the ft- prefix."""
+BASE_ARMS.update(RECIPE_ARMS)
+ALL_ARMS = [*ARMS, *RECIPE_ARMS, *(f"ft-{a}" for a in RECIPE_ARMS)]
 DEMO = {"ttt_sequences": 24, "ttt_epochs": 2, "ttt_max_len": 1024, "max_new_tokens": 931}
 """The budget of `make demo` (max_new_tokens: arc solve's default, a 30x30 answer)."""
 SMOKE = {"ttt_sequences": 2, "ttt_epochs": 1, "ttt_max_len": 512, "max_new_tokens": 64}
@@ -305,9 +314,11 @@ def markdown(rows: list[dict], not_run: dict[str, str]) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/ablations"), help="one run directory per arm in it")
-    parser.add_argument("--tasks", default=None, help="comma-separated ARC-AGI-1 evaluation task ids "
-                        "(default: the 20 of EVAL_TASKS; --smoke: the first 2)")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--tasks", default=None, help="comma-separated ARC-AGI-1 evaluation task ids, or `tuning` "
+                        "(the 20 after the 20 smallest by cells, where recipes are chosen) (default: the 20 of "
+                        "EVAL_TASKS; --smoke: the first 2)")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ALL_ARMS)} "
+                        "(default: the seed's arms)")
     parser.add_argument("--adapter", default=None, help="fine-tuned peft adapter dir for the ft- arms")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
@@ -325,12 +336,15 @@ def parse_args() -> argparse.Namespace:
     for name, default in budget.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else \
-        list(EVAL_TASKS[:2] if args.smoke else EVAL_TASKS)
+    if args.tasks == "tuning":
+        args.tasks = tuning_tasks()
+    else:
+        args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else \
+            list(EVAL_TASKS[:2] if args.smoke else EVAL_TASKS)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in args.arms if a not in ARMS]
+    unknown = [a for a in args.arms if a not in ALL_ARMS]
     if unknown:
-        problems.append(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+        problems.append(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ALL_ARMS)}")
     if args.adapter and not (Path(args.adapter) / "adapter_config.json").is_file():
         problems.append(f"--adapter {args.adapter}: no adapter_config.json there; give a `testtime arc pretrain` dir")
     elif args.adapter:

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from arc_tasks import tuning_tasks  # bench/ is on sys.path when a script in it runs
+
 REARC = "../shared/data/re-arc/re_arc_120.json.gz"
 RESULTS = Path(__file__).parent / "results" / "ft_pilots.jsonl"
 
@@ -58,15 +60,6 @@ COMMON = ["--lr", "2e-4", "--max-len", "1024", "--val-every", "25", "--checkpoin
 """Flags of every arm (an arm's own flags come after these and win)."""
 STEP_SCALE = {"r16-len2048": 0.75}
 """Arms whose sequences are longer: fewer steps for the same tokens (measured: see the jsonl's tokens)."""
-
-
-def tuning_tasks(n: int = 20, skip: int = 20) -> list[str]:
-    """The ARC-AGI-1 evaluation tasks ranked `skip`..`skip+n` by cells (ties by id)."""
-    from testtime.arc.solve import task_cells
-    from testtime.arc.task import load_tasks
-
-    tasks = sorted(load_tasks("arc-agi-1/evaluation").tasks, key=lambda t: (task_cells(t), t.id))
-    return [t.id for t in tasks[skip:skip + n]]
 
 
 def truth_bits_per_cell(adapter: str | None, task_ids: list[str], dtype: str) -> dict[str, float | None]:
