@@ -98,6 +98,18 @@ def test_truth_likelihood_poe_and_loss_curves_are_shown_where_recorded(tmp_path)
     assert "no per-step TTT losses" in html and "per-step losses not recorded (first 1.200, final 0.300)" in html
 
 
+def test_tasks_left_on_their_fallback_by_a_time_budget_are_counted(tmp_path):
+    run, _ = write_arc_run(tmp_path, 4)
+    assert "on their fallback" not in write_arc_report(run).read_text()  # a run without a budget
+    for k, cut in ((1, {"at": "training", "seconds": 12.5}), (2, None)):
+        path = run / "tasks" / f"record{k}.json"
+        record = {**json.loads(path.read_text()), "path": "fallback", **({"cut": cut} if cut else {})}
+        path.write_text(json.dumps(record))
+    html = " ".join(write_arc_report(run).read_text().split())
+    assert "<td>on their fallback (a time budget: no TTT)</td><td>2 (1 cut by the deadline, 1 not started)</td>" \
+        in html
+
+
 def test_without_the_source_the_records_still_render(tmp_path):
     run, tasks = write_arc_run(tmp_path, 3, source=False)
     (run / "tasks" / "junk.json").write_text("{not json")

@@ -131,6 +131,8 @@ def summarize_run(run: ArcRun) -> dict[str, Any]:
         "bits_per_token_after": _mean([t.bits_per_token_after for t in truths]),
         "truth_found": _mean([float(t.rank is not None) for t in truths]),
         "truth_rank": _mean([t.rank for t in truths]),
+        "fallback": sum(r.is_fallback for r in records),
+        "cut": sum(r.is_fallback and r.cut is not None for r in records),
     }
 
 
