@@ -173,6 +173,25 @@ def test_an_interrupted_run_resumes_to_the_same_steps_and_losses(tmp_path, token
         pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=8), tmp_path / "cut")
 
 
+def test_a_run_started_before_a_setting_existed_resumes(tmp_path, tokenizer):
+    tasks = random_tasks()
+
+    def stop_after_2(p):
+        if p.step == 2:
+            raise Stop
+    with pytest.raises(Stop):
+        pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=4), tmp_path, on_progress=stop_after_2)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["settings"]["extract_rank"]  # as a testtime without full fine-tuning wrote it
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    seen = []
+    card = pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=4), tmp_path,
+                    on_progress=lambda p: seen.append(p.step))
+    assert seen == [3, 4] and card["steps"] == 4  # resumed from its checkpoint, not refused
+    with pytest.raises(ValueError, match=r"extract_rank: 64 -> 8"):
+        pretrain(loaded_tiny(tokenizer), tasks, small_config(steps=4, extract_rank=8), tmp_path)
+
+
 def test_the_adapter_loads_back_changes_predictions_and_has_a_card(tmp_path, tokenizer):
     card = pretrain(loaded_tiny(tokenizer), random_tasks(), small_config(steps=4, train_token_rows=True), tmp_path)
     assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "adapter_config.json").is_file()
