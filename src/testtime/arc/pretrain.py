@@ -143,8 +143,7 @@ def pretrain(loaded: Any, examples: TaskExamples, config: PretrainConfig, out: s
     validate(config, flags)
     out = Path(out)
     lineage = adapter_lineage(config.init_adapter) if config.init_adapter else []
-    run_dir = RunDir(out, records="checkpoints",  # locked while this frame lives
-                     defaults=run_settings(PretrainConfig(), []))  # a setting added since: its default
+    run_dir = RunDir(out, records="checkpoints", defaults=run_settings(PretrainConfig(), []))  # locked till return
     run_dir.open("arc pretrain", {**run_settings(config, lineage), **({"weights": dict(weights)} if weights else {})},
                  options, restart=restart, flags={**(flags or {}), **LINEAGE_FLAGS})
 
