@@ -46,6 +46,7 @@ ARMS: dict[str, list[str]] = {
     "r16-len2048": ["--lora-rank", "16", "--lora-alpha", "32", "--max-len", "2048"],
     "full-lr5e-5": ["--lora-rank", "0", "--lr", "5e-5", "--extract-rank", "64"],
     "r16-agi2": ["--lora-rank", "16", "--lora-alpha", "32"],
+    "r64-lr1e-3": ["--lora-rank", "64", "--lora-alpha", "128", "--lr", "1e-3"],
 }
 """Arm name -> the `arc pretrain` flags that differ from the common ones (`base` and `shipped` train
 nothing)."""
