@@ -92,7 +92,7 @@ def method_args(method: str, args: argparse.Namespace) -> PromptTTT:
     """The per-prompt TTT settings of one method name (`sift-adaptive`: SIFT with --alpha)."""
     select, adaptive = ("sift", args.alpha) if method == "sift-adaptive" else (method, None)
     return PromptTTT(select=select, n=args.n, k=args.k, lam=args.lam, lr=args.lr, chunk_tokens=args.chunk_tokens,
-                    adaptive=adaptive)
+                     adaptive=adaptive, trace=args.trace and method == "sift")
 
 
 def parse_args() -> argparse.Namespace:
@@ -118,6 +118,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--chunk-tokens", type=int, default=256, help="Training tokens per selected chunk.")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default).")
+    ap.add_argument("--trace", action="store_true",
+                    help="sift: also measure the bits after every step, and print adaptive SIFT's compute-gain curve "
+                         "(steps taken vs %% of none at each of --curve-alphas) read off that trace.")
+    ap.add_argument("--curve-alphas", default="0.5,1,1.5,2,3,5,10", help="with --trace: comma-separated alphas")
     args = ap.parse_args()
     args.methods = [ALIASES.get(m.strip(), m.strip()) for m in args.methods.split(",") if m.strip()]
     if "none" not in args.methods:
@@ -146,6 +150,19 @@ def run_method(method: str, args: argparse.Namespace, parts: tuple, prompts: lis
     if failures:
         print(f"  {method}: {len(failures)} prompts failed: {failures[0].error}")
     return time.perf_counter() - t0
+
+
+def print_curve(runs: list, args: argparse.Namespace) -> list[dict] | None:
+    """Adaptive SIFT's compute-gain curve from the traced sift run (None without one)."""
+    by = {r.label: r for r in runs}
+    if "sift" not in by or "none" not in by:
+        return None
+    curve = compare.adaptive_curve(by["sift"], by["none"], [float(a) for a in args.curve_alphas.split(",")])
+    print(f"\nadaptive SIFT read off the sift run's trace ({curve[0]['prompts']} prompts): alpha -> mean steps, "
+          "% of none")
+    for point in curve:
+        print(f"  alpha {point['alpha']:g}: {point['steps']:.1f} steps, {point['pct']:.1f}%")
+    return curve
 
 
 def main() -> None:
@@ -180,7 +197,8 @@ def main() -> None:
         r.results = {pid: rec for pid, rec in r.results.items() if pid in wanted}
     table = compare.compare(runs)
     print("\n" + "\n".join(compare.markdown(table)))
-    summary = {"speed": speed, "seconds": seconds, "args": {k: str(v) for k, v in vars(args).items()},
+    curve = print_curve(runs, args) if args.trace else None
+    summary = {"speed": speed, "seconds": seconds, "args": {k: str(v) for k, v in vars(args).items()}, "curve": curve,
                "comparison": {"base": table.base, "steps": table.steps, "rho": table.rho, "missing": table.missing,
                               "cells": {f"{d}|{m}": dataclasses.asdict(c) for (d, m), c in table.cells.items()}}}
     args.out.mkdir(parents=True, exist_ok=True)

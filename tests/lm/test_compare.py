@@ -9,7 +9,19 @@ import math
 import numpy as np
 import pytest
 
-from testtime.lm.compare import Run, as_json, bootstrap_ci, compare, find_runs, markdown, rank, resamples, spearman
+from testtime.lm.compare import (
+    Run,
+    adaptive_curve,
+    adaptive_steps,
+    as_json,
+    bootstrap_ci,
+    compare,
+    find_runs,
+    markdown,
+    rank,
+    resamples,
+    spearman,
+)
 from testtime.lm.records import PromptResult
 
 
@@ -161,3 +173,23 @@ def test_the_cli_prints_and_writes_the_intervals(tmp_path):
     assert saved["bootstrap"] == {"samples": 200, "seed": 3, "interval": 0.95, "unit": "points of none"}
     bad = invoke(*args[:-1], "0")
     assert bad.exit_code == 2 and "--bootstrap-samples" in bad.output
+
+
+def test_adaptive_curve_reads_each_alphas_steps_and_bits_off_the_trace():
+    """Adaptive SIFT stops before pick m once alpha * m * sigma_m > 1; its bits are the trace's at that step."""
+    sigmas = [0.5, 0.3, 0.25]  # m * sigma_m: 0.5, 0.6, 0.75
+    assert [adaptive_steps(sigmas, a) for a in (0.5, 1.0, 1.5, 1.9, 2.5)] == [3, 3, 2, 1, 0]
+    assert adaptive_steps(sigmas, 1.7) == 1 and adaptive_steps(sigmas, 1.4) == 2
+    a = PromptResult(prompt_id="a", domain="code", bits=6.0, bytes=3, steps=3, select_ms=0.0, nn_select_ms=0.0,
+                     sigmas=sigmas, bits_at_step=[10.0, 9.0, 7.0, 6.0])
+    b = PromptResult(prompt_id="b", domain="code", bits=4.0, bytes=2, steps=2, select_ms=0.0, nn_select_ms=0.0,
+                     sigmas=[0.9, 0.1], bits_at_step=[5.0, 4.5, 4.0])  # m * sigma_m: 0.9, 0.2
+    none = run("none", [PromptResult(prompt_id=p, domain="code", bits=bits, bytes=1, steps=0, select_ms=0.0,
+                                     nn_select_ms=0.0) for p, bits in (("a", 10.0), ("b", 5.0), ("c", 1.0))])
+    curve = adaptive_curve(run("sift", [a, b]), none, [1.0, 1.4, 2.5])
+    # alpha 1: a takes 3 (6/10), b takes 2 (4/5); 1.4: a 2 (7/10), b 1 (0.9 * 1.4 > 1: 0 steps, 5/5)
+    assert curve[0] == {"alpha": 1.0, "prompts": 2, "steps": 2.5, "pct": pytest.approx((60 + 80) / 2)}
+    assert curve[1]["steps"] == 1.0 and curve[1]["pct"] == pytest.approx((70 + 100) / 2)
+    assert curve[2]["steps"] == 0.0 and curve[2]["pct"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="--trace"):
+        adaptive_curve(run("sift", [rec("a", "code", 0.5)]), none, [1.0])

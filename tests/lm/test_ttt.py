@@ -184,3 +184,27 @@ def test_stopping_rules_apply_to_sift_only():
     assert "applies to --select sift only" in found["adaptive"] and "min_gain" in found
     assert "positive" in {p.field: p.message for p in problems(PromptTTT(adaptive=-1.0))}["adaptive"]
     assert problems(PromptTTT(select="sift", adaptive=0.5)) == []
+
+
+def test_a_traced_sift_run_gives_each_adaptive_runs_bits_at_its_step(tokenizer):
+    """--trace: bits after 0..n steps; adaptive SIFT at any alpha takes a prefix of the picks, so its bits
+    are the trace's at its step count (what `compare.adaptive_curve` reads)."""
+    host = host_for(tokenizer)
+    embedder = LetterEmbedder()
+    memory = ListMemory(MEMORY, embedder)
+    ask = "the quick brown fox"
+    traced = ttt_prompt(host, tokenizer, memory, embedder, "p1", ask, CONTINUATION,
+                        PromptTTT(select="sift", n=4, k=7, lam=1e-2, lr=3e-2, trace=True))
+    none = ttt_prompt(host, tokenizer, memory, embedder, "p1", ask, CONTINUATION, PromptTTT(select="none"))
+    assert len(traced.bits_at_step) == traced.steps + 1 == 5
+    assert traced.bits_at_step[-1] == traced.bits and traced.bits_at_step[0] == pytest.approx(none.bits, rel=1e-5)
+    assert len(set(traced.bits_at_step)) == 5  # every step moved the bits
+    plain = ttt_prompt(host, tokenizer, memory, embedder, "p1", ask, CONTINUATION,
+                       PromptTTT(select="sift", n=4, k=7, lam=1e-2, lr=3e-2))
+    assert plain.bits == traced.bits and plain.bits_at_step is None  # tracing changes nothing it measures
+    for m in (1, 2, 3):  # alpha between m * sigma_m and (m + 1) * sigma_{m+1}: exactly m steps
+        lo, hi = m * traced.sigmas[m - 1], (m + 1) * traced.sigmas[m]
+        adaptive = ttt_prompt(host, tokenizer, memory, embedder, "p1", ask, CONTINUATION,
+                              PromptTTT(select="sift", n=4, k=7, lam=1e-2, lr=3e-2, adaptive=2 / (lo + hi)))
+        assert adaptive.steps == m and adaptive.bits == pytest.approx(traced.bits_at_step[m], rel=1e-6)
+    assert none.bits_at_step is None

@@ -36,8 +36,8 @@ import numpy as np
 from testtime.lm.records import PromptResult
 from testtime.records import RecordError, load_record
 
-__all__ = ["Cell", "Comparison", "Run", "as_json", "bootstrap_ci", "compare", "find_runs", "markdown", "rank",
-           "resamples", "spearman"]
+__all__ = ["Cell", "Comparison", "Run", "adaptive_curve", "adaptive_steps", "as_json", "bootstrap_ci", "compare",
+           "find_runs", "markdown", "rank", "resamples", "spearman"]
 
 ALL = "All"
 NN = "nn"
@@ -235,6 +235,32 @@ def compare(runs: list[Run], baseline: str = "none", *, samples: int = 2000, see
         gain = [base[p].bpb - run.results[p].bpb for p in with_var]
         out.rho[run.label] = (spearman(reduction, gain), len(with_var))
     return out
+
+
+def adaptive_steps(sigmas: list[float], alpha: float) -> int:
+    """The steps adaptive SIFT with `alpha` takes, read off a plain SIFT run's sigmas (sigma_m after pick m):
+    `select_sift`'s rule stops before pick m once alpha * m * sigma_m > 1, so it takes a prefix of the picks."""
+    for m, sigma in enumerate(sigmas, start=1):
+        if alpha * m * sigma > 1:
+            return m - 1
+    return len(sigmas)
+
+
+def adaptive_curve(run: Run, base: Run, alphas: Iterable[float]) -> list[dict[str, float]]:
+    """The compute-gain curve of adaptive SIFT from one plain SIFT run with `--trace` (every prompt's bits after
+    each step): per alpha, over the prompts both runs scored, the mean steps adaptive SIFT takes and the mean of
+    100 x its bits / none's bits (% of none, as the table). Needs the run's `bits_at_step` and `sigmas`."""
+    ids = [p for p, rec in run.results.items() if p in base.results and rec.bits_at_step and rec.sigmas is not None]
+    if not ids:
+        raise ValueError(f"{run.label}: no prompt has bits_at_step (run `lm eval --select sift --trace`)")
+    curve = []
+    for alpha in alphas:
+        steps = [min(adaptive_steps(run.results[p].sigmas or [], alpha), len(run.results[p].bits_at_step or []) - 1)
+                 for p in ids]
+        pct = [100 * (run.results[p].bits_at_step or [])[k] / (base.results[p].bits or math.nan)
+               for p, k in zip(ids, steps, strict=True)]
+        curve.append({"alpha": alpha, "prompts": len(ids), "steps": float(np.mean(steps)), "pct": float(np.mean(pct))})
+    return curve
 
 
 def format_cell(cell: Cell | None) -> str:

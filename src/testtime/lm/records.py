@@ -63,6 +63,8 @@ class PromptResult(Record):
     train_s: float | None = None
     steps: int | None = None
     tokens: int | None = None
+    bits_at_step: list[float] | None = None
+    """With --trace: the continuation's bits after 0, 1, ..., `steps` optimizer steps (the last is `bits`)."""
     status: Literal["ok", "failed"] = required("ok")
     seconds: float = required(0.0)
     """Wall time of the prompt, set by the job that ran it."""

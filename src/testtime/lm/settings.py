@@ -41,6 +41,9 @@ class PromptTTT:
     context: int = setting(2048, panel="Fine-tuning", help="Most tokens of prompt + continuation when measuring bits "
                            "per byte.")
     seed: int = setting(0, panel="Fine-tuning", help="Adapter init and random selection (mixed with the prompt id).")
+    trace: bool = setting(False, panel="Fine-tuning", help="Also measure the continuation's bits after every step "
+                          "(the record's bits_at_step): with --select sift, what adaptive SIFT reaches at any alpha "
+                          "(its steps are a prefix of these). One more forward pass per step.")
 
     def check(self) -> Iterator[tuple[str, str]]:
         for name in ("n", "k", "chunk_tokens", "context"):

@@ -85,6 +85,7 @@ def ttt_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embedd
     search_ms = nn_ms = 0.0
     steps = tokens = 0
     train_s = 0.0
+    trace: list[float] | None = None
     if args.select != "none":
         query = embedder.embed([prompt])[0]
         t0 = time.perf_counter()
@@ -99,12 +100,18 @@ def ttt_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embedd
             host.fresh(seed)
             texts = memory.texts(picks)
             seqs = [chunk_sequence(tokenizer, t, args.chunk_tokens) for t in texts]
+            step_hook = on_step
+            if args.trace:
+                trace = [sequence_bits(host.model, scored)]
+                step_hook = _tracing(host.model, scored, trace, on_step)
             stats = train(host.model, iter([[s] for s in seqs]),  # one step per chunk, in selection order
                           TrainArgs(lr=args.lr, max_steps=len(seqs), optimizer=args.optimizer, schedule="constant",
                                     seed=seed, log_every=0),
-                          on_step=on_step)
+                          on_step=step_hook)
             steps, tokens, train_s = stats.steps, stats.tokens, stats.seconds
         bits, n_bytes = sequence_bits(host.model, scored), utf8_bytes(continuation)
+        if args.trace and trace is None:
+            trace = [bits]
     finally:
         host.drop()
     sigmas = [float(s) for s in sel.sigmas]
@@ -117,7 +124,17 @@ def ttt_prompt(host: AdapterHost | FullHost, tokenizer: Any, memory: Any, embedd
                         var_before=var_before, var_after=var_after, stopped=sel.stopped,
                         stopped_at=len(picks) if sel.stopped else None, method=args.method,
                         select_ms=1000 * sel.seconds, nn_select_ms=nn_ms, search_ms=search_ms, train_s=train_s,
-                        steps=steps, tokens=tokens)
+                        steps=steps, tokens=tokens, bits_at_step=trace)
+
+
+def _tracing(model: Any, scored: Any, trace: list[float],
+             on_step: Callable[[StepInfo], None] | None) -> Callable[[StepInfo], None]:
+    """An `on_step` that appends the continuation's bits after each step to `trace`, then calls `on_step`."""
+    def hook(info: StepInfo) -> None:
+        trace.append(sequence_bits(model, scored))
+        if on_step is not None:
+            on_step(info)
+    return hook
 
 
 def summarize(results: list[PromptResult]) -> dict[str | None, dict[str, float]]:
