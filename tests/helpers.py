@@ -146,3 +146,17 @@ def letter_index(folder: Path, tokenizer, domain: str | None = None) -> Path:
     build_index(Corpus([memory_file]), folder / "index", LetterEmbedder(), tokenizer, chunk_tokens=32)
     return folder / "index"
 
+
+def rewrite_settings(out: Path, records: str, change) -> None:
+    """Rewrite run directory `out` as an older testtime wrote it: `change(settings)` returns the settings as that
+    version named them; config.json gets them with their fingerprint, and every record in `out/records`
+    is sealed with it (what a run directory of that version holds)."""
+    from testtime.jobs.rundir import fingerprint
+    from testtime.records import seal, unseal
+
+    config = json.loads((out / "config.json").read_text())
+    config["settings"] = change(config["settings"])
+    config["fingerprint"] = fingerprint(config["command"], config["settings"])
+    (out / "config.json").write_text(json.dumps(config))
+    for path in (out / records).glob("*.json"):
+        path.write_text(json.dumps(seal(unseal(json.loads(path.read_text())).record, config["fingerprint"])))

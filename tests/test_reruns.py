@@ -14,7 +14,7 @@ import pytest
 
 from cli_helpers import flat, invoke  # tests/ is on sys.path under pytest
 from faults import faults
-from helpers import LetterEmbedder, letter_index
+from helpers import LetterEmbedder, letter_index, rewrite_settings
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +63,7 @@ def test_arc_solve_refuses_changed_settings_and_restart_or_new_out_work(tmp_path
 def as_if_written_before(out: Path, key: str) -> None:
     """Rewrite run directory `out` as a testtime that did not have setting `key` yet wrote it: the key left out
     of config.json, every record sealed with the fingerprint of those settings."""
-    from testtime.jobs.rundir import fingerprint
-    from testtime.records import seal, unseal
-
-    config = json.loads((out / "config.json").read_text())
-    del config["settings"][key]
-    config["fingerprint"] = fingerprint(config["command"], config["settings"])
-    (out / "config.json").write_text(json.dumps(config))
-    for path in (out / "tasks").glob("*.json"):
-        path.write_text(json.dumps(seal(unseal(json.loads(path.read_text())).record, config["fingerprint"])))
+    rewrite_settings(out, "tasks", lambda settings: {k: v for k, v in settings.items() if k != key})
 
 
 @pytest.mark.slow

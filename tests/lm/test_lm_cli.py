@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cli_helpers import invoke  # tests/ is on sys.path under pytest
-from helpers import CONTINUATION, LetterEmbedder, letter_index
+from helpers import CONTINUATION, LetterEmbedder, letter_index, rewrite_settings
 from testtime.lm.bpb import continuation_bits
 from testtime.models import load_model
 
@@ -40,15 +40,8 @@ def by_hand(loaded, prompt: str, continuation: str) -> float:
 def write_with_old_names(run_dir) -> None:
     """Rewrite an `lm eval` run directory as a testtime before the ttft -> ttt rename wrote it: the settings
     under `config.ttft.`, every record sealed with the fingerprint of those settings."""
-    from testtime.jobs.rundir import fingerprint
-    from testtime.records import seal, unseal
-
-    config = json.loads((run_dir / "config.json").read_text())
-    config["settings"] = {k.replace("config.ttt.", "config.ttft."): v for k, v in config["settings"].items()}
-    config["fingerprint"] = fingerprint(config["command"], config["settings"])
-    (run_dir / "config.json").write_text(json.dumps(config))
-    for path in (run_dir / "results").glob("*.json"):
-        path.write_text(json.dumps(seal(unseal(json.loads(path.read_text())).record, config["fingerprint"])))
+    rewrite_settings(run_dir, "results",
+                     lambda settings: {k.replace("config.ttt.", "config.ttft."): v for k, v in settings.items()})
 
 
 def test_eval_scores_every_prompt_by_domain_and_resumes(tmp_path, tokenizer, tiny_model_dir, monkeypatch):
