@@ -1,0 +1,140 @@
+"""dev/corpus's pinned archives (issue 32): checked by SHA-256 and extracted safely. No network: pip is never run."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dev.corpus import archives as archives_module
+from dev.corpus.archives import STAMP, Archive, prepare_archive
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
+
+
+def prose(tag: str, n_lines: int) -> str:
+    """n_lines distinct lines of ~60 bytes, unique to `tag`."""
+    return "\n".join(f"{tag} line {i}: " + " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(8))
+                     for i in range(n_lines)) + "\n"
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def pinned(path: Path, kind: str, requirement: str = "pkg==1.0") -> Archive:
+    """An Archive pinning the file at `path` (its real SHA-256)."""
+    return Archive(path.stem, requirement, hashlib.sha256(path.read_bytes()).hexdigest(), kind, path.name)
+
+
+def make_wheel(folder: Path, files: dict[str, str], name: str = "pkg-1.0-py3-none-any.whl") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / name, "w") as zf:
+        for member, text in files.items():
+            zf.writestr(member, text)
+    return folder / name
+
+
+def make_sdist(folder: Path, files: dict[str, str], name: str = "pkg-1.0.tar.gz") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / name, "w:gz") as tf:
+        for member, text in files.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(text.encode())
+            tf.addfile(info, io.BytesIO(text.encode()))
+    return folder / name
+
+
+@pytest.fixture
+def no_pip(monkeypatch):
+    """Fail the test if anything runs a subprocess (pip download)."""
+    def run(*args, **kw):
+        raise AssertionError(f"subprocess.run called: {args}")
+    monkeypatch.setattr(archives_module.subprocess, "run", run)
+
+
+WHEEL = {"pkg/__init__.py": "VERSION = '1.0'\n", "pkg/core.py": "def run():\n    return 1\n",
+         "pkg-1.0.dist-info/METADATA": "Name: pkg\n"}
+SDIST = {"pkg-1.0/docs/index.txt": "Index\n=====\n", "pkg-1.0/docs/releases/1.0.txt": "Release 1.0\n",
+         "pkg-1.0/setup.py": "\n"}
+
+
+def test_archives_in_the_cache_are_checked_and_extracted_without_pip(tmp_path, no_pip):
+    wheel = pinned(make_wheel(tmp_path / "archives", WHEEL), "wheel")
+    sdist = pinned(make_sdist(tmp_path / "archives", SDIST), "sdist")
+    root = prepare_archive(tmp_path, wheel)
+    assert root == tmp_path / "archives" / "pkg-1.0-py3-none-any"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == sorted(
+        [*WHEEL, STAMP])
+    assert (root / "pkg" / "core.py").read_text() == WHEEL["pkg/core.py"]
+    assert (root / STAMP).read_text().strip() == wheel.sha256
+    root = prepare_archive(tmp_path, sdist)
+    assert root == tmp_path / "archives" / "pkg-1.0" / "pkg-1.0"   # an sdist's one NAME-VERSION/ folder
+    assert (root / "docs" / "releases" / "1.0.txt").read_text() == "Release 1.0\n"
+    assert not list((tmp_path / "archives").glob(".*.tmp"))
+
+
+def test_a_stamped_extraction_is_not_redone(tmp_path, no_pip, monkeypatch):
+    archive = pinned(make_sdist(tmp_path / "archives", SDIST), "sdist")
+    root = prepare_archive(tmp_path, archive)
+    (root / "marker").write_text("kept")
+    (tmp_path / "archives" / archive.filename).unlink()     # not even needed any more
+    monkeypatch.setattr(archives_module, "extract", lambda *a: pytest.fail("extracted again"))
+    assert prepare_archive(tmp_path, archive) == root and (root / "marker").read_text() == "kept"
+
+
+def test_a_wrong_hash_names_the_file_and_both_hashes(tmp_path, no_pip):
+    good = pinned(make_wheel(tmp_path / "archives", WHEEL), "wheel")
+    bad = Archive(good.name, good.requirement, "0" * 64, "wheel", good.filename)
+    with pytest.raises(RuntimeError) as err:
+        prepare_archive(tmp_path, bad)
+    message = str(err.value)
+    assert str(tmp_path / "archives" / good.filename) in message
+    assert good.sha256 in message and "0" * 64 in message and "delete" in message
+    assert not (tmp_path / "archives" / "pkg-1.0-py3-none-any").exists()
+
+
+@pytest.mark.parametrize("member", ["pkg-1.0/../../evil.txt", "/tmp/evil.txt"])
+def test_members_outside_the_folder_are_refused(tmp_path, no_pip, member):
+    archive = pinned(make_sdist(tmp_path / "archives", {"pkg-1.0/ok.txt": "ok\n", member: "evil\n"}), "sdist")
+    with pytest.raises(ValueError, match="outside the folder"):
+        prepare_archive(tmp_path, archive)
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "archives" / "pkg-1.0").exists()
+    wheel = pinned(make_wheel(tmp_path / "w", {"../evil.py": "x\n"}), "wheel")
+    (tmp_path / "w" / wheel.filename).rename(tmp_path / "archives" / wheel.filename)
+    with pytest.raises(ValueError, match="outside the folder"):
+        prepare_archive(tmp_path, wheel)
+
+
+def test_pip_downloads_a_missing_archive_and_a_failure_says_the_fix(tmp_path, monkeypatch):
+    source = make_wheel(tmp_path / "pypi", WHEEL)
+    archive = pinned(source, "wheel", "transformers==4.46.3")
+    calls = []
+    def pip(cmd, **kw):
+        calls.append(cmd)
+        folder = Path(cmd[cmd.index("-d") + 1])
+        (folder / archive.filename).write_bytes(source.read_bytes())
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(archives_module.subprocess, "run", pip)
+    assert (prepare_archive(tmp_path / "cache", archive) / "pkg" / "core.py").exists()
+    assert calls[0][1:] == ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--only-binary",
+                            ":all:", "transformers==4.46.3", "-d", str(tmp_path / "cache" / "archives")]
+    monkeypatch.setattr(archives_module.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network"))
+    sdist = Archive("django", "Django==4.2.17", "0" * 64, "sdist", "Django-4.2.17.tar.gz")
+    with pytest.raises(RuntimeError) as err:
+        prepare_archive(tmp_path / "cache", sdist)
+    message = str(err.value)
+    assert "Django==4.2.17" in message and "ERROR: no network" in message and "PyPI" in message
+    assert "--domains without django-docs, release-notes" in message
