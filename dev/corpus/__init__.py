@@ -22,18 +22,19 @@ A domain whose files are all missing is skipped with a message naming the packag
 
 Per domain: list the files (sorted), shuffle them with the seed, then read, convert, normalise
 (newlines, trailing spaces, runs of blank lines) and truncate each to --max-doc-bytes. Duplicates
-are dropped BEFORE the split, across all domains: a document is a duplicate when its whitespace-
-and case-normalised text, or its prompt+continuation window, hashes like an earlier document's
-(licences and changelogs repeat across packages). The first --prompts-per-domain documents long
-enough for a prompt and a continuation are held out; the following documents of at least
---min-memory-bytes fill the memory, up to --max-memory-docs-per-domain. Reading stops once both
+are dropped BEFORE the split, across all domains: a document is a duplicate when its whitespace- and
+case-normalised text, or its prompt+continuation window, hashes like an earlier document's (licences
+and changelogs repeat across packages). The first --prompts-per-domain documents long enough for a
+prompt and a continuation are held out; the following documents of at least --min-memory-bytes fill
+the memory, up to --max-memory-docs-per-domain documents and --max-memory-mb-per-domain MB (the
+memory is full at the first document that would pass it, which is left out). Reading stops once both
 are full, so only as many files are read as needed. A held-out document gives a prompt (its first
-~--prompt-bytes bytes) and a continuation (the next ~--continuation-bytes bytes), each cut before
-a line break, else before a space, never shorter than half its size; prompt + continuation is
-exactly the start of the document. Leaks are removed: a memory document in which a held-out
-continuation (the text that is scored) occurs verbatim is dropped and counted ("leaks"); nothing
-else is, so near-duplicates (a module's problems with other numbers, vendored code with other names)
-stay: they are what SIFT is for.
+~--prompt-bytes bytes) and a continuation (the next ~--continuation-bytes bytes), each cut before a
+line break, else before a space, never shorter than half its size; prompt + continuation is exactly
+the start of the document. Leaks are removed: a memory document in which a held-out continuation
+(the text that is scored) occurs verbatim is dropped and counted ("leaks"); nothing else is, so
+near-duplicates (a module's problems with other numbers, vendored code with other names) stay: they
+are what SIFT is for.
 
 Outputs in --out, written atomically (testtime.atomic: a temporary file, then os.replace):
     memory.jsonl    {"id", "domain", "source", "text"}

@@ -33,6 +33,9 @@ class CorpusArgs:
     """Held-out documents per domain."""
     max_memory_docs_per_domain: int = 3000
     """Memory documents per domain at most (0: no limit)."""
+    max_memory_bytes_per_domain: int = 0
+    """Memory bytes (UTF-8) per domain at most (0: no limit): the memory stops at the first document
+    that would take it past this, so domains of very different sizes give memories of similar size."""
     prompt_bytes: int = 768
     """Target prompt size in UTF-8 bytes."""
     continuation_bytes: int = 768
@@ -75,7 +78,7 @@ class DomainCounts:
     """Documents whose text or prompt window hashes like an earlier one's (any domain)."""
     too_short: int = 0
     """Documents under --min-memory-bytes, or too short to hold out while prompts were wanted and
-    the memory was full."""
+    the memory was full (its document cap reached, or the first document past its byte cap)."""
     prompts: int = 0
     memory: int = 0
     memory_bytes: int = 0
@@ -108,9 +111,12 @@ def build_domain(domain: Domain, args: CorpusArgs,
     prompts: list[dict] = []
     window = args.prompt_bytes + args.continuation_bytes
     cap = args.max_memory_docs_per_domain or float("inf")
+    byte_cap = args.max_memory_bytes_per_domain or float("inf")
+    full = False                                    # the memory has reached a cap
     ids: set[str] = set()
     for root, path in domain_order(domain, args, counts):
-        if len(prompts) >= args.prompts_per_domain and len(memory) >= cap:
+        full = full or len(memory) >= cap
+        if len(prompts) >= args.prompts_per_domain and full:
             break
         counts.read += 1
         try:
@@ -130,10 +136,11 @@ def build_domain(domain: Domain, args: CorpusArgs,
         if len(prompts) < args.prompts_per_domain and size >= window:
             prompt, continuation = split_prompt(text, args.prompt_bytes, args.continuation_bytes)
             prompts.append({**row, "prompt": prompt, "continuation": continuation})
-        elif size >= args.min_memory_bytes and len(memory) < cap:
+        elif size >= args.min_memory_bytes and not full and counts.memory_bytes + size <= byte_cap:
             memory.append({**row, "text": text})
             counts.memory_bytes += size
         else:
+            full = full or size >= args.min_memory_bytes   # the first document past the byte cap: memory full
             counts.too_short += 1
             continue
         seen.update(keys)
@@ -175,6 +182,9 @@ def _check_args(args: CorpusArgs, domains: dict[str, Domain]) -> None:
         raise ValueError("--prompt-bytes and --continuation-bytes must be at least 2")
     if "math" in args.domains and (args.math_problems < 1 or args.math_per_doc < 1 or not args.math_modules):
         raise ValueError("--math-problems and --math-per-doc must be at least 1 and --math-modules name one")
+    if args.max_memory_docs_per_domain < 0 or args.max_memory_bytes_per_domain < 0:
+        raise ValueError("--max-memory-docs-per-domain and --max-memory-mb-per-domain must be at least 0 "
+                         "(0: no limit)")
 
 
 def _report_domain(name: str, c: DomainCounts, args: CorpusArgs, seconds: float) -> None:

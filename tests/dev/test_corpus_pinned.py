@@ -1,4 +1,5 @@
-"""dev/corpus's pinned archives (issue 32): checked by SHA-256 and extracted safely. No network: pip is never run."""
+"""dev/corpus's pinned archives (issue 32), checked by SHA-256 and extracted safely, and the per-domain byte cap.
+No network: pip is never run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from dev.corpus import CorpusArgs, build_corpus, normalise
 from dev.corpus import archives as archives_module
+from dev.corpus.__main__ import main
 from dev.corpus.archives import STAMP, Archive, prepare_archive
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
@@ -138,3 +141,25 @@ def test_pip_downloads_a_missing_archive_and_a_failure_says_the_fix(tmp_path, mo
     message = str(err.value)
     assert "Django==4.2.17" in message and "ERROR: no network" in message and "PyPI" in message
     assert "--domains without django-docs, release-notes" in message
+
+
+def test_the_byte_cap_stops_the_memory_at_the_first_document_past_it(tmp_path):
+    root = tmp_path / "python3.11"
+    for i in range(10):
+        write(root / f"m{i}.py", prose(f"module {i}", 10))   # ~630 bytes: memory only (the window is 1536)
+    size = len(normalise(prose("module 0", 10)).encode())   # every document's size, as read
+    def build(out: str, **kw):
+        args = CorpusArgs(out=tmp_path / out, domains=("code",), sources={"code": [root]}, prompts_per_domain=0,
+                          max_memory_docs_per_domain=0, **kw)
+        return build_corpus(args)["code"]
+    assert (build("all").memory, build("all").memory_bytes) == (10, 10 * size)
+    capped = build("capped", max_memory_bytes_per_domain=3 * size + size // 2)
+    assert (capped.memory, capped.memory_bytes, capped.read, capped.too_short) == (3, 3 * size, 4, 1)
+    assert build("exact", max_memory_bytes_per_domain=3 * size).memory == 3
+    main(["--out", str(tmp_path / "cli"), "--domains", "code", "--source", f"code={root}", "--prompts-per-domain",
+          "0", "--max-memory-mb-per-domain", str((3 * size + size // 2) / 1e6)])
+    assert (tmp_path / "cli" / "memory.jsonl").read_bytes() == (tmp_path / "capped" / "memory.jsonl").read_bytes()
+    assert json.loads((tmp_path / "cli" / "corpus.json").read_text())["args"]["max_memory_bytes_per_domain"] == \
+        3 * size + size // 2
+    with pytest.raises(ValueError, match="--max-memory-mb-per-domain"):
+        build("bad", max_memory_bytes_per_domain=-1)
