@@ -38,7 +38,8 @@ def _parser(defaults: CorpusArgs) -> argparse.ArgumentParser:
                         help=f"skip files whose path matches (repeatable; replaces the default "
                              f"{defaults.exclude}; --exclude '$^' keeps everything)")
     parser.add_argument("--cache", type=Path, default=defaults.cache,
-                        help="generated domains: CACHE/mathenv (the separate environment), CACHE/math/")
+                        help="generated and downloaded domains: CACHE/mathenv (the separate environment), "
+                             "CACHE/math/, CACHE/archives/ (the pinned PyPI archives)")
     parser.add_argument("--math-modules", default=",".join(defaults.math_modules), help="comma-separated")
     parser.add_argument("--math-problems", type=int, default=defaults.math_problems, help="per module")
     parser.add_argument("--math-per-doc", type=int, default=defaults.math_per_doc, help="problems per document")

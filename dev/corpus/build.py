@@ -15,9 +15,10 @@ import numpy as np
 
 from testtime.atomic import atomic_path, write_text_atomic
 
+from .archives import DOMAIN_ARCHIVES, PINNED, prepare_archive
 from .domains import Domain, default_domains
 from .mathematics import MATH_MODULES, prepare_math
-from .pins import corpus_pins
+from .pins import corpus_pins, domain_pins
 from .split import content_keys, normalise, split_prompt, truncate
 
 
@@ -44,10 +45,12 @@ class CorpusArgs:
     """Documents are truncated (at a line break) to this many bytes."""
     min_memory_bytes: int = 200
     """Shorter documents are left out of the memory."""
-    domains: tuple[str, ...] = ("code", "pypi-code", "math", "man", "licenses", "changelogs", "docs")
-    """Domains to build, in this order (earlier domains win cross-domain duplicates)."""
+    domains: tuple[str, ...] = ("math", "code", "pypi-code", "django-docs", "release-notes")
+    """Domains to build, in this order (earlier domains win cross-domain duplicates). The default set is
+    the pinned one: its text depends on versions and hashes, not on the machine image."""
     cache: Path = Path(".bench-data")
-    """Where generated domains live: CACHE/mathenv (the separate environment), CACHE/math/KEY (problems)."""
+    """Where generated and downloaded domains live: CACHE/mathenv (the separate environment), CACHE/math/KEY
+    (problems), CACHE/archives (the pinned PyPI archives, and their extracted files)."""
     math_modules: tuple[str, ...] = MATH_MODULES
     """DeepMind Mathematics modules of the math domain."""
     math_problems: int = 2000
@@ -66,6 +69,7 @@ class DomainCounts:
     """What happened to one domain's files."""
 
     package: str
+    """Where the files come from (Domain.package)."""
     roots: list[str]
     files: int = 0
     """Files listed under the roots, less the excluded ones."""
@@ -104,8 +108,7 @@ def build_domain(domain: Domain, args: CorpusArgs,
     """(memory rows, prompt rows, counts) of one domain; `seen` holds content keys across domains."""
     counts = DomainCounts(domain.package, [str(r) for r in domain.roots])
     if not any(root.exists() for root in domain.roots):
-        counts.skipped = (f"none of {', '.join(counts.roots)} exists; "
-                          f"install: apt-get install {domain.package}")
+        counts.skipped = f"none of {', '.join(counts.roots)} exists; supplied by: {domain.package}"
         return [], [], counts
     memory: list[dict] = []
     prompts: list[dict] = []
@@ -187,6 +190,19 @@ def _check_args(args: CorpusArgs, domains: dict[str, Domain]) -> None:
                          "(0: no limit)")
 
 
+def prepare_sources(args: CorpusArgs) -> CorpusArgs:
+    """`args` with the roots of the requested archive and math domains that --source does not give:
+    the pinned archives extracted into --cache (downloaded once), the math problems generated there."""
+    sources = dict(args.sources)
+    for name in args.domains:
+        if name in DOMAIN_ARCHIVES and name not in sources:
+            sources[name] = [prepare_archive(args.cache, PINNED[DOMAIN_ARCHIVES[name]])]
+    if "math" in args.domains and "math" not in sources:
+        sources["math"] = [prepare_math(args.cache, args.seed, args.math_problems, args.math_modules,
+                                        args.math_per_doc)]
+    return replace(args, sources=sources)
+
+
 def _report_domain(name: str, c: DomainCounts, args: CorpusArgs, seconds: float) -> None:
     if c.prompts < args.prompts_per_domain:
         print(f"warning: domain {name!r} has only {c.prompts} documents long enough to hold out "
@@ -198,9 +214,9 @@ def _report_domain(name: str, c: DomainCounts, args: CorpusArgs, seconds: float)
 def build_corpus(args: CorpusArgs, domains: dict[str, Domain] | None = None) -> dict[str, DomainCounts]:
     """Build the corpus into args.out; returns the counts per domain (also saved in corpus.json)."""
     _check_args(args, domains or default_domains(args.sources))
-    if domains is None and "math" in args.domains and "math" not in args.sources:  # generated, then read
-        generated = prepare_math(args.cache, args.seed, args.math_problems, args.math_modules, args.math_per_doc)
-        args = replace(args, sources={**args.sources, "math": [generated]})
+    given = set(args.sources) if domains is None else set(domains)  # roots not fixed by a pin
+    if domains is None:
+        args = prepare_sources(args)
     domains = domains or default_domains(args.sources)
     memory: list[dict] = []
     prompts: list[dict] = []
@@ -219,7 +235,9 @@ def build_corpus(args: CorpusArgs, domains: dict[str, Domain] | None = None) -> 
     args.out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(args.out / "memory.jsonl", memory)
     _write_jsonl(args.out / "prompts.jsonl", prompts)
-    pins = corpus_pins(memory, prompts, math_env="math" in counts and not counts["math"].skipped)
+    built = [name for name, c in counts.items() if not c.skipped]
+    pins = corpus_pins(memory, prompts, math_env="math" in built,
+                       pinned_by=domain_pins([name for name in built if name not in given]))
     write_text_atomic(args.out / "pins.json", json.dumps(pins, indent=2) + "\n")
     config = {k: v for k, v in asdict(args).items() if k != "out"}
     config["sources"] = {k: [str(p) for p in v] for k, v in args.sources.items()}
