@@ -24,6 +24,9 @@ def _parser(defaults: CorpusArgs) -> argparse.ArgumentParser:
     parser.add_argument("--prompts-per-domain", type=int, default=defaults.prompts_per_domain)
     parser.add_argument("--max-memory-docs-per-domain", type=int,
                         default=defaults.max_memory_docs_per_domain, help="0: no limit")
+    parser.add_argument("--max-memory-mb-per-domain", type=float, default=defaults.max_memory_bytes_per_domain / 1e6,
+                        help="memory MB (10^6 bytes) per domain at most; the memory stops at the first document "
+                             "that would pass it (0: no limit)")
     parser.add_argument("--prompt-bytes", type=int, default=defaults.prompt_bytes)
     parser.add_argument("--continuation-bytes", type=int, default=defaults.continuation_bytes)
     parser.add_argument("--max-doc-bytes", type=int, default=defaults.max_doc_bytes)
@@ -35,7 +38,8 @@ def _parser(defaults: CorpusArgs) -> argparse.ArgumentParser:
                         help=f"skip files whose path matches (repeatable; replaces the default "
                              f"{defaults.exclude}; --exclude '$^' keeps everything)")
     parser.add_argument("--cache", type=Path, default=defaults.cache,
-                        help="generated domains: CACHE/mathenv (the separate environment), CACHE/math/")
+                        help="generated and downloaded domains: CACHE/mathenv (the separate environment), "
+                             "CACHE/math/, CACHE/archives/ (the pinned PyPI archives)")
     parser.add_argument("--math-modules", default=",".join(defaults.math_modules), help="comma-separated")
     parser.add_argument("--math-problems", type=int, default=defaults.math_problems, help="per module")
     parser.add_argument("--math-per-doc", type=int, default=defaults.math_per_doc, help="problems per document")
@@ -65,9 +69,10 @@ def _parse(argv: list[str] | None) -> tuple[CorpusArgs, argparse.Namespace]:
             parser.error(f"--source {item!r}: expected DOMAIN=PATH, e.g. --source man=/usr/share/man")
         sources.setdefault(name, []).append(Path(path))
     args = CorpusArgs(out=ns.out, seed=ns.seed, prompts_per_domain=ns.prompts_per_domain,
-                      max_memory_docs_per_domain=ns.max_memory_docs_per_domain, prompt_bytes=ns.prompt_bytes,
-                      continuation_bytes=ns.continuation_bytes, max_doc_bytes=ns.max_doc_bytes,
-                      min_memory_bytes=ns.min_memory_bytes,
+                      max_memory_docs_per_domain=ns.max_memory_docs_per_domain,
+                      max_memory_bytes_per_domain=round(ns.max_memory_mb_per_domain * 1e6),
+                      prompt_bytes=ns.prompt_bytes, continuation_bytes=ns.continuation_bytes,
+                      max_doc_bytes=ns.max_doc_bytes, min_memory_bytes=ns.min_memory_bytes,
                       domains=tuple(d for d in ns.domains.split(",") if d), sources=sources,
                       exclude=tuple(ns.exclude) if ns.exclude is not None else defaults.exclude,
                       cache=ns.cache, math_modules=tuple(m for m in ns.math_modules.split(",") if m),
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     """Build the corpus the command line asks for, printing progress and the summary table; the exit status."""
     args, ns = _parse(argv)
     print(f"# corpus | out {args.out} | seed {args.seed} | {args.prompts_per_domain} prompts/domain "
-          f"| memory cap {args.max_memory_docs_per_domain} docs/domain | prompt {args.prompt_bytes} B "
+          f"| memory cap {args.max_memory_docs_per_domain} docs, {args.max_memory_bytes_per_domain / 1e6:g} MB "
+          f"/domain (0: none) | prompt {args.prompt_bytes} B "
           f"+ continuation {args.continuation_bytes} B | docs truncated to {args.max_doc_bytes} B "
           f"| exclude {list(args.exclude)} | {time.strftime('%Y-%m-%d')}")
     start = time.perf_counter()

@@ -15,9 +15,10 @@ import numpy as np
 
 from testtime.atomic import atomic_path, write_text_atomic
 
+from .archives import DOMAIN_ARCHIVES, PINNED, prepare_archive
 from .domains import Domain, default_domains
 from .mathematics import MATH_MODULES, prepare_math
-from .pins import corpus_pins
+from .pins import corpus_pins, domain_pins
 from .split import content_keys, normalise, split_prompt, truncate
 
 
@@ -33,6 +34,9 @@ class CorpusArgs:
     """Held-out documents per domain."""
     max_memory_docs_per_domain: int = 3000
     """Memory documents per domain at most (0: no limit)."""
+    max_memory_bytes_per_domain: int = 0
+    """Memory bytes (UTF-8) per domain at most (0: no limit): the memory stops at the first document
+    that would take it past this, so domains of very different sizes give memories of similar size."""
     prompt_bytes: int = 768
     """Target prompt size in UTF-8 bytes."""
     continuation_bytes: int = 768
@@ -41,10 +45,12 @@ class CorpusArgs:
     """Documents are truncated (at a line break) to this many bytes."""
     min_memory_bytes: int = 200
     """Shorter documents are left out of the memory."""
-    domains: tuple[str, ...] = ("code", "pypi-code", "math", "man", "licenses", "changelogs", "docs")
-    """Domains to build, in this order (earlier domains win cross-domain duplicates)."""
+    domains: tuple[str, ...] = ("math", "code", "pypi-code", "django-docs", "release-notes")
+    """Domains to build, in this order (earlier domains win cross-domain duplicates). The default set is
+    the pinned one: its text depends on versions and hashes, not on the machine image."""
     cache: Path = Path(".bench-data")
-    """Where generated domains live: CACHE/mathenv (the separate environment), CACHE/math/KEY (problems)."""
+    """Where generated and downloaded domains live: CACHE/mathenv (the separate environment), CACHE/math/KEY
+    (problems), CACHE/archives (the pinned PyPI archives, and their extracted files)."""
     math_modules: tuple[str, ...] = MATH_MODULES
     """DeepMind Mathematics modules of the math domain."""
     math_problems: int = 2000
@@ -63,6 +69,7 @@ class DomainCounts:
     """What happened to one domain's files."""
 
     package: str
+    """Where the files come from (Domain.package)."""
     roots: list[str]
     files: int = 0
     """Files listed under the roots, less the excluded ones."""
@@ -75,7 +82,7 @@ class DomainCounts:
     """Documents whose text or prompt window hashes like an earlier one's (any domain)."""
     too_short: int = 0
     """Documents under --min-memory-bytes, or too short to hold out while prompts were wanted and
-    the memory was full."""
+    the memory was full (its document cap reached, or the first document past its byte cap)."""
     prompts: int = 0
     memory: int = 0
     memory_bytes: int = 0
@@ -101,16 +108,18 @@ def build_domain(domain: Domain, args: CorpusArgs,
     """(memory rows, prompt rows, counts) of one domain; `seen` holds content keys across domains."""
     counts = DomainCounts(domain.package, [str(r) for r in domain.roots])
     if not any(root.exists() for root in domain.roots):
-        counts.skipped = (f"none of {', '.join(counts.roots)} exists; "
-                          f"install: apt-get install {domain.package}")
+        counts.skipped = f"none of {', '.join(counts.roots)} exists; supplied by: {domain.package}"
         return [], [], counts
     memory: list[dict] = []
     prompts: list[dict] = []
     window = args.prompt_bytes + args.continuation_bytes
     cap = args.max_memory_docs_per_domain or float("inf")
+    byte_cap = args.max_memory_bytes_per_domain or float("inf")
+    full = False                                    # the memory has reached a cap
     ids: set[str] = set()
     for root, path in domain_order(domain, args, counts):
-        if len(prompts) >= args.prompts_per_domain and len(memory) >= cap:
+        full = full or len(memory) >= cap
+        if len(prompts) >= args.prompts_per_domain and full:
             break
         counts.read += 1
         try:
@@ -130,10 +139,11 @@ def build_domain(domain: Domain, args: CorpusArgs,
         if len(prompts) < args.prompts_per_domain and size >= window:
             prompt, continuation = split_prompt(text, args.prompt_bytes, args.continuation_bytes)
             prompts.append({**row, "prompt": prompt, "continuation": continuation})
-        elif size >= args.min_memory_bytes and len(memory) < cap:
+        elif size >= args.min_memory_bytes and not full and counts.memory_bytes + size <= byte_cap:
             memory.append({**row, "text": text})
             counts.memory_bytes += size
         else:
+            full = full or size >= args.min_memory_bytes   # the first document past the byte cap: memory full
             counts.too_short += 1
             continue
         seen.update(keys)
@@ -175,6 +185,22 @@ def _check_args(args: CorpusArgs, domains: dict[str, Domain]) -> None:
         raise ValueError("--prompt-bytes and --continuation-bytes must be at least 2")
     if "math" in args.domains and (args.math_problems < 1 or args.math_per_doc < 1 or not args.math_modules):
         raise ValueError("--math-problems and --math-per-doc must be at least 1 and --math-modules name one")
+    if args.max_memory_docs_per_domain < 0 or args.max_memory_bytes_per_domain < 0:
+        raise ValueError("--max-memory-docs-per-domain and --max-memory-mb-per-domain must be at least 0 "
+                         "(0: no limit)")
+
+
+def prepare_sources(args: CorpusArgs) -> CorpusArgs:
+    """`args` with the roots of the requested archive and math domains that --source does not give:
+    the pinned archives extracted into --cache (downloaded once), the math problems generated there."""
+    sources = dict(args.sources)
+    for name in args.domains:
+        if name in DOMAIN_ARCHIVES and name not in sources:
+            sources[name] = [prepare_archive(args.cache, PINNED[DOMAIN_ARCHIVES[name]])]
+    if "math" in args.domains and "math" not in sources:
+        sources["math"] = [prepare_math(args.cache, args.seed, args.math_problems, args.math_modules,
+                                        args.math_per_doc)]
+    return replace(args, sources=sources)
 
 
 def _report_domain(name: str, c: DomainCounts, args: CorpusArgs, seconds: float) -> None:
@@ -188,9 +214,9 @@ def _report_domain(name: str, c: DomainCounts, args: CorpusArgs, seconds: float)
 def build_corpus(args: CorpusArgs, domains: dict[str, Domain] | None = None) -> dict[str, DomainCounts]:
     """Build the corpus into args.out; returns the counts per domain (also saved in corpus.json)."""
     _check_args(args, domains or default_domains(args.sources))
-    if domains is None and "math" in args.domains and "math" not in args.sources:  # generated, then read
-        generated = prepare_math(args.cache, args.seed, args.math_problems, args.math_modules, args.math_per_doc)
-        args = replace(args, sources={**args.sources, "math": [generated]})
+    given = set(args.sources) if domains is None else set(domains)  # roots not fixed by a pin
+    if domains is None:
+        args = prepare_sources(args)
     domains = domains or default_domains(args.sources)
     memory: list[dict] = []
     prompts: list[dict] = []
@@ -209,7 +235,9 @@ def build_corpus(args: CorpusArgs, domains: dict[str, Domain] | None = None) -> 
     args.out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(args.out / "memory.jsonl", memory)
     _write_jsonl(args.out / "prompts.jsonl", prompts)
-    pins = corpus_pins(memory, prompts, math_env="math" in counts and not counts["math"].skipped)
+    built = [name for name, c in counts.items() if not c.skipped]
+    pins = corpus_pins(memory, prompts, math_env="math" in built,
+                       pinned_by=domain_pins([name for name in built if name not in given]))
     write_text_atomic(args.out / "pins.json", json.dumps(pins, indent=2) + "\n")
     config = {k: v for k, v in asdict(args).items() if k != "out"}
     config["sources"] = {k: [str(p) for p in v] for k, v in args.sources.items()}

@@ -3,7 +3,10 @@
 The machine image changes (packages, their versions, the documentation they install), so a memory
 built on another image may differ. `corpus_pins` hashes what decides a benchmark: each memory
 document's id, domain and text, per domain and over all; each prompt's id, domain, prompt and
-continuation. Source paths are left out (they name this machine's layout, not the text).
+continuation. Source paths are left out (they name this machine's layout, not the text). It also
+records what pins each pinned domain (`pinned_by`): the interpreter's version for `code`, the
+requirement and SHA-256 of the archive for `pypi-code`, `django-docs` and `release-notes`, MATH_ENV
+for `math`; a domain read from --source, or from the Debian image, has no pin.
 Commit the pins.json of the corpus a benchmark used; `python -m dev.corpus ... --check-pins FILE`
 rebuilds and names every domain whose memory or prompts came out different.
 """
@@ -12,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
+from collections.abc import Iterable
 from typing import Any
 
+from .archives import DOMAIN_ARCHIVES, PINNED
 from .mathematics import MATH_ENV
 
 
@@ -28,8 +34,42 @@ MEMORY_KEYS = ("id", "domain", "text")
 PROMPT_KEYS = ("id", "domain", "prompt", "continuation")
 
 
-def corpus_pins(memory: list[dict], prompts: list[dict], *, math_env: bool = False) -> dict[str, Any]:
-    """Hashes of the memory and the prompts, over all and per domain, and the prompt ids in order."""
+def domain_pins(domains: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """What fixes the text of each of these domains (built from their default, pinned roots)."""
+    pins: dict[str, dict[str, Any]] = {}
+    for name in domains:
+        if name == "code":
+            pins[name] = {"python": platform.python_version()}
+        elif name == "math":
+            pins[name] = {"env": list(MATH_ENV)}
+        elif name in DOMAIN_ARCHIVES:
+            archive = PINNED[DOMAIN_ARCHIVES[name]]
+            pins[name] = {"requirement": archive.requirement, "file": archive.filename, "sha256": archive.sha256}
+    return pins
+
+
+def describe_pin(pin: dict[str, Any] | None) -> str:
+    """`python 3.11.7`, `Django==4.2.17 (sha256 6b56d834cc94...)`, or `no pin`."""
+    if not pin:
+        return "no pin"
+    if "python" in pin:
+        return f"python {pin['python']}"
+    if "env" in pin:
+        return " ".join(pin["env"])
+    return f"{pin.get('requirement')} (sha256 {str(pin.get('sha256'))[:12]}...)"
+
+
+def pin_change(name: str, was: dict[str, Any] | None, now: dict[str, Any] | None) -> str:
+    """`code: python 3.11.7 pinned, 3.12.1 built`."""
+    if was and now and "python" in was and "python" in now:
+        return f"{name}: python {was['python']} pinned, {now['python']} built"
+    return f"{name}: {describe_pin(was)} pinned, {describe_pin(now)} built"
+
+
+def corpus_pins(memory: list[dict], prompts: list[dict], *, math_env: bool = False,
+                pinned_by: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Hashes of the memory and the prompts, over all and per domain, the prompt ids in order, and what
+    pins each domain (`domain_pins`)."""
     names = sorted({r["domain"] for r in memory} | {r["domain"] for r in prompts})
     domains = {}
     for name in names:
@@ -39,7 +79,7 @@ def corpus_pins(memory: list[dict], prompts: list[dict], *, math_env: bool = Fal
                          "prompts_sha256": _digest(held, PROMPT_KEYS)}
     return {"memory_sha256": _digest(memory, MEMORY_KEYS), "prompts_sha256": _digest(prompts, PROMPT_KEYS),
             "domains": domains, "prompt_ids": [r["id"] for r in prompts],
-            "math_env": list(MATH_ENV) if math_env else None}
+            "math_env": list(MATH_ENV) if math_env else None, "pinned_by": pinned_by or {}}
 
 
 def compare_pins(pinned: dict[str, Any], built: dict[str, Any]) -> list[str]:
@@ -48,6 +88,10 @@ def compare_pins(pinned: dict[str, Any], built: dict[str, Any]) -> list[str]:
             pinned.get("prompts_sha256") == built["prompts_sha256"]:
         return []
     lines = []
+    if "pinned_by" in pinned:      # pins.json files written before pins were recorded have none
+        was, now = pinned["pinned_by"], built.get("pinned_by", {})
+        lines += [pin_change(name, was.get(name), now.get(name))
+                  for name in sorted(set(was) | set(now)) if was.get(name) != now.get(name)]
     old, new = pinned.get("domains", {}), built["domains"]
     for name in sorted(set(old) | set(new)):
         a, b = old.get(name), new.get(name)

@@ -213,7 +213,7 @@ def test_python_m_help():
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("usage: python -m dev.corpus")
     assert "Build an offline multi-domain benchmark corpus" in done.stdout
-    for flag in ("--out", "--seed", "--prompts-per-domain", "--max-memory-docs-per-domain", "--prompt-bytes",
-                 "--continuation-bytes", "--max-doc-bytes", "--min-memory-bytes", "--domains", "--source",
-                 "--exclude"):
+    for flag in ("--out", "--seed", "--prompts-per-domain", "--max-memory-docs-per-domain",
+                 "--max-memory-mb-per-domain", "--prompt-bytes", "--continuation-bytes", "--max-doc-bytes",
+                 "--min-memory-bytes", "--domains", "--source", "--exclude", "--cache"):
         assert flag in done.stdout
