@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -129,6 +130,37 @@ def lm_setup(tmp_path, tokenizer, monkeypatch):
             {"id": "c", "domain": "prose", "prompt": "a lazy dog", "continuation": " jumps over the fox"}]
     prompts.write_text("\n".join(json.dumps(r) for r in rows))
     return tmp_path / "index", prompts
+
+
+def test_an_index_rebuilt_at_the_same_path_is_a_changed_setting(tmp_path, tokenizer, tiny_model_dir, monkeypatch):
+    """The run directory records the index's content: other chunks (or embeddings) at the same --index path are
+    refused by name, not mixed with the records made on the old ones; a directory from before resumes."""
+    index, prompts = lm_setup(tmp_path, tokenizer, monkeypatch)
+    args = ["lm", "eval", "--prompts", str(prompts), "--index", str(index), "--model", str(tiny_model_dir),
+            "--select", "nn", "--steps", "1", "--k", "3", "--out", str(tmp_path / "run")]
+    assert invoke(*args).exit_code == 0
+    run_dir = tmp_path / "run" / "nn"
+    recorded = json.loads((run_dir / "config.json").read_text())["settings"]["index_sha256"]
+    assert isinstance(recorded, str) and len(recorded) == 64
+    rewrite_settings(run_dir, "results", lambda settings: {k: v for k, v in settings.items() if k != "index_sha256"})
+    older = invoke(*args)  # written before the index was recorded: taken to be this index
+    assert older.exit_code == 0 and older.output.count(": resumed") == 3, older.output
+    shutil.rmtree(index)
+    letter_index(tmp_path, tokenizer, domain="prose")  # rebuilt as it was (new files, the same chunks): resumes
+    same = invoke(*args)
+    assert same.exit_code == 0 and same.output.count(": resumed") == 3, same.output
+    shutil.rmtree(index)
+    letter_index(tmp_path, tokenizer, domain="other")  # the same texts, another domain on every chunk
+    changed = invoke(*args)
+    flat = " ".join(changed.output.split())
+    assert changed.exit_code == 2 and "--index (its chunks and embeddings)" in flat, flat
+    assert records(run_dir)["a"]["picks"] is not None  # the old records stay until --restart
+    fresh = invoke(*args, "--restart")
+    assert fresh.exit_code == 0 and fresh.output.count(": resumed") == 0, fresh.output
+    assert json.loads((run_dir / "config.json").read_text())["settings"]["index_sha256"] not in (recorded, None)
+    none = invoke(*args[:-2], "--select", "none", "--out", str(tmp_path / "run"))
+    assert none.exit_code == 0, none.output  # the untouched model reads no index: nothing recorded
+    assert json.loads((tmp_path / "run" / "none" / "config.json").read_text())["settings"]["index_sha256"] is None
 
 
 def records(run_dir) -> dict[str, dict]:

@@ -354,7 +354,8 @@ def run_job(command: str, noun: str, line: Callable[[dict, bool], str], scale: A
             run_dir.close()
 
 
-WEIGHT_FLAGS = {"weights.model": "--model (its weights)", "weights.adapter": "--adapter (its weights)"}
+WEIGHT_FLAGS = {"weights.model": "--model (its weights)", "weights.adapter": "--adapter (its weights)",
+                "index_sha256": "--index (its chunks and embeddings)"}
 
 
 def weights(**paths: Any) -> dict[str, str | None]:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from testtime.cli import common
 from testtime.cli.common import console, fail, safe
-from testtime.config import as_json, options
+from testtime.config import options
 from testtime.lm.records import PromptResult
 from testtime.lm.settings import EvalConfig
 
@@ -217,12 +217,12 @@ def evaluate(
 
 
 def _run(eval_config, prompts, out, params, scale, *, restart: bool, retry_failed: bool):
-    from testtime.lm.evaluate import LmJob, evaluate, select_dir
+    from testtime.lm.evaluate import LmJob, evaluate, run_settings, select_dir
 
-    run_dir = select_dir(out, eval_config.ttt.method) if out else None
+    run_dir = select_dir(out, eval_config.ttt.method, eval_config) if out else None
     results, failures, counts = common.run_job(
         "lm eval", "prompt", _prompt_line, scale, out, run_dir,
-        {"config": as_json(eval_config)}, params, OPTIONS, weight_paths={"model": eval_config.model},
+        run_settings(eval_config), params, OPTIONS, weight_paths={"model": eval_config.model},
         restart=restart,
         work=lambda executor, emit: evaluate(LmJob(eval_config), prompts, run_dir, executor=executor,
                                              retry_failed=retry_failed, emit=emit))

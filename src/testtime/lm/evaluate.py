@@ -12,6 +12,7 @@ prompts, refuses other settings, and an interrupted run loses at most one prompt
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testtime.atomic import read_json
 from testtime.config import as_json
 from testtime.jobs import FAILED, Counts, Emit, Executor, LocalExecutor, RunDir, Step, ignore, run_items
 from testtime.lm.records import RENAMED_SETTINGS, PromptResult
@@ -153,11 +155,47 @@ class LmJob:
         return not problems
 
 
-def select_dir(out: str | Path, method: str) -> RunDir:
+def index_digest(index: str | Path) -> str | None:
+    """A SHA-256 naming what an index is: its chunks (text and domain, in order) and how they were embedded
+    (embedder, its precision, dimension and token limits), so that an index rebuilt at the same path from
+    another corpus or with another embedder counts as a changed setting of the run. Not the embedding values:
+    the same settings give values that differ in their last bits from one CPU to another (as the model's
+    outputs do), and a rebuild on another machine should resume. None when it is not a finished index."""
+    root = Path(index)
+    meta = read_json(root / "meta.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("shards"), list):
+        return None
+    h = hashlib.sha256()
+    h.update(json.dumps([meta.get(k) for k in INDEX_IDENTITY]).encode() + b"\n")
+    try:
+        for shard in meta["shards"]:
+            with (root / f"{shard['name']}.jsonl").open(encoding="utf-8") as fh:
+                for line in fh:
+                    row = json.loads(line)
+                    h.update(json.dumps([row["text"], row.get("domain")], ensure_ascii=False).encode() + b"\n")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return h.hexdigest()
+
+
+INDEX_IDENTITY = ("embedder", "embed_dtype", "dim", "chunk_tokens", "embed_tokens", "tokenizer", "count")
+"""The fields of an index's meta.json that `index_digest` hashes besides the chunks."""
+
+
+def run_settings(config: EvalConfig) -> dict[str, Any]:
+    """What an `lm eval` run directory is opened with: the settings, and the content of the index they read."""
+    uses_index = config.index is not None and config.ttt.select != "none"
+    return {"config": as_json(config), "index_sha256": index_digest(config.index) if uses_index else None}
+
+
+def select_dir(out: str | Path, method: str, config: EvalConfig | None = None) -> RunDir:
     """One method's run directory inside `out`: `out/METHOD/config.json`, `out/METHOD/results/`
-    (METHOD: `PromptTTT.method`, the selector or `sift-adaptive`)."""
-    return RunDir(Path(out) / method, records="results", renamed=RENAMED_SETTINGS,
-                  defaults={"config": as_json(EvalConfig())})
+    (METHOD: `PromptTTT.method`, the selector or `sift-adaptive`). A directory written before its index's
+    content was recorded is taken to have used `config`'s index as it is now."""
+    defaults = {"config": as_json(EvalConfig())}
+    if config is not None:
+        defaults["index_sha256"] = run_settings(config)["index_sha256"]
+    return RunDir(Path(out) / method, records="results", renamed=RENAMED_SETTINGS, defaults=defaults)
 
 
 def evaluate(job: LmJob, prompts: list[Prompt], run_dir: RunDir | None = None, *,
@@ -168,7 +206,7 @@ def evaluate(job: LmJob, prompts: list[Prompt], run_dir: RunDir | None = None, *
     The run directory is opened with the job's settings unless the caller opened it.
     """
     if run_dir is not None and not run_dir.opened:
-        run_dir.open("lm eval", {"config": as_json(job.config)})
+        run_dir.open("lm eval", run_settings(job.config))
     found, counts = run_items(job, prompts, executor or LocalExecutor(), run_dir, retry_failed=retry_failed,
                               emit=emit)
     records = [PromptResult.from_json(r, trusted=True) for r in found.values()]  # accepted when resumed
@@ -180,7 +218,7 @@ def run_eval(host: Any, tokenizer: Any, memory: Any, embedder: Any, prompts: lis
              emit: Emit = ignore) -> tuple[list[PromptResult], list[PromptResult]]:
     """`evaluate` with an already loaded model, memory and embedder; returns (results, failures)."""
     config = dataclasses.replace(config or EvalConfig(), ttt=args)
-    run_dir = select_dir(out, args.method) if out is not None else None
+    run_dir = select_dir(out, args.method, config) if out is not None else None
     results, failures, _ = evaluate(LmJob(config, parts=(host, tokenizer, memory, embedder)), prompts, run_dir,
                                     emit=emit)
     return results, failures
