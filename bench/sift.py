@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import platform
@@ -47,12 +48,15 @@ ALIASES = {"nn-f": "nn-repeats", "adaptive": "sift-adaptive", "adaptive-sift": "
 """The paper's names for methods -> the run directory names `lm eval` uses."""
 
 
-def pick_prompts(path: Path, per_domain: int, skip: int = 0) -> list:
+def pick_prompts(path: Path, per_domain: int, skip: int = 0, order: str = "id") -> list:
+    """Each domain's prompts in `order` (`id`: sorted by id; `hash`: by the SHA-256 of the id, which mixes the
+    sources of a domain, e.g. math modules or code packages, whose ids sort together), then [skip:skip+per_domain]."""
     pf = read_prompts(path)
     for err in pf.errors:
         print(f"skipped: {err}")
     by_domain: dict[str, list] = {}
-    for p in sorted(pf.prompts, key=lambda p: p.id):
+    key = (lambda p: p.id) if order == "id" else (lambda p: hashlib.sha256(p.id.encode("utf-8")).hexdigest())
+    for p in sorted(pf.prompts, key=key):
         by_domain.setdefault(p.domain, []).append(p)
     return [p for d in sorted(by_domain) for p in by_domain[d][skip:skip + per_domain]]
 
@@ -102,6 +106,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--index", type=Path, required=True, help="Index of the corpus memory (testtime lm index).")
     ap.add_argument("--out", type=Path, default=Path("runs/sift-bench"))
     ap.add_argument("--prompts-per-domain", type=int, default=20)
+    ap.add_argument("--order", choices=("id", "hash"), default="id",
+                    help="Order of each domain's prompts before --skip/--prompts-per-domain: by id, or by the SHA-256 "
+                         "of the id (a split that mixes a domain's sources; the issue-32 splits).")
     ap.add_argument("--skip-per-domain", type=int, default=0,
                     help="Skip each domain's first S prompts (by id): e.g. a development split for choosing lr.")
     ap.add_argument("--methods", default="none,us,nn,nn-f,sift,sift-adaptive",
@@ -170,7 +177,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = pick_prompts(args.corpus / "prompts.jsonl", args.prompts_per_domain, args.skip_per_domain)
+    prompts = pick_prompts(args.corpus / "prompts.jsonl", args.prompts_per_domain, args.skip_per_domain, args.order)
     memory = Memory.load(args.index)
     loaded = load_model("embedded")
     embedder = load_embedder(memory.meta.get("embedder", "minilm"), lm=loaded.model, tokenizer=loaded.tokenizer) \
