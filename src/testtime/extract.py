@@ -81,3 +81,38 @@ def attach(model: Any, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], lo
             layer.lora_A[ADAPTER_NAME].weight[: a.shape[0]] = a
             layer.lora_B[ADAPTER_NAME].weight[:, : b.shape[1]] = b
     return peft_model
+
+
+def refactor(tensors: dict[str, torch.Tensor], config: dict[str, Any],
+             rank: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], float]:
+    """A saved LoRA (peft's `...lora_A.weight` / `...lora_B.weight` tensors and adapter_config.json) as a LoRA of
+    rank `rank`: each module's change scale * B @ A replaced by its best rank-`rank` approximation (alpha = rank,
+    scale 1; zero-padded where the change has lower rank), so a smaller file ships what a larger run learned.
+    Returns (tensors, config, share of the modules' squared change kept: 1.0 when `rank` >= the LoRA's rank)."""
+    if rank < 1:
+        raise ValueError(f"rank must be at least 1, not {rank}")
+    r = int(config.get("r", 0))
+    alpha = float(config.get("lora_alpha", r))
+    if r < 1:
+        raise ValueError(f"adapter_config.json: r is {config.get('r')!r}, not a LoRA rank")
+    scale = alpha / r**0.5 if config.get("use_rslora") else alpha / r
+    out: dict[str, torch.Tensor] = {}
+    kept_sq = total_sq = 0.0
+    for name, a in tensors.items():
+        if ".lora_A." not in name:
+            if ".lora_B." not in name:
+                out[name] = a  # not a LoRA factor (e.g. trained token rows): kept as it is
+            continue
+        b = tensors[name.replace(".lora_A.", ".lora_B.")]
+        delta = scale * (b.float() @ a.float())
+        new_b, new_a, kept = lowrank(delta, rank)
+        padded_b = torch.zeros(delta.shape[0], rank, dtype=torch.float32)
+        padded_a = torch.zeros(rank, delta.shape[1], dtype=torch.float32)
+        padded_b[:, : new_b.shape[1]], padded_a[: new_a.shape[0]] = new_b, new_a
+        out[name], out[name.replace(".lora_A.", ".lora_B.")] = padded_a.to(a.dtype), padded_b.to(b.dtype)
+        norm_sq = float((delta**2).sum())
+        total_sq += norm_sq
+        kept_sq += kept * norm_sq
+    new_config = {**config, "r": rank, "lora_alpha": rank, "use_rslora": False,
+                  "rank_pattern": {}, "alpha_pattern": {}}
+    return out, new_config, kept_sq / total_sq if total_sq > 0 else 1.0

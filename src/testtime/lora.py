@@ -237,8 +237,10 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
-def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") -> dict:
-    """Copy the adapter in `src` to `dst` with its weights cast to `dtype` (half the bytes in bfloat16).
+def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16", rank: int | None = None) -> dict:
+    """Copy the adapter in `src` to `dst` with its weights cast to `dtype` (half the bytes in bfloat16), and with
+    `rank`, each module's change re-factored to its best rank-`rank` approximation (`extract.refactor`; the
+    export entry records the ranks and the share of the squared change kept).
 
     `dst` gets `adapter_config.json`, `adapter_model.safetensors` and `card.json`: the source's card
     plus an `export` entry (the source directory, its weights' SHA-256, the dtype, the largest
@@ -267,6 +269,13 @@ def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") ->
         raise ValueError(f"dtype must be bfloat16 or float32, not {dtype!r}")
     target = getattr(torch, dtype)
     tensors = read_safetensors(weights)
+    refactored = None
+    if rank is not None:
+        from testtime.extract import refactor
+
+        original = config.get("r")
+        tensors, config, kept = refactor(tensors, config, rank)
+        refactored = {"from": original, "to": rank, "kept": kept}
     cast = {name: t.to(target).contiguous() for name, t in tensors.items()}
     change = max((float((cast[n].float() - t.float()).abs().max()) for n, t in tensors.items() if t.numel()),
                  default=0.0)
@@ -274,6 +283,8 @@ def export_adapter(src: str | Path, dst: str | Path, dtype: str = "bfloat16") ->
     card = dict(card) if isinstance(card, dict) else {}
     card["export"] = {"from": str(src), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "dtype": dtype,
                       "max_abs_change": change, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if refactored is not None:
+        card["export"]["rank"] = refactored
     with atomic_path(dst / "adapter_model.safetensors") as tmp:
         save_file(cast, str(tmp), metadata={"format": "pt"})
         card["export"]["weights_sha256"] = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()

@@ -422,6 +422,40 @@ def test_the_shipped_adapter_is_what_its_card_says():
         assert (stage.get("data") or {}).get("sources") or stage.get("data"), "a stage without its data"
 
 
+def test_export_at_a_lower_rank_ships_each_changes_best_approximation(tmp_path, tiny_model_dir):
+    """--rank R: every module's change scale * B @ A becomes its truncated SVD (what torch's SVD gives, by hand);
+    at the adapter's own rank the change is the same; the card records the ranks and the share kept."""
+    from safetensors.torch import load_file
+
+    from helpers import save_random_adapter
+    from testtime.lora import export_adapter
+
+    src = save_random_adapter(tiny_model_dir, tmp_path / "r4")  # rank 4, alpha 8: scale 2
+    theirs = load_file(str(src / "adapter_model.safetensors"))
+    pairs = [(n, n.replace(".lora_A.", ".lora_B.")) for n in theirs if ".lora_A." in n]
+
+    def changes(tensors, scale):
+        return {a: scale * (tensors[b].float() @ tensors[a].float()) for a, b in pairs}
+
+    before = changes(theirs, 2.0)
+    same = export_adapter(src, tmp_path / "r4-again", "float32", rank=4)
+    again = changes(load_file(str(tmp_path / "r4-again" / "adapter_model.safetensors")), 1.0)
+    assert same["export"]["rank"] == {"from": 4, "to": 4, "kept": pytest.approx(1.0)}
+    assert all(torch.allclose(again[n], before[n], atol=1e-5) for n in before)
+    low = export_adapter(src, tmp_path / "r2", "float32", rank=2)
+    config = json.loads((tmp_path / "r2" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (2, 2)
+    after = changes(load_file(str(tmp_path / "r2" / "adapter_model.safetensors")), 1.0)
+    kept_sq = total_sq = 0.0
+    for name, delta in before.items():
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        assert after[name].shape == delta.shape
+        assert torch.allclose(after[name], (u[:, :2] * s[:2]) @ vh[:2], atol=1e-5)
+        kept_sq, total_sq = kept_sq + float((s[:2] ** 2).sum()), total_sq + float((s**2).sum())
+    assert low["export"]["rank"] == {"from": 4, "to": 2, "kept": pytest.approx(kept_sq / total_sq, rel=1e-5)}
+    assert low["export"]["rank"]["kept"] < 0.99
+
+
 def test_export_names_a_directory_that_is_not_an_adapter(tmp_path):
     from cli_helpers import invoke
 

@@ -125,6 +125,8 @@ def export_adapter(
     src: Path = typer.Argument(..., help="An adapter directory written by `testtime arc pretrain`."),
     dst: Path = typer.Argument(..., help="Where the copy goes (created; files in it are replaced)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Weights of the copy: bfloat16 (half the bytes) or float32."),
+    rank: int = typer.Option(None, "--rank", help="Re-factor each module's change to its best approximation of "
+                             "this rank (a smaller file; the card records the share of the change kept)."),
 ) -> None:
     """Copy a pretrained adapter with its weights cast (bfloat16 by default) and its card kept.
 
@@ -138,9 +140,12 @@ def export_adapter(
     if dst.resolve() == src.resolve():
         fail(f"{safe(dst)} is the source directory; give another destination")
     try:
-        card = run_export(src, dst, dtype)
+        card = run_export(src, dst, dtype, rank=rank)
     except ValueError as err:
         fail(str(err))
     size = (dst / "adapter_model.safetensors").stat().st_size
     console.print(f"wrote {safe(dst)}: {size / 1e6:.1f} MB of {dtype} weights "
                   f"(largest change {card['export']['max_abs_change']:.2g}), card.json with its export entry")
+    if "rank" in card["export"]:
+        r = card["export"]["rank"]
+        console.print(f"rank {r['from']} -> {r['to']}: {100 * r['kept']:.1f}% of the squared change kept")
