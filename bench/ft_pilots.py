@@ -141,6 +141,26 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def score_adapter(name: str, folder: Path, task_ids: list[str], dtype: str) -> None:
+    """Append the row `name`: the adapter in `folder` scored on the tuning split, with its card's training figures."""
+    if name in done_arms():
+        print(f"{name}: already in {RESULTS}, skipped", flush=True)
+        return
+    t0 = time.time()
+    card = json.loads((folder / "card.json").read_text())
+    hist = card.get("val_history") or []
+    row: dict = {"arm": name, "flags": ["adapter", str(folder)], "dtype": dtype, "tasks": task_ids,
+                 "machine": machine(), "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d"),
+                 "steps": card.get("steps_with_lineage") or card.get("steps"), "tokens": card.get("tokens_seen"),
+                 "val_history": hist, "val_first": hist[0][1] if hist else None,
+                 "val_last": hist[-1][1] if hist else None, "export": card.get("export")}
+    bits = truth_bits_per_cell(str(folder), task_ids, dtype)
+    known = [b for b in bits.values() if b is not None]
+    row.update(bits=bits, mean_bits=sum(known) / len(known), minutes=(time.time() - t0) / 60)
+    append(row)
+    print(f"{name}: mean truth bits/cell {row['mean_bits']:.4f} ({row['minutes']:.1f} min)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
@@ -149,12 +169,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(".bench-data/pilots"), help="adapters and checkpoints")
     parser.add_argument("--table", action="store_true", help="print the results table and stop")
     parser.add_argument("--machine", help="with --table: the CPU whose rows to print (default: this one)")
+    parser.add_argument("--score", action="append", default=[], metavar="NAME=DIR",
+                        help="score an adapter made elsewhere (a stage of the long run, an export at another rank) "
+                             "as the row NAME, with what its card says; repeatable; no training")
     args = parser.parse_args()
     if args.table:
         print(f"machine: {args.machine or machine()}")
         print(table(done_arms(args.machine)))
         return
     task_ids = tuning_tasks()
+    if args.score:
+        for item in args.score:
+            name, _, folder = item.partition("=")
+            score_adapter(name, Path(folder), task_ids, args.dtype)
+        print(table(done_arms()))
+        return
     for name in args.arms.split(","):
         if name not in ARMS:
             raise SystemExit(f"unknown arm {name!r}; known: {', '.join(ARMS)}")
