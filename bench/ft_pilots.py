@@ -141,6 +141,12 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def val_figures(card: dict) -> dict:
+    """A card's validation history and its first and last loss (None without one)."""
+    hist = card.get("val_history") or []
+    return {"val_history": hist, "val_first": hist[0][1] if hist else None, "val_last": hist[-1][1] if hist else None}
+
+
 def score_adapter(name: str, folder: Path, task_ids: list[str], dtype: str) -> None:
     """Append the row `name`: the adapter in `folder` scored on the tuning split, with its card's training figures."""
     if name in done_arms():
@@ -148,12 +154,10 @@ def score_adapter(name: str, folder: Path, task_ids: list[str], dtype: str) -> N
         return
     t0 = time.time()
     card = json.loads((folder / "card.json").read_text())
-    hist = card.get("val_history") or []
     row: dict = {"arm": name, "flags": ["adapter", str(folder)], "dtype": dtype, "tasks": task_ids,
                  "machine": machine(), "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d"),
                  "steps": card.get("steps_with_lineage") or card.get("steps"), "tokens": card.get("tokens_seen"),
-                 "val_history": hist, "val_first": hist[0][1] if hist else None,
-                 "val_last": hist[-1][1] if hist else None, "export": card.get("export")}
+                 **val_figures(card), "export": card.get("export")}
     bits = truth_bits_per_cell(str(folder), task_ids, dtype)
     known = [b for b in bits.values() if b is not None]
     row.update(bits=bits, mean_bits=sum(known) / len(known), minutes=(time.time() - t0) / 60)
@@ -201,10 +205,8 @@ def main() -> None:
         elif name != "base":
             out = train_arm(name, args.work, args.steps, args.dtype)
             card = json.loads((out / "card.json").read_text())
-            hist = card.get("val_history") or []
             row.update(common=COMMON, steps=card["steps"], tokens=card["tokens_seen"],
-                       train_seconds=card["seconds"], val_history=hist,
-                       val_first=hist[0][1] if hist else None, val_last=hist[-1][1] if hist else None)
+                       train_seconds=card["seconds"], **val_figures(card))
             adapter = str(out)
         bits = truth_bits_per_cell(adapter, task_ids, args.dtype)
         known = [b for b in bits.values() if b is not None]
