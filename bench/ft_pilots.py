@@ -17,6 +17,11 @@ background (`OMP_NUM_THREADS=1`).
     OMP_NUM_THREADS=1 .venv/bin/python bench/ft_pilots.py                 # every arm not yet scored
     .venv/bin/python bench/ft_pilots.py --arms base,r16 --steps 10         # a quick look
     .venv/bin/python bench/ft_pilots.py --table                            # print the table only
+    .venv/bin/python bench/ft_pilots.py --split wide --score NAME=DIR      # on 60 tasks: ranks 20..80
+
+`--split wide` scores on the 60 evaluation tasks ranked 20..80 by cells (the tuning split and the 40
+after it, still never the 20 smallest): more power where the 20 disagree task by task. Its rows carry
+`"split": "wide"` and are tabled and skipped apart from the tuning split's.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from arc_tasks import tuning_tasks  # bench/ is on sys.path when a script in it 
 
 REARC = "../shared/data/re-arc/re_arc_120.json.gz"
 RESULTS = Path(__file__).parent / "results" / "ft_pilots.jsonl"
+SPLITS = {"tuning": (20, 20), "wide": (60, 20)}
+"""Split name -> (tasks, rank of the first) in the evaluation tasks ordered by cells (`tuning_tasks(n, skip)`)."""
 
 ARMS: dict[str, list[str]] = {
     "base": [],
@@ -109,14 +116,14 @@ def machine() -> str:
     return f"{name} ({', '.join(flags) or 'no bf16 matmul'})"
 
 
-def done_arms(on: str | None = None) -> dict[str, dict]:
-    """The scored arms measured on the CPU named `on` (default: this one). Figures from another kind of
-    CPU are kept in the file but never mixed into this machine's table or its skip list."""
+def done_arms(on: str | None = None, split: str = "tuning") -> dict[str, dict]:
+    """The arms scored on `split` on the CPU named `on` (default: this one). Figures from another kind of
+    CPU or split are kept in the file but never mixed into this machine's table or its skip list."""
     if not RESULTS.exists():
         return {}
     on = on or machine()
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-    return {r["arm"]: r for r in rows if r.get("machine") == on}
+    return {r["arm"]: r for r in rows if r.get("machine") == on and r.get("split", "tuning") == split}
 
 
 def append(row: dict) -> None:
@@ -126,7 +133,8 @@ def append(row: dict) -> None:
 
 
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| arm | steps | tokens | minutes | val loss first -> last | truth bits/cell before TTT, mean of 20 "
+    n = max((len(r["tasks"]) for r in rows.values()), default=20)
+    lines = [f"| arm | steps | tokens | minutes | val loss first -> last | truth bits/cell before TTT, mean of {n} "
              "| vs base | tasks better than base |",
              "|---|---|---|---|---|---|---|---|"]
     base = rows.get("base")
@@ -147,9 +155,9 @@ def val_figures(card: dict) -> dict:
     return {"val_history": hist, "val_first": hist[0][1] if hist else None, "val_last": hist[-1][1] if hist else None}
 
 
-def score_adapter(name: str, folder: Path, task_ids: list[str], dtype: str) -> None:
-    """Append the row `name`: the adapter in `folder` scored on the tuning split, with its card's training figures."""
-    if name in done_arms():
+def score_adapter(name: str, folder: Path, task_ids: list[str], dtype: str, split: str = "tuning") -> None:
+    """Append the row `name`: the adapter in `folder` scored on `split`, with its card's training figures."""
+    if name in done_arms(split=split):
         print(f"{name}: already in {RESULTS}, skipped", flush=True)
         return
     t0 = time.time()
@@ -157,7 +165,7 @@ def score_adapter(name: str, folder: Path, task_ids: list[str], dtype: str) -> N
     row: dict = {"arm": name, "flags": ["adapter", str(folder)], "dtype": dtype, "tasks": task_ids,
                  "machine": machine(), "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d"),
                  "steps": card.get("steps_with_lineage") or card.get("steps"), "tokens": card.get("tokens_seen"),
-                 **val_figures(card), "export": card.get("export")}
+                 **val_figures(card), "export": card.get("export"), "split": split}
     bits = truth_bits_per_cell(str(folder), task_ids, dtype)
     known = [b for b in bits.values() if b is not None]
     row.update(bits=bits, mean_bits=sum(known) / len(known), minutes=(time.time() - t0) / 60)
@@ -176,28 +184,31 @@ def main() -> None:
     parser.add_argument("--score", action="append", default=[], metavar="NAME=DIR",
                         help="score an adapter made elsewhere (a stage of the long run, an export at another rank) "
                              "as the row NAME, with what its card says; repeatable; no training")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="tuning",
+                        help="tuning: the 20 tasks ranked 20..40 by cells; wide: the 60 ranked 20..80")
     args = parser.parse_args()
     if args.table:
-        print(f"machine: {args.machine or machine()}")
-        print(table(done_arms(args.machine)))
+        print(f"machine: {args.machine or machine()}, split: {args.split}")
+        print(table(done_arms(args.machine, args.split)))
         return
-    task_ids = tuning_tasks()
+    task_ids = tuning_tasks(*SPLITS[args.split])
     if args.score:
         for item in args.score:
             name, _, folder = item.partition("=")
-            score_adapter(name, Path(folder), task_ids, args.dtype)
-        print(table(done_arms()))
+            score_adapter(name, Path(folder), task_ids, args.dtype, args.split)
+        print(table(done_arms(split=args.split)))
         return
     for name in args.arms.split(","):
         if name not in ARMS:
             raise SystemExit(f"unknown arm {name!r}; known: {', '.join(ARMS)}")
-        if name in done_arms():
+        if name in done_arms(split=args.split):
             print(f"{name}: already in {RESULTS}, skipped", flush=True)
             continue
         t0 = time.time()
         row: dict = {"arm": name, "flags": ARMS[name], "dtype": args.dtype, "tasks": task_ids,
                      "machine": machine(),
-                     "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d")}
+                     "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d"),
+                     "split": args.split}
         adapter: str | None = None
         if name == "shipped":
             from testtime.arc.pretrain import default_adapter
@@ -213,7 +224,7 @@ def main() -> None:
         row.update(bits=bits, mean_bits=sum(known) / len(known), minutes=(time.time() - t0) / 60)
         append(row)
         print(f"{name}: mean truth bits/cell {row['mean_bits']:.4f} ({row['minutes']:.1f} min)", flush=True)
-    print(table(done_arms()))
+    print(table(done_arms(split=args.split)))
 
 
 if __name__ == "__main__":
