@@ -155,6 +155,15 @@ def val_figures(card: dict) -> dict:
     return {"val_history": hist, "val_first": hist[0][1] if hist else None, "val_last": hist[-1][1] if hist else None}
 
 
+def scored(row: dict, adapter: str | None, task_ids: list[str], dtype: str, t0: float) -> None:
+    """Score `adapter` on `task_ids` into `row` (per-task bits, their mean, minutes since `t0`) and append it."""
+    bits = truth_bits_per_cell(adapter, task_ids, dtype)
+    known = [b for b in bits.values() if b is not None]
+    row.update(bits=bits, mean_bits=sum(known) / len(known), minutes=(time.time() - t0) / 60)
+    append(row)
+    print(f"{row['arm']}: mean truth bits/cell {row['mean_bits']:.4f} ({row['minutes']:.1f} min)", flush=True)
+
+
 def score_adapter(name: str, folder: Path, task_ids: list[str], dtype: str, split: str = "tuning") -> None:
     """Append the row `name`: the adapter in `folder` scored on `split`, with its card's training figures."""
     if name in done_arms(split=split):
@@ -166,11 +175,7 @@ def score_adapter(name: str, folder: Path, task_ids: list[str], dtype: str, spli
                  "machine": machine(), "threads": os.environ.get("OMP_NUM_THREADS"), "date": time.strftime("%Y-%m-%d"),
                  "steps": card.get("steps_with_lineage") or card.get("steps"), "tokens": card.get("tokens_seen"),
                  **val_figures(card), "export": card.get("export"), "split": split}
-    bits = truth_bits_per_cell(str(folder), task_ids, dtype)
-    known = [b for b in bits.values() if b is not None]
-    row.update(bits=bits, mean_bits=sum(known) / len(known), minutes=(time.time() - t0) / 60)
-    append(row)
-    print(f"{name}: mean truth bits/cell {row['mean_bits']:.4f} ({row['minutes']:.1f} min)", flush=True)
+    scored(row, str(folder), task_ids, dtype, t0)
 
 
 def main() -> None:
@@ -219,11 +224,7 @@ def main() -> None:
             row.update(common=COMMON, steps=card["steps"], tokens=card["tokens_seen"],
                        train_seconds=card["seconds"], **val_figures(card))
             adapter = str(out)
-        bits = truth_bits_per_cell(adapter, task_ids, args.dtype)
-        known = [b for b in bits.values() if b is not None]
-        row.update(bits=bits, mean_bits=sum(known) / len(known), minutes=(time.time() - t0) / 60)
-        append(row)
-        print(f"{name}: mean truth bits/cell {row['mean_bits']:.4f} ({row['minutes']:.1f} min)", flush=True)
+        scored(row, adapter, task_ids, args.dtype, t0)
     print(table(done_arms(split=args.split)))
 
 
